@@ -16,7 +16,7 @@ using ::testing::HasSubstr;
 using nlohmann::json;
 
 json RealV3() {
-  std::ifstream in(std::string(MLA_TEST_DATA_DIR) + "/configs/deepseek-v3.json");
+  std::ifstream in(std::string(MLA_TEST_DATA_DIR) + "/configs/deepseek-v3/config.json");
   std::stringstream s;
   s << in.rdbuf();
   return json::parse(s.str());
