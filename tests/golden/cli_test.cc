@@ -78,7 +78,7 @@ TEST_F(CliTest, BadFlagsAndModelsExitTwoWithOneLine) {
       {model + " --prompt-ids 1,2 --top-p 1.5", "top_p 1.5 (expected 0 < top_p <= 1)"},
       {model + " --prompt-ids 1,2 --temperature -1", "temperature -1"},
       {model + " --prompt-ids 1,2 --kv-cache-dtype fp8", "kv cache dtype 'fp8'"},
-      {model + " --prompt-ids 1,99999", "prompt token id 99999 (expected 0 <= id < vocab_size = 512)"},
+      {model + " --prompt-ids 1,99999", "prompt token id 99999 (expected 0 <= id < vocab_size = 256)"},
       {model + " --prompt-ids 1,2 --max-new-tokens", "--max-new-tokens needs a value"},
       {"--model /nonexistent --prompt-ids 1", "/nonexistent/config.json"},
       {"--model " + std::string(MLA_TEST_DATA_DIR) + "/configs/deepseek-v3 --prompt-ids 1",

@@ -79,7 +79,7 @@ TEST_F(ConsistencyTest, SequenceAloneEqualsSequenceInRaggedBatch) {
   }
   for (int extra = 0; extra < 3; ++extra) {
     GenerationRequest r;
-    for (int i = 0; i < 5 + 40 * extra; ++i) r.prompt_ids.push_back((i * 37 + extra * 11) % 500 + 2);
+    for (int i = 0; i < 5 + 40 * extra; ++i) r.prompt_ids.push_back((i * 37 + extra * 11) % 250 + 2);
     r.max_new_tokens = 3 + extra * 4;
     r.prefill_chunk = 16;
     batch.insert(batch.begin() + extra, r);
@@ -108,7 +108,7 @@ TEST_F(ConsistencyTest, ForwardRefusesBadInputAndKeepsWorking) {
     const char* message;
   };
   std::vector<Bad> cases = {
-      {{bad_ids, 0, table, false}, "token id 512 (expected 0 <= id < 512)"},
+      {{bad_ids, 0, table, false}, "token id 256 (expected 0 <= id < 256)"},
       {{ok, 127, table, false}, "block table of 2 blocks (expected >= 3 for 129 tokens)"},
       {{ok, 63, bad_table, false}, "block id 7 (expected 0 <= id < 2)"},
       {{std::span<const int32_t>(), 0, table, false}, "no new tokens"},

