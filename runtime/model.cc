@@ -41,15 +41,24 @@ cpu::RopeParams RopeParamsFor(const ModelConfig& c) {
   return p;
 }
 
-absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const ModelOptions& options) {
+absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const ModelOptions& options,
+                                                   Communicator* comm) {
   MLA_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
+  ShardSpec shard;
+  if (comm != nullptr) shard = ShardSpec{comm->rank(), comm->size()};
+  MLA_RETURN_IF_ERROR(CheckShardable(config, shard.size));  // before any weight is read
   MLA_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(dir));
-  MLA_ASSIGN_OR_RETURN(ModelWeights weights, LoadWeights(*ckpt, config));
-  return std::make_unique<Model>(std::move(config), std::move(weights), options);
+  MLA_ASSIGN_OR_RETURN(ModelWeights weights, LoadWeights(*ckpt, config, shard));
+  return std::make_unique<Model>(std::move(config), std::move(weights), options, comm);
 }
 
-Model::Model(ModelConfig config, ModelWeights weights, const ModelOptions& options)
-    : config_(std::move(config)), weights_(std::move(weights)), options_(options), pool_(options.num_threads) {
+Model::Model(ModelConfig config, ModelWeights weights, const ModelOptions& options, Communicator* comm)
+    : config_(std::move(config)),
+      weights_(std::move(weights)),
+      options_(options),
+      pool_(options.num_threads),
+      own_comm_(comm == nullptr ? MakeLocalCommunicator() : nullptr),
+      comm_(comm == nullptr ? own_comm_.get() : comm) {
   cpu::RopeParams rope = RopeParamsFor(config_);
   inv_freq_ = cpu::RopeInvFreq(rope);
   rope_attention_factor_ = static_cast<float>(rope.attention_factor);
@@ -105,17 +114,13 @@ absl::StatusOr<std::vector<float>> Model::Forward(std::span<const SequenceStep> 
   for (const SequenceStep& s : batch) total += static_cast<int64_t>(s.tokens.size());
 
   std::vector<float> x(static_cast<size_t>(total * hd)), h(x.size()), branch(x.size());
-  int64_t row = 0;
-  for (const SequenceStep& s : batch) {
-    for (int32_t id : s.tokens) {
-      std::memcpy(&x[row++ * hd], &weights_.embed[static_cast<size_t>(id) * hd], sizeof(float) * hd);
-    }
-  }
+  MLA_RETURN_IF_ERROR(Embed(batch, x.data()));
   const float eps = static_cast<float>(config_.rms_norm_eps);
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
     const LayerWeights& lw = weights_.layers[static_cast<size_t>(l)];
     cpu::RmsNorm(x.data(), hd, lw.input_norm.data(), total, hd, eps, h.data(), hd);
     Attention(l, batch, h.data(), cache, branch.data());
+    MLA_RETURN_IF_ERROR(comm_->AllReduceSum(branch.data(), branch.size()));
     cpu::AddInPlace(x.data(), branch.data(), total * hd);
     cpu::RmsNorm(x.data(), hd, lw.post_norm.data(), total, hd, eps, h.data(), hd);
     if (lw.is_moe) {
@@ -123,12 +128,13 @@ absl::StatusOr<std::vector<float>> Model::Forward(std::span<const SequenceStep> 
     } else {
       Mlp(lw.dense, h.data(), total, branch.data());
     }
+    MLA_RETURN_IF_ERROR(comm_->AllReduceSum(branch.data(), branch.size()));
     cpu::AddInPlace(x.data(), branch.data(), total * hd);
   }
 
   // The rows that need logits, normed, then the vocabulary projection.
   std::vector<float> sel;
-  row = 0;
+  int64_t row = 0;
   for (const SequenceStep& s : batch) {
     const int64_t n = static_cast<int64_t>(s.tokens.size());
     const int64_t first = s.all_logits ? row : row + n - 1;
@@ -137,9 +143,46 @@ absl::StatusOr<std::vector<float>> Model::Forward(std::span<const SequenceStep> 
   }
   const int64_t rows = static_cast<int64_t>(sel.size()) / hd;
   cpu::RmsNorm(sel.data(), hd, weights_.final_norm.data(), rows, hd, eps, sel.data(), hd);
-  std::vector<float> logits(static_cast<size_t>(rows * config_.vocab_size));
-  cpu::Linear(sel.data(), hd, rows, hd, weights_.lm_head.data(), config_.vocab_size, logits.data(),
-              config_.vocab_size);
+  return Logits(sel, rows);
+}
+
+// Each rank holds the embedding rows of its vocabulary slice: it fills the
+// tokens it owns, zeros the rest, and the all-reduce completes every row.
+absl::Status Model::Embed(std::span<const SequenceStep> batch, float* x) {
+  const int64_t hd = config_.hidden_size, v0 = weights_.vocab_begin, v1 = v0 + weights_.local_vocab;
+  int64_t row = 0;
+  for (const SequenceStep& s : batch) {
+    for (int32_t id : s.tokens) {
+      float* dst = x + row++ * hd;
+      if (id >= v0 && id < v1) {
+        std::memcpy(dst, &weights_.embed[static_cast<size_t>(id - v0) * hd], sizeof(float) * hd);
+      } else {
+        std::fill(dst, dst + hd, 0.0f);
+      }
+    }
+  }
+  if (comm_->size() == 1) return absl::OkStatus();
+  return comm_->AllReduceSum(x, static_cast<size_t>(row * hd));
+}
+
+// Each rank projects onto its vocabulary slice; rank 0 gathers the slices
+// [ranks][rows][local_vocab] and interleaves them into [rows][vocab].
+absl::StatusOr<std::vector<float>> Model::Logits(const std::vector<float>& normed, int64_t rows) {
+  const int64_t hd = config_.hidden_size, lv = weights_.local_vocab, vocab = config_.vocab_size;
+  std::vector<float> local(static_cast<size_t>(rows * lv));
+  cpu::Linear(normed.data(), hd, rows, hd, weights_.lm_head.data(), lv, local.data(), lv);
+  const int ranks = comm_->size();
+  if (ranks == 1) return local;
+  const bool root = comm_->rank() == 0;
+  std::vector<float> gathered(root ? local.size() * ranks : 0);
+  MLA_RETURN_IF_ERROR(comm_->Gather(local.data(), local.size(), root ? gathered.data() : nullptr, 0));
+  if (!root) return std::vector<float>();
+  std::vector<float> logits(static_cast<size_t>(rows * vocab));
+  for (int r = 0; r < ranks; ++r) {
+    for (int64_t i = 0; i < rows; ++i) {
+      std::memcpy(&logits[i * vocab + r * lv], &gathered[(r * rows + i) * lv], sizeof(float) * lv);
+    }
+  }
   return logits;
 }
 
@@ -147,7 +190,7 @@ void Model::Attention(int64_t layer, std::span<const SequenceStep> batch, const 
                       float* out) {
   const ModelConfig& c = config_;
   const AttentionWeights& w = weights_.layers[static_cast<size_t>(layer)].attn;
-  const int64_t hd = c.hidden_size, heads = c.num_attention_heads, nope = c.qk_nope_head_dim,
+  const int64_t hd = c.hidden_size, heads = weights_.local_heads, nope = c.qk_nope_head_dim,
                 rope = c.qk_rope_head_dim, qk = c.qk_head_dim(), kvl = c.kv_lora_rank, vd = c.v_head_dim,
                 lat = c.latent_dim(), kvw = nope + vd;
   const float eps = static_cast<float>(c.rms_norm_eps);

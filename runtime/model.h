@@ -1,4 +1,5 @@
-// The DeepSeek-V3/V2 forward pass on the CPU over a ragged batch.
+// The DeepSeek-V3/V2 forward pass on the CPU over a ragged batch, on one rank
+// of a tensor-parallel group (DESIGN.md section 3) or alone.
 #pragma once
 
 #include <cstdint>
@@ -10,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/cpu/rope.h"
+#include "runtime/communicator.h"
 #include "runtime/config.h"
 #include "runtime/kv_cache.h"
 #include "runtime/thread_pool.h"
@@ -43,9 +45,12 @@ struct ModelOptions {
 
 class Model {
  public:
-  // Reads <dir>/config.json and the weights.
-  static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir, const ModelOptions& options = {});
-  Model(ModelConfig config, ModelWeights weights, const ModelOptions& options);
+  // Reads <dir>/config.json and this rank's slice of the weights. `comm` is
+  // the tensor-parallel group (not owned; it must outlive the model); null
+  // means a group of one.
+  static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir, const ModelOptions& options = {},
+                                                     Communicator* comm = nullptr);
+  Model(ModelConfig config, ModelWeights weights, const ModelOptions& options, Communicator* comm = nullptr);
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
@@ -54,17 +59,22 @@ class Model {
 
   // Runs one step over a ragged batch: writes every new token's latent into
   // `cache` and returns logits [rows, vocab], one row per sequence (its last
-  // token) or one per new token with all_logits, in batch order. A sequence's
-  // rows do not depend on the rest of the batch. Bad ids, positions or block
-  // tables give InvalidArgument and leave the cache untouched.
+  // token) or one per new token with all_logits, in batch order. With several
+  // ranks every rank must run the same batch; the logits go to rank 0 only
+  // (other ranks return an empty vector). A sequence's rows do not depend on
+  // the rest of the batch. Bad ids, positions or block tables give
+  // InvalidArgument and leave the cache untouched; a failed collective its error.
   absl::StatusOr<std::vector<float>> Forward(std::span<const SequenceStep> batch, PagedLatentCache& cache);
 
  private:
   absl::Status Validate(std::span<const SequenceStep> batch, const PagedLatentCache& cache) const;
+  // Each writes this rank's partial sum into `out`; the caller all-reduces.
   void Attention(int64_t layer, std::span<const SequenceStep> batch, const float* x, PagedLatentCache& cache,
                  float* out);
   void Mlp(const MlpWeights& w, const float* x, int64_t rows, float* out);
   void Moe(const MoeWeights& w, const float* x, int64_t rows, float* out);
+  absl::Status Embed(std::span<const SequenceStep> batch, float* x);
+  absl::StatusOr<std::vector<float>> Logits(const std::vector<float>& normed, int64_t rows);
 
   ModelConfig config_;
   ModelWeights weights_;
@@ -73,6 +83,8 @@ class Model {
   float rope_attention_factor_ = 1.0f;
   float softmax_scale_ = 0.0f;
   ThreadPool pool_;
+  std::unique_ptr<Communicator> own_comm_;  // the group of one when none is given
+  Communicator* comm_;
 };
 
 // RoPE parameters for a config (YaRN when rope_scaling says so).

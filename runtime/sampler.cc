@@ -79,4 +79,21 @@ int32_t SampleToken(std::span<const float> logits, const SamplingParams& p, uint
   return order[n - 1];
 }
 
+TokenLogprobs ComputeLogprobs(std::span<const float> logits, int32_t token, int top_k) {
+  const double mx = *std::max_element(logits.begin(), logits.end());
+  double sum = 0.0;
+  for (float l : logits) sum += std::exp(static_cast<double>(l) - mx);
+  const double lse = mx + std::log(sum);
+  TokenLogprobs out;
+  out.logprob = static_cast<float>(logits[static_cast<size_t>(token)] - lse);
+  const int64_t k = std::min<int64_t>(std::max(top_k, 0), static_cast<int64_t>(logits.size()));
+  std::vector<int32_t> order(logits.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  for (int64_t i = 0; i < k; ++i) out.top.emplace_back(order[i], static_cast<float>(logits[order[i]] - lse));
+  return out;
+}
+
 }  // namespace mla

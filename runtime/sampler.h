@@ -5,6 +5,8 @@
 
 #include <cstdint>
 #include <span>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 
@@ -25,5 +27,12 @@ double CounterUniform(uint64_t seed, uint64_t step);
 
 // Picks a token from one row of logits [vocab]. Greedy ties go to the lowest id.
 int32_t SampleToken(std::span<const float> logits, const SamplingParams& params, uint64_t step);
+
+// Log probabilities under softmax(logits) (raw logits: no temperature or cuts).
+struct TokenLogprobs {
+  float logprob = 0.0f;                         // of the chosen token
+  std::vector<std::pair<int32_t, float>> top;  // the top_k most likely, most likely first (ties: lower id)
+};
+TokenLogprobs ComputeLogprobs(std::span<const float> logits, int32_t token, int top_k);
 
 }  // namespace mla

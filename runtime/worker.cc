@@ -1,0 +1,210 @@
+#include "runtime/worker.h"
+
+#include <glog/logging.h>
+#include <grpcpp/grpcpp.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "mla/control/v1/control.grpc.pb.h"
+#include "runtime/communicator.h"
+#include "runtime/control_store.h"
+#include "runtime/gloo_communicator.h"
+#include "runtime/model.h"
+#include "runtime/sampler.h"
+#include "runtime/status_macros.h"
+
+namespace mla {
+namespace {
+
+namespace cv1 = control::v1;
+using Clock = std::chrono::steady_clock;
+
+int64_t MicrosSince(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t).count();
+}
+
+// One worker's state once it has joined the group.
+class Worker {
+ public:
+  Worker(const WorkerOptions& options, int rank, std::unique_ptr<Communicator> comm, std::unique_ptr<Model> model,
+         PagedLatentCache cache)
+      : options_(options), rank_(rank), comm_(std::move(comm)), model_(std::move(model)), cache_(std::move(cache)) {}
+
+  cv1::WorkerReady Ready() const {
+    cv1::WorkerReady r;
+    r.set_rank(rank_);
+    r.set_cache_blocks(cache_.num_blocks());
+    r.set_block_size(static_cast<int32_t>(cache_.block_size()));
+    const WeightBytes& b = model_->weights().bytes;
+    r.mutable_weight_bytes()->set_attention(b.attention);
+    r.mutable_weight_bytes()->set_experts(b.experts);
+    r.mutable_weight_bytes()->set_embeddings(b.embeddings);
+    r.mutable_weight_bytes()->set_replicated(b.replicated);
+    r.set_host(options_.host);
+    r.set_device(options_.backend);
+    r.set_pid(::getpid());
+    r.set_cache_bytes(cache_.bytes());
+    return r;
+  }
+
+  // Executes one plan. A failed step is reported in the result; the caller
+  // stops after sending it (the group is out of step).
+  cv1::StepResult Execute(const cv1::StepPlan& plan) {
+    auto t0 = Clock::now();
+    cv1::StepResult result;
+    result.set_step_id(plan.step_id());
+    result.set_rank(rank_);
+    result.set_cache_bytes(cache_.bytes());
+    if (plan.sequences().empty()) return result;  // heartbeat
+    std::vector<SequenceStep> batch;
+    std::set<int32_t> blocks;
+    for (const cv1::SequencePlan& s : plan.sequences()) {
+      batch.push_back(SequenceStep{std::span<const int32_t>(s.token_ids().data(), s.token_ids().size()),
+                                   s.start_position(),
+                                   std::span<const int32_t>(s.block_table().data(), s.block_table().size()), false});
+      blocks.insert(s.block_table().begin(), s.block_table().end());
+    }
+    result.set_blocks_referenced(static_cast<int64_t>(blocks.size()));
+    absl::StatusOr<std::vector<float>> logits = model_->Forward(batch, cache_);
+    result.mutable_timings()->set_forward_us(MicrosSince(t0));
+    if (!logits.ok()) {
+      result.set_error_code(static_cast<int32_t>(logits.status().code()));
+      result.set_error_message(std::string(logits.status().message()));
+      return result;
+    }
+    auto t1 = Clock::now();
+    if (rank_ == 0) Sample(plan, *logits, result);
+    result.mutable_timings()->set_sample_us(MicrosSince(t1));
+    result.mutable_timings()->set_total_us(MicrosSince(t0));
+    return result;
+  }
+
+ private:
+  void Sample(const cv1::StepPlan& plan, const std::vector<float>& logits, cv1::StepResult& result) {
+    const int64_t vocab = model_->config().vocab_size;
+    for (int i = 0; i < plan.sequences_size(); ++i) {
+      const cv1::SequencePlan& s = plan.sequences(i);
+      if (!s.sample()) continue;
+      std::span<const float> row(&logits[static_cast<size_t>(i) * vocab], static_cast<size_t>(vocab));
+      SamplingParams p{s.sampling().temperature(), s.sampling().top_k(), s.sampling().top_p(), s.sampling().seed()};
+      int32_t token = SampleToken(row, p, static_cast<uint64_t>(s.sample_index()));
+      TokenLogprobs lp = ComputeLogprobs(row, token, s.top_logprobs());
+      cv1::SampledToken* t = result.add_tokens();
+      t->set_sequence_id(s.sequence_id());
+      t->set_token_id(token);
+      t->set_logprob(lp.logprob);
+      for (const auto& [id, logprob] : lp.top) {
+        cv1::TokenLogprob* e = t->add_top_logprobs();
+        e->set_token_id(id);
+        e->set_logprob(logprob);
+      }
+    }
+  }
+
+  const WorkerOptions& options_;
+  int rank_;
+  std::unique_ptr<Communicator> comm_;
+  std::unique_ptr<Model> model_;
+  PagedLatentCache cache_;
+};
+
+absl::StatusOr<cv1::RegisterResponse> Register(cv1::ControlPlane::Stub& stub, const WorkerOptions& o) {
+  cv1::RegisterRequest req;
+  req.set_host(o.host);
+  req.set_device(o.backend);
+  req.set_pid(::getpid());
+  req.set_node_rank(o.node_rank);
+  req.set_local_rank(o.local_rank);
+  req.set_local_world_size(o.local_world_size);
+  grpc::ClientContext ctx;
+  ctx.set_wait_for_ready(true);  // the coordinator may still be starting
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + o.connect_timeout));
+  cv1::RegisterResponse resp;
+  absl::Status s = FromGrpc(stub.Register(&ctx, req, &resp));
+  if (!s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("registering with the coordinator at ", o.coordinator, ": ",
+                                               s.message()));
+  }
+  return resp;
+}
+
+int64_t CacheBlocks(const WorkerOptions& o, const Model& model) {
+  if (o.num_blocks > 0) return o.num_blocks;
+  const ModelConfig& c = model.config();
+  const int64_t block_bytes = c.num_hidden_layers * kDefaultBlockSize * c.latent_dim() * CacheDTypeBytes(o.cache_dtype);
+  return std::max<int64_t>(1, o.cache_memory_bytes / block_bytes);
+}
+
+}  // namespace
+
+absl::Status RunWorker(const WorkerOptions& o) {
+  if (o.backend != "cpu") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--backend ", o.backend, ": the CUDA backend is not built yet (expected cpu)"));
+  }
+  // The coordinator may still be starting: retry the connection quickly
+  // rather than with gRPC's default backoff (1 s, growing to 2 min).
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  auto channel = grpc::CreateCustomChannel(o.coordinator, grpc::InsecureChannelCredentials(), args);
+  auto stub = std::shared_ptr<cv1::ControlPlane::Stub>(cv1::ControlPlane::NewStub(channel));
+  MLA_ASSIGN_OR_RETURN(cv1::RegisterResponse reg, Register(*stub, o));
+  const int rank = reg.rank(), world = reg.world_size();
+  LOG(INFO) << "worker rank " << rank << " of " << world << " (node " << o.node_rank << ", local rank "
+            << o.local_rank << ")";
+
+  // Refuse an unshardable model before joining the group or reading weights.
+  MLA_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(o.model_dir));
+  MLA_RETURN_IF_ERROR(CheckShardable(config, world));
+
+  std::unique_ptr<Communicator> comm;
+  ControlPlaneStore store(stub, reg.rendezvous_prefix());
+  if (world == 1) {
+    comm = MakeLocalCommunicator();
+  } else {
+    GlooOptions g;
+    g.hostname = o.host;
+    g.prefix = "gloo";
+    g.timeout = o.collective_timeout;
+    MLA_ASSIGN_OR_RETURN(comm, CreateGlooCommunicator(store, rank, world, g));
+  }
+  ModelOptions mo;
+  mo.num_threads = o.threads;
+  MLA_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Load(o.model_dir, mo, comm.get()));
+  PagedLatentCache cache = model->MakeCache(CacheBlocks(o, *model), o.cache_dtype);
+  Worker worker(o, rank, std::move(comm), std::move(model), std::move(cache));
+
+  grpc::ClientContext ctx;
+  auto stream = stub->Steps(&ctx);
+  cv1::WorkerMessage hello;
+  *hello.mutable_ready() = worker.Ready();
+  if (!stream->Write(hello)) return FromGrpc(stream->Finish());
+  LOG(INFO) << "worker rank " << rank << " ready: " << hello.ready().cache_blocks() << " cache blocks";
+
+  cv1::StepPlan plan;
+  while (stream->Read(&plan)) {
+    if (plan.shutdown()) {
+      stream->WritesDone();
+      LOG(INFO) << "worker rank " << rank << ": shutdown";
+      return absl::OkStatus();
+    }
+    cv1::WorkerMessage msg;
+    *msg.mutable_result() = worker.Execute(plan);
+    const bool failed = msg.result().error_code() != 0;
+    if (!stream->Write(msg)) break;
+    if (failed) {
+      return absl::Status(static_cast<absl::StatusCode>(msg.result().error_code()),
+                          absl::StrCat("step ", plan.step_id(), ": ", msg.result().error_message()));
+    }
+  }
+  absl::Status s = FromGrpc(stream->Finish());
+  return absl::UnavailableError(
+      absl::StrCat("lost the coordinator at ", o.coordinator, s.ok() ? "" : ": ", s.message()));
+}
+
+}  // namespace mla
