@@ -53,6 +53,11 @@ class Engine {
   // Blocks until the engine is failed or stopped, or the timeout passes.
   EngineState WaitForEnd(absl::Duration timeout);
 
+  // Sends one plan to every attached rank and collects the results (rank 0's
+  // into *rank0) within the step timeout. The loop uses it; a benchmark may
+  // call it on an engine that was never started.
+  absl::Status RunStep(const control::v1::StepPlan& plan, control::v1::StepResult* rank0);
+
   const ModelConfig& config() const { return config_; }
   int world_size() const { return options_.world_size; }
   int64_t num_blocks();
@@ -62,7 +67,6 @@ class Engine {
   void Loop();
   bool WaitForWorkers();
   void Admit(std::vector<std::shared_ptr<Request>>& active);
-  absl::Status RunStep(const control::v1::StepPlan& plan, control::v1::StepResult* rank0);
   void Fail(const absl::Status& why, std::vector<std::shared_ptr<Request>>& active);
 
   const ModelConfig config_;
