@@ -7,6 +7,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <charconv>
+#include <fstream>
 #include <chrono>
 #include <cmath>
 #include <iostream>
@@ -66,14 +67,19 @@ const char* FinishReasonName(FinishReason reason) {
   }
 }
 
-// The one place a channel is made: TLS credentials belong here.
+// The one place a channel is made: TLS when --tls-ca names the root to trust.
 std::shared_ptr<grpc::Channel> MakeChannel(const ClientOptions& options) {
-  return grpc::CreateChannel(options.server, grpc::InsecureChannelCredentials());
+  if (options.tls_ca.empty()) return grpc::CreateChannel(options.server, grpc::InsecureChannelCredentials());
+  std::ifstream in(options.tls_ca);
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  return grpc::CreateChannel(options.server, grpc::SslCredentials(ssl));
 }
 
-// Per-call settings: the deadline now; API-key metadata belongs here.
+// Per-call settings: the deadline and the API key.
 void ConfigureCall(const ClientOptions& options, std::optional<int64_t> default_timeout_ms,
                    grpc::ClientContext& context) {
+  if (!options.api_key.empty()) context.AddMetadata("authorization", "Bearer " + options.api_key);
   std::optional<int64_t> timeout_ms = options.timeout_ms ? options.timeout_ms : default_timeout_ms;
   if (timeout_ms) context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(*timeout_ms));
 }
@@ -108,6 +114,10 @@ nlohmann::ordered_json FinalJson(const std::vector<GeneratedToken>& tokens, cons
   j["finish_reason"] = FinishReasonName(final.finish_reason());
   j["prompt_tokens"] = final.prompt_tokens();
   j["completion_tokens"] = final.completion_tokens();
+  j["cached_prompt_tokens"] = final.cached_prompt_tokens();
+  j["queue_time_us"] = final.queue_time_us();
+  j["time_to_first_token_us"] = final.time_to_first_token_us();
+  j["total_time_us"] = final.total_time_us();
   if (with_logprobs) {
     nlohmann::ordered_json logprobs = nlohmann::ordered_json::array(), top = nlohmann::ordered_json::array();
     for (const GeneratedToken& t : tokens) {

@@ -1,5 +1,7 @@
 #include "launcher/client_options.h"
 
+#include <cstdlib>
+
 #include <cfloat>
 #include <cmath>
 #include <map>
@@ -20,14 +22,15 @@ struct CommandFlags {
 };
 
 // Flags every command takes.
-const std::set<std::string> kCommonValueFlags = {"server", "timeout-ms"};
+const std::set<std::string> kCommonValueFlags = {"server", "timeout-ms", "api-key", "tls-ca"};
 const std::set<std::string> kCommonBoolFlags = {"help"};
 
 const std::map<std::string, CommandFlags>& Commands() {
   static const auto* commands = new std::map<std::string, CommandFlags>{
       {"generate",
        {ClientCommand::kGenerate,
-        {"prompt-ids", "max-new-tokens", "temperature", "top-k", "top-p", "seed", "logprobs", "request-id"},
+        {"prompt-ids", "max-new-tokens", "temperature", "top-k", "top-p", "seed", "logprobs", "request-id",
+         "stop-ids"},
         {"ignore-eos"}}},
       {"health", {ClientCommand::kHealth, {"service"}, {}}},
       {"info", {ClientCommand::kInfo, {}, {}}},
@@ -112,6 +115,9 @@ absl::Status ParseGenerateFlags(const CliFlags& flags, ClientOptions& o) {
   }
   o.ignore_eos = flags.Has("ignore-eos");
   o.request_id = flags.String("request-id").value_or("");
+  if (flags.Has("stop-ids") && !flags.String("stop-ids")->empty()) {
+    MLA_ASSIGN_OR_RETURN(o.stop_ids, flags.IntList("stop-ids"));
+  }
   return absl::OkStatus();
 }
 
@@ -140,6 +146,11 @@ absl::StatusOr<ClientOptions> ParseClientOptions(int argc, char** argv) {
   o.command = spec.command;
   o.server = flags.String("server").value_or(kDefaultServer);
   if (o.server.empty()) return absl::InvalidArgumentError("--server is empty (expected HOST:PORT)");
+  o.api_key = flags.String("api-key").value_or("");
+  if (o.api_key.empty()) {
+    if (const char* key = std::getenv("MLA_API_KEY")) o.api_key = key;
+  }
+  o.tls_ca = flags.String("tls-ca").value_or("");
   if (flags.Has("timeout-ms")) {
     MLA_ASSIGN_OR_RETURN(o.timeout_ms, flags.Int("timeout-ms", 0, 1));
   }
@@ -168,6 +179,7 @@ serving::v1::GenerateRequest ToGenerateRequest(const ClientOptions& options) {
   req.set_top_logprobs(options.logprobs.value_or(0));
   req.set_ignore_eos(options.ignore_eos);
   req.set_request_id(options.request_id);
+  req.mutable_stop_token_ids()->Add(options.stop_ids.begin(), options.stop_ids.end());
   return req;
 }
 

@@ -26,14 +26,17 @@ inline constexpr char kClientUsage[] =
     "usage: mla-client [--server HOST:PORT] <command> [flags]\n"
     "  mla-client generate --prompt-ids 1,2,3 --max-new-tokens N [--temperature T] [--top-k K]\n"
     "                      [--top-p P] [--seed S] [--logprobs K] [--ignore-eos] [--request-id ID]\n"
-    "                      [--timeout-ms MS]\n"
+    "                      [--stop-ids 5,9] [--timeout-ms MS]\n"
     "  mla-client health [--service NAME] [--timeout-ms MS]\n"
     "  mla-client info [--timeout-ms MS]\n"
     "  --server     defaults to 127.0.0.1:50051; it may come before or after the command\n"
     "  --timeout-ms call deadline; default none for generate, 10000 for health and info\n"
+    "  --api-key    bearer token sent with every call (default $MLA_API_KEY)\n"
+    "  --tls-ca     PEM root certificate: connect with TLS\n"
     "generate prints each token id on its own line as it arrives, then one JSON line:\n"
     "  {\"generated_ids\":[...],\"finish_reason\":\"length|stop|cancelled\",\"prompt_tokens\":N,\n"
-    "   \"completion_tokens\":N[,\"logprobs\":[...],\"top_logprobs\":[[{\"token_id\":T,\"logprob\":L},...],...]]}\n"
+    "   \"completion_tokens\":N,\"cached_prompt_tokens\":N,\"queue_time_us\":N,\"time_to_first_token_us\":N,\n"
+    "   \"total_time_us\":N[,\"logprobs\":[...],\"top_logprobs\":[[{\"token_id\":T,\"logprob\":L},...],...]]}\n"
     "  (logprobs and top_logprobs only with --logprobs K).\n"
     "health prints the serving status (SERVING, NOT_SERVING, ...); info prints ModelInfo as JSON.\n"
     "Values go to the server unchecked; the server rejects out-of-range ones.\n"
@@ -59,6 +62,12 @@ struct ClientOptions {
   std::optional<int32_t> logprobs;
   bool ignore_eos = false;
   std::string request_id;
+  std::vector<int32_t> stop_ids;
+
+  // Every command: a bearer token (--api-key or $MLA_API_KEY) and, for TLS,
+  // the PEM root certificate to trust (--tls-ca).
+  std::string api_key;
+  std::string tls_ca;
 
   // health: "" is the server as a whole.
   std::string service;

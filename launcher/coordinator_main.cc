@@ -4,6 +4,7 @@
 #include <glog/logging.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <iostream>
 
 #include "launcher/cli_flags.h"
@@ -15,10 +16,13 @@ namespace mla {
 namespace {
 
 absl::StatusOr<CoordinatorOptions> ParseOptions(int argc, char** argv) {
-  MLA_ASSIGN_OR_RETURN(CliFlags flags,
-                       CliFlags::Parse(argc, argv,
-                                       {"model", "tp", "host", "port", "backend", "step-timeout-ms", "heartbeat-ms"},
-                                       {}));
+  MLA_ASSIGN_OR_RETURN(
+      CliFlags flags,
+      CliFlags::Parse(argc, argv,
+                      {"model", "tp", "host", "port", "backend", "step-timeout-ms", "heartbeat-ms",
+                       "max-num-batched-tokens", "max-num-seqs", "max-queued-requests", "max-model-len",
+                       "shutdown-timeout-ms", "tls-cert", "tls-key", "metrics-port"},
+                      {"no-prefix-caching"}));
   CoordinatorOptions o;
   if (!flags.Has("model")) return absl::InvalidArgumentError("--model is required");
   o.model_dir = *flags.String("model");
@@ -29,9 +33,22 @@ absl::StatusOr<CoordinatorOptions> ParseOptions(int argc, char** argv) {
   o.port = static_cast<int>(port);
   o.backend = flags.String("backend").value_or("cpu");
   MLA_ASSIGN_OR_RETURN(int64_t step_ms, flags.Int("step-timeout-ms", 5000, 1));
-  o.step_timeout = absl::Milliseconds(step_ms);
+  o.engine.step_timeout = absl::Milliseconds(step_ms);
   MLA_ASSIGN_OR_RETURN(int64_t heartbeat_ms, flags.Int("heartbeat-ms", 1000, 1));
-  o.heartbeat = absl::Milliseconds(heartbeat_ms);
+  o.engine.heartbeat = absl::Milliseconds(heartbeat_ms);
+  MLA_ASSIGN_OR_RETURN(o.engine.scheduler.max_num_batched_tokens, flags.Int("max-num-batched-tokens", 2048, 1));
+  MLA_ASSIGN_OR_RETURN(o.engine.scheduler.max_num_seqs, flags.Int("max-num-seqs", 64, 1));
+  MLA_ASSIGN_OR_RETURN(o.engine.max_queued_requests, flags.Int("max-queued-requests", 1024, 0));
+  MLA_ASSIGN_OR_RETURN(o.engine.max_model_len, flags.Int("max-model-len", 0, 0));
+  o.engine.prefix_caching = !flags.Has("no-prefix-caching");
+  MLA_ASSIGN_OR_RETURN(int64_t shutdown_ms, flags.Int("shutdown-timeout-ms", 30000, 0));
+  o.shutdown_timeout = absl::Milliseconds(shutdown_ms);
+  o.tls_cert = flags.String("tls-cert").value_or("");
+  o.tls_key = flags.String("tls-key").value_or("");
+  MLA_ASSIGN_OR_RETURN(int64_t metrics_port, flags.Int("metrics-port", -1, -1));
+  o.metrics_port = static_cast<int>(metrics_port);
+  // The key travels in the environment, not argv, so `ps` does not show it.
+  if (const char* key = std::getenv("MLA_API_KEY")) o.api_key = key;
   return o;
 }
 

@@ -164,7 +164,7 @@ absl::StatusOr<std::vector<Child>> SpawnGroup(const LaunchOptions& o, const Bina
     return absl::OkStatus();
   };
   absl::Status status;
-  if (o.runs_coordinator()) status = spawn("coordinator", bin.coordinator, CoordinatorArgs(o), {});
+  if (o.runs_coordinator()) status = spawn("coordinator", bin.coordinator, CoordinatorArgsWithServing(o), ChildEnv(o));
   for (int64_t j = 0; status.ok() && j < o.local_world_size(); ++j) {
     status = spawn(WorkerName(o, j), bin.worker, WorkerArgs(o, j), WorkerEnv(o));
   }
@@ -218,7 +218,16 @@ int Run(int argc, char** argv) {
     std::cout << ServingLine(o) << std::endl;
 
     GroupEnd end = Supervise(*group, signals);
-    if (end.stop_requested) return StopGroup(*group, grace) ? 0 : 1;
+    if (end.stop_requested) {
+      // Node 0 drains: only the coordinator is told; it lets running requests
+      // finish, then sends its workers (on every node) a shutdown.
+      if (o.runs_coordinator() && (*group)[0].process.running()) {
+        (*group)[0].process.Signal(SIGTERM).IgnoreError();
+        (*group)[0].process.Wait(absl::Milliseconds(o.shutdown_timeout_ms) + grace);
+        for (Child& c : *group) c.process.Wait(grace);
+      }
+      return StopGroup(*group, grace) ? 0 : 1;
+    }
 
     Child& first = (*group)[end.child];
     Child* coordinator = o.runs_coordinator() ? &(*group)[0] : nullptr;

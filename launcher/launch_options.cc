@@ -1,5 +1,7 @@
 #include "launcher/launch_options.h"
 
+#include <cstdlib>
+
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -15,7 +17,10 @@ const char kLaunchUsage[] =
     "usage: mla-launch --model DIR [--tp N] [--backend cpu] [--host H] [--port P]\n"
     "                  [--nnodes K --node-rank I --coordinator HOST:PORT] [--restart N]\n"
     "                  [--num-blocks B] [--kv-cache-dtype fp32|bf16] [--threads T]\n"
-    "                  [--step-timeout-ms MS] [--grace-ms MS]\n"
+    "                  [--step-timeout-ms MS] [--grace-ms MS] [--kv-cache-memory BYTES]\n"
+    "                  [--max-num-batched-tokens N] [--max-num-seqs N] [--max-queued-requests N]\n"
+    "                  [--max-model-len N] [--no-prefix-caching] [--shutdown-timeout-ms MS]\n"
+    "                  [--tls-cert PEM --tls-key PEM] [--api-key KEY] [--metrics-port P]\n"
     "Starts this node's share of a tensor-parallel group: the coordinator (node 0 only)\n"
     "and tp / nnodes workers, found next to mla-launch, and supervises them: when one\n"
     "ends, the group is stopped (and restarted up to --restart times after a failure).\n"
@@ -27,6 +32,9 @@ const char kLaunchUsage[] =
     "  --threads T          BLAS threads per worker (default max(1, cores / local workers))\n"
     "  --step-timeout-ms MS passed to the coordinator (default 5000)\n"
     "  --grace-ms MS        SIGTERM to SIGKILL grace when stopping children (default 3000)\n"
+    "  --shutdown-timeout-ms MS  SIGTERM drains: running requests get this long (default 30000)\n"
+    "  --api-key KEY        bearer token required on every call but health (also $MLA_API_KEY)\n"
+    "  --metrics-port P     Prometheus /metrics on --host:P (node 0)\n"
     "Exit status: 0 clean shutdown; 1 a child failed (restarts spent); 2 bad flags or setup.\n";
 
 namespace {
@@ -130,8 +138,11 @@ absl::StatusOr<LaunchOptions> ParseLaunchOptions(int argc, char** argv, int64_t 
                        CliFlags::Parse(argc, argv,
                                        {"model", "tp", "backend", "host", "port", "nnodes", "node-rank",
                                         "coordinator", "restart", "num-blocks", "kv-cache-dtype", "threads",
-                                        "step-timeout-ms", "grace-ms", "bin-dir"},
-                                       {"help"}));
+                                        "step-timeout-ms", "grace-ms", "bin-dir", "kv-cache-memory",
+                                        "max-num-batched-tokens", "max-num-seqs", "max-queued-requests",
+                                        "max-model-len", "shutdown-timeout-ms", "tls-cert", "tls-key", "api-key",
+                                        "metrics-port"},
+                                       {"help", "no-prefix-caching"}));
   LaunchOptions o;
   o.model_dir = flags.String("model").value_or("");
   if (o.model_dir.empty()) return absl::InvalidArgumentError("--model DIR is required (the model directory)");
@@ -144,6 +155,21 @@ absl::StatusOr<LaunchOptions> ParseLaunchOptions(int argc, char** argv, int64_t 
   MLA_ASSIGN_OR_RETURN(o.step_timeout_ms, flags.Int("step-timeout-ms", 5000, 1));
   MLA_ASSIGN_OR_RETURN(o.grace_ms, flags.Int("grace-ms", 3000, 0));
   o.bin_dir = flags.String("bin-dir").value_or("");
+  for (const char* name : {"max-num-batched-tokens", "max-num-seqs", "max-queued-requests", "max-model-len",
+                           "shutdown-timeout-ms", "tls-cert", "tls-key", "metrics-port"}) {
+    if (auto v = flags.String(name)) o.coordinator_passthrough.insert(o.coordinator_passthrough.end(), {absl::StrCat("--", name), *v});
+  }
+  if (flags.Has("no-prefix-caching")) o.coordinator_passthrough.push_back("--no-prefix-caching");
+  MLA_ASSIGN_OR_RETURN(o.shutdown_timeout_ms, flags.Int("shutdown-timeout-ms", 30000, 0));
+  o.kv_cache_memory = flags.String("kv-cache-memory");
+  o.tls_cert = flags.String("tls-cert");
+  if (o.tls_cert.has_value() != flags.Has("tls-key")) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together (expected both or neither)");
+  }
+  o.api_key = flags.String("api-key").value_or("");
+  if (o.api_key.empty()) {
+    if (const char* key = std::getenv("MLA_API_KEY")) o.api_key = key;
+  }
   return o;
 }
 
@@ -164,6 +190,17 @@ std::vector<std::string> CoordinatorArgs(const LaunchOptions& o) {
           "--step-timeout-ms", absl::StrCat(o.step_timeout_ms)};
 }
 
+std::vector<std::string> CoordinatorArgsWithServing(const LaunchOptions& o) {
+  std::vector<std::string> args = CoordinatorArgs(o);
+  args.insert(args.end(), o.coordinator_passthrough.begin(), o.coordinator_passthrough.end());
+  return args;
+}
+
+std::vector<std::string> ChildEnv(const LaunchOptions& o) {
+  if (o.api_key.empty()) return {};
+  return {absl::StrCat("MLA_API_KEY=", o.api_key)};
+}
+
 std::vector<std::string> WorkerArgs(const LaunchOptions& o, int64_t local_rank) {
   std::vector<std::string> args = {"--model", o.model_dir,
                                    "--coordinator", o.coordinator,
@@ -175,11 +212,16 @@ std::vector<std::string> WorkerArgs(const LaunchOptions& o, int64_t local_rank) 
                                    "--threads", absl::StrCat(o.threads)};
   if (o.num_blocks) args.insert(args.end(), {"--num-blocks", absl::StrCat(*o.num_blocks)});
   if (o.kv_cache_dtype) args.insert(args.end(), {"--kv-cache-dtype", *o.kv_cache_dtype});
+  if (o.kv_cache_memory) args.insert(args.end(), {"--kv-cache-memory", *o.kv_cache_memory});
+  if (o.tls_cert) args.insert(args.end(), {"--tls-ca", *o.tls_cert});
   return args;
 }
 
 std::vector<std::string> WorkerEnv(const LaunchOptions& o) {
-  return {absl::StrCat("OPENBLAS_NUM_THREADS=", o.threads), absl::StrCat("OMP_NUM_THREADS=", o.threads)};
+  std::vector<std::string> env = {absl::StrCat("OPENBLAS_NUM_THREADS=", o.threads),
+                                  absl::StrCat("OMP_NUM_THREADS=", o.threads)};
+  for (std::string& e : ChildEnv(o)) env.push_back(std::move(e));
+  return env;
 }
 
 std::string WorkerName(const LaunchOptions& o, int64_t local_rank) {

@@ -30,6 +30,13 @@ struct LaunchOptions {
   int64_t step_timeout_ms = 5000;
   int64_t grace_ms = 3000;  // SIGTERM -> SIGKILL
   std::string bin_dir;      // hidden --bin-dir; empty: the launcher's own directory
+  // Serving knobs handed to the coordinator as given ("--name", "value" pairs,
+  // or a lone "--name" for switches); it validates them.
+  std::vector<std::string> coordinator_passthrough;
+  std::optional<std::string> kv_cache_memory;  // bytes, to workers
+  std::optional<std::string> tls_cert;         // the coordinator serves TLS; workers trust this cert
+  std::string api_key;                         // to every child through MLA_API_KEY (not argv)
+  int64_t shutdown_timeout_ms = 30000;         // SIGTERM drains the coordinator this long
 
   int64_t local_world_size() const { return tp / nnodes; }
   bool runs_coordinator() const { return node_rank == 0; }
@@ -47,6 +54,11 @@ absl::StatusOr<std::pair<std::string, int64_t>> ParseHostPort(const std::string&
 
 // FailedPrecondition naming --model unless `model_dir` is a directory.
 absl::Status CheckModelDir(const std::string& model_dir);
+
+// The coordinator's argv with the serving knobs appended, and the environment
+// every child gets (the API key, when set).
+std::vector<std::string> CoordinatorArgsWithServing(const LaunchOptions& o);
+std::vector<std::string> ChildEnv(const LaunchOptions& o);
 
 // argv[1..] of the coordinator (node 0 only):
 //   --model DIR --tp N --host H --port P --backend cpu --step-timeout-ms MS

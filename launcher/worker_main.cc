@@ -3,6 +3,7 @@
 // 1 when it fails (the coordinator or a peer is lost); 2 bad flags.
 #include <glog/logging.h>
 
+#include <cstdlib>
 #include <iostream>
 
 #include "kernels/cpu/gemm.h"
@@ -18,7 +19,8 @@ absl::StatusOr<WorkerOptions> ParseOptions(int argc, char** argv) {
       CliFlags flags,
       CliFlags::Parse(argc, argv,
                       {"model", "coordinator", "node-rank", "local-rank", "local-world-size", "host", "backend",
-                       "threads", "num-blocks", "kv-cache-dtype", "collective-timeout-ms", "connect-timeout-ms"},
+                       "threads", "num-blocks", "kv-cache-memory", "kv-cache-dtype", "collective-timeout-ms",
+                       "connect-timeout-ms", "tls-ca"},
                       {}));
   WorkerOptions o;
   if (!flags.Has("model")) return absl::InvalidArgumentError("--model is required");
@@ -31,6 +33,10 @@ absl::StatusOr<WorkerOptions> ParseOptions(int argc, char** argv) {
   MLA_ASSIGN_OR_RETURN(int64_t local_world, flags.Int("local-world-size", 1, 1));
   MLA_ASSIGN_OR_RETURN(int64_t threads, flags.Int("threads", 1, 1));
   MLA_ASSIGN_OR_RETURN(o.num_blocks, flags.Int("num-blocks", 0, 0));
+  MLA_ASSIGN_OR_RETURN(o.cache_memory_bytes, flags.Int("kv-cache-memory", o.cache_memory_bytes, 1));
+  o.tls_ca_path = flags.String("tls-ca").value_or("");
+  // The key travels in the environment, not argv, so `ps` does not show it.
+  if (const char* key = std::getenv("MLA_API_KEY")) o.api_key = key;
   MLA_ASSIGN_OR_RETURN(o.cache_dtype, ParseCacheDType(flags.String("kv-cache-dtype").value_or("fp32")));
   MLA_ASSIGN_OR_RETURN(int64_t collective_ms, flags.Int("collective-timeout-ms", 5000, 1));
   MLA_ASSIGN_OR_RETURN(int64_t connect_ms, flags.Int("connect-timeout-ms", 60000, 1));

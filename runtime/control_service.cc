@@ -6,14 +6,16 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "runtime/auth.h"
 #include "runtime/control_store.h"
 
 namespace mla {
 
 namespace cv1 = control::v1;
 
-grpc::Status ControlService::Register(grpc::ServerContext*, const cv1::RegisterRequest* req,
+grpc::Status ControlService::Register(grpc::ServerContext* ctx, const cv1::RegisterRequest* req,
                                       cv1::RegisterResponse* resp) {
+  if (grpc::Status auth = CheckBearer(*ctx, api_key_); !auth.ok()) return auth;
   const int world = engine_.world_size();
   if (req->local_world_size() < 1 || req->local_rank() < 0 || req->local_rank() >= req->local_world_size() ||
       req->node_rank() < 0) {
@@ -41,13 +43,15 @@ grpc::Status ControlService::Register(grpc::ServerContext*, const cv1::RegisterR
   return grpc::Status::OK;
 }
 
-grpc::Status ControlService::RendezvousSet(grpc::ServerContext*, const cv1::RendezvousSetRequest* req,
+grpc::Status ControlService::RendezvousSet(grpc::ServerContext* ctx, const cv1::RendezvousSetRequest* req,
                                            cv1::RendezvousSetResponse*) {
+  if (grpc::Status auth = CheckBearer(*ctx, api_key_); !auth.ok()) return auth;
   return ToGrpc(store_.Set(req->key(), req->value()));
 }
 
-grpc::Status ControlService::RendezvousGet(grpc::ServerContext*, const cv1::RendezvousGetRequest* req,
+grpc::Status ControlService::RendezvousGet(grpc::ServerContext* ctx, const cv1::RendezvousGetRequest* req,
                                            cv1::RendezvousGetResponse* resp) {
+  if (grpc::Status auth = CheckBearer(*ctx, api_key_); !auth.ok()) return auth;
   absl::StatusOr<std::string> v = store_.Get(req->key(), absl::Milliseconds(req->timeout_ms()));
   if (!v.ok()) return ToGrpc(v.status());
   resp->set_value(*v);
@@ -56,6 +60,7 @@ grpc::Status ControlService::RendezvousGet(grpc::ServerContext*, const cv1::Rend
 
 grpc::Status ControlService::Steps(grpc::ServerContext* ctx,
                                    grpc::ServerReaderWriter<cv1::StepPlan, cv1::WorkerMessage>* stream) {
+  if (grpc::Status auth = CheckBearer(*ctx, api_key_); !auth.ok()) return auth;
   cv1::WorkerMessage first;
   if (!stream->Read(&first) || !first.has_ready()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "a step stream opens with WorkerReady");

@@ -14,8 +14,8 @@ namespace mla {
 
 class ControlService final : public control::v1::ControlPlane::Service {
  public:
-  ControlService(Engine& engine, std::string rendezvous_prefix)
-      : engine_(engine), prefix_(std::move(rendezvous_prefix)) {
+  ControlService(Engine& engine, std::string rendezvous_prefix, std::string api_key = "")
+      : engine_(engine), prefix_(std::move(rendezvous_prefix)), api_key_(std::move(api_key)) {
     registered_.resize(static_cast<size_t>(engine.world_size()), false);
   }
 
@@ -31,6 +31,7 @@ class ControlService final : public control::v1::ControlPlane::Service {
  private:
   Engine& engine_;
   const std::string prefix_;
+  const std::string api_key_;
   InMemoryKeyValueStore store_;
   absl::Mutex mu_;
   std::vector<bool> registered_ ABSL_GUARDED_BY(mu_);

@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/auth.h"
 
 namespace mla {
 
@@ -18,6 +19,7 @@ grpc::Status ToGrpc(const absl::Status& status) {
 
 absl::Status ControlPlaneStore::Set(const std::string& key, const std::string& value) {
   grpc::ClientContext ctx;
+  AddBearer(ctx, api_key_);
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
   control::v1::RendezvousSetRequest req;
   req.set_key(prefix_ + "/" + key);
@@ -30,6 +32,7 @@ absl::Status ControlPlaneStore::Set(const std::string& key, const std::string& v
 
 absl::StatusOr<std::string> ControlPlaneStore::Get(const std::string& key, absl::Duration timeout) {
   grpc::ClientContext ctx;
+  AddBearer(ctx, api_key_);
   // The server waits up to the timeout; the call deadline leaves it a margin.
   const absl::Duration wait = timeout == absl::InfiniteDuration() ? absl::Hours(24) : timeout;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + wait + absl::Seconds(5)));

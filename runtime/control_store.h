@@ -13,14 +13,16 @@ namespace mla {
 class ControlPlaneStore final : public KeyValueStore {
  public:
   // `prefix` namespaces this group's keys (from the Register response).
-  ControlPlaneStore(std::shared_ptr<control::v1::ControlPlane::StubInterface> stub, std::string prefix)
-      : stub_(std::move(stub)), prefix_(std::move(prefix)) {}
+  ControlPlaneStore(std::shared_ptr<control::v1::ControlPlane::StubInterface> stub, std::string prefix,
+                    std::string api_key = "")
+      : stub_(std::move(stub)), prefix_(std::move(prefix)), api_key_(std::move(api_key)) {}
   absl::Status Set(const std::string& key, const std::string& value) override;
   absl::StatusOr<std::string> Get(const std::string& key, absl::Duration timeout) override;
 
  private:
   std::shared_ptr<control::v1::ControlPlane::StubInterface> stub_;
   std::string prefix_;
+  std::string api_key_;
 };
 
 // gRPC status -> absl status, code for code.

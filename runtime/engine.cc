@@ -5,6 +5,8 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/engine_metrics.h"
+#include "runtime/kv_cache.h"
 
 namespace mla {
 
@@ -14,11 +16,14 @@ namespace {
 
 constexpr int kMaxTopLogprobs = 20;
 
-int64_t BlocksFor(int64_t tokens) { return (tokens + kDefaultBlockSize - 1) / kDefaultBlockSize; }
-
 }  // namespace
 
-Engine::Engine(ModelConfig config, EngineOptions options) : config_(std::move(config)), options_(options) {
+Engine::Engine(ModelConfig config, EngineOptions options, ServingMetrics* metrics)
+    : config_(std::move(config)),
+      options_(options),
+      max_model_len_(options.max_model_len > 0 ? std::min(options.max_model_len, config_.max_position_embeddings)
+                                               : config_.max_position_embeddings),
+      metrics_(metrics) {
   links_.resize(static_cast<size_t>(options_.world_size));
 }
 
@@ -32,6 +37,16 @@ void Engine::Stop() {
     stop_ = true;
   }
   if (thread_.joinable()) thread_.join();
+}
+
+void Engine::Drain() {
+  absl::MutexLock lock(&mu_);
+  if (state_ == EngineState::kServing || state_ == EngineState::kLoading) state_ = EngineState::kDraining;
+}
+
+int64_t Engine::num_in_flight() {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int64_t>(queue_.size()) + scheduled_;
 }
 
 absl::Status Engine::Attach(std::shared_ptr<WorkerLink> link) {
@@ -75,6 +90,11 @@ int64_t Engine::num_blocks() {
   return num_blocks_;
 }
 
+int64_t Engine::blocks_in_use() {
+  absl::MutexLock lock(&mu_);
+  return blocks_in_use_;
+}
+
 std::vector<cv1::WorkerReady> Engine::ranks() {
   absl::MutexLock lock(&mu_);
   std::vector<cv1::WorkerReady> out;
@@ -88,44 +108,69 @@ absl::Status Engine::Validate(const Request::Params& p) {
   int64_t blocks;
   {
     absl::MutexLock lock(&mu_);
-    if (state_ == EngineState::kLoading) return absl::UnavailableError("the model is still loading");
-    if (state_ != EngineState::kServing) {
-      return absl::UnavailableError(absl::StrCat("the server is not serving: ", failure_.message()));
+    switch (state_) {
+      case EngineState::kServing: break;
+      case EngineState::kLoading: return absl::UnavailableError("the model is still loading; retry shortly");
+      case EngineState::kDraining: return absl::UnavailableError("the server is shutting down (draining)");
+      default: return absl::UnavailableError(absl::StrCat("the server is not serving: ", failure_.message()));
     }
     blocks = num_blocks_;
   }
+  const int64_t vocab = config_.vocab_size;
   if (p.prompt_ids.empty()) return absl::InvalidArgumentError("prompt_token_ids is empty (expected at least one token)");
   for (size_t i = 0; i < p.prompt_ids.size(); ++i) {
     const int32_t id = p.prompt_ids[i];
-    if (id < 0 || id >= config_.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("prompt_token_ids[", i, "] = ", id,
-                                                     " (expected 0 <= id < vocab_size = ", config_.vocab_size, ")"));
+    if (id < 0 || id >= vocab) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt_token_ids[", i, "] = ", id, " (expected 0 <= id < vocab_size = ", vocab, ")"));
     }
   }
-  if (p.max_new_tokens < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("max_new_tokens = ", p.max_new_tokens, " (expected >= 1)"));
+  for (size_t i = 0; i < p.stop_token_ids.size(); ++i) {
+    const int32_t id = p.stop_token_ids[i];
+    if (id < 0 || id >= vocab) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("stop_token_ids[", i, "] = ", id, " (expected 0 <= id < vocab_size = ", vocab, ")"));
+    }
   }
-  const int64_t total = static_cast<int64_t>(p.prompt_ids.size()) + p.max_new_tokens;
-  if (total > config_.max_position_embeddings) {
-    return absl::InvalidArgumentError(absl::StrCat("prompt (", p.prompt_ids.size(), " tokens) + max_new_tokens (",
+  if (p.max_new_tokens < 1 || p.max_new_tokens > max_model_len_) {
+    return absl::InvalidArgumentError(absl::StrCat("max_new_tokens = ", p.max_new_tokens,
+                                                   " (expected 1 <= max_new_tokens <= max_model_len = ",
+                                                   max_model_len_, ")"));
+  }
+  const int64_t prompt = static_cast<int64_t>(p.prompt_ids.size());
+  const int64_t total = prompt + p.max_new_tokens;
+  if (total > max_model_len_) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt_token_ids (", prompt, " tokens) + max_new_tokens (",
                                                    p.max_new_tokens, ") = ", total,
-                                                   " exceeds the model's context of ", config_.max_position_embeddings));
+                                                   " exceeds max_model_len = ", max_model_len_));
   }
-  if (BlocksFor(total) > blocks) {
-    return absl::InvalidArgumentError(absl::StrCat("prompt + max_new_tokens = ", total, " tokens needs ",
-                                                   BlocksFor(total), " cache blocks; the whole cache has ", blocks,
-                                                   " (", blocks * kDefaultBlockSize, " tokens)"));
+  const int64_t needed = (total + kDefaultBlockSize - 1) / kDefaultBlockSize;
+  if (needed > blocks) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt_token_ids + max_new_tokens = ", total, " tokens needs ", needed, " cache blocks, but the whole cache has ",
+        blocks, " (", blocks * kDefaultBlockSize, " tokens): it could never run"));
   }
   if (p.top_logprobs < 0 || p.top_logprobs > kMaxTopLogprobs) {
     return absl::InvalidArgumentError(
         absl::StrCat("top_logprobs = ", p.top_logprobs, " (expected 0 <= top_logprobs <= ", kMaxTopLogprobs, ")"));
   }
-  return ValidateSamplingParams(p.sampling);
+  if (absl::Status s = ValidateSamplingParams(p.sampling); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling.", s.message()));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Engine::Submit(std::shared_ptr<Request> request) {
   absl::MutexLock lock(&mu_);
   if (state_ != EngineState::kServing) return absl::UnavailableError("the server is not serving");
+  // Waiting = submitted but not running; the scheduler's running set is bounded by max_num_seqs.
+  const int64_t waiting = static_cast<int64_t>(queue_.size()) +
+                          std::max<int64_t>(0, scheduled_ - options_.scheduler.max_num_seqs);
+  if (waiting >= options_.max_queued_requests) {
+    return absl::ResourceExhaustedError(absl::StrCat("the server is overloaded: ", waiting,
+                                                     " requests are waiting (--max-queued-requests ",
+                                                     options_.max_queued_requests, "); retry later"));
+  }
   queue_.push_back(std::move(request));
   return absl::OkStatus();
 }
@@ -140,29 +185,11 @@ bool Engine::WaitForWorkers() {
   // Every shard holds the same block count: the minimum over the ranks.
   num_blocks_ = links_[0]->ready().cache_blocks();
   for (const auto& l : links_) num_blocks_ = std::min(num_blocks_, l->ready().cache_blocks());
-  allocator_ = std::make_unique<BlockAllocator>(num_blocks_);
-  state_ = EngineState::kServing;
+  blocks_ = std::make_unique<BlockManager>(num_blocks_, kDefaultBlockSize, options_.prefix_caching);
+  scheduler_ = std::make_unique<Scheduler>(options_.scheduler, *blocks_);
+  if (state_ == EngineState::kLoading) state_ = EngineState::kServing;
   LOG(INFO) << "all " << links_.size() << " workers ready; " << num_blocks_ << " cache blocks per rank";
   return true;
-}
-
-// Moves queued requests into the running set while their blocks fit (first
-// come, first served; all blocks for prompt + max_new_tokens up front).
-void Engine::Admit(std::vector<std::shared_ptr<Request>>& active) {
-  absl::MutexLock lock(&mu_);
-  while (!queue_.empty()) {
-    std::shared_ptr<Request>& r = queue_.front();
-    if (r->cancelled()) {
-      r->Finish(FinishReason::kCancelled);
-      queue_.pop_front();
-      continue;
-    }
-    const int64_t total = static_cast<int64_t>(r->params().prompt_ids.size()) + r->params().max_new_tokens;
-    if (!r->blocks.Reserve(total, *allocator_).ok()) break;
-    r->sequence_id = next_sequence_id_++;
-    active.push_back(std::move(r));
-    queue_.pop_front();
-  }
 }
 
 absl::Status Engine::RunStep(const cv1::StepPlan& plan, cv1::StepResult* rank0) {
@@ -199,24 +226,135 @@ absl::Status Engine::RunStep(const cv1::StepPlan& plan, cv1::StepResult* rank0) 
   return absl::OkStatus();
 }
 
-void Engine::Fail(const absl::Status& why, std::vector<std::shared_ptr<Request>>& active) {
-  LOG(ERROR) << "tensor-parallel group failed: " << why;
+void Engine::Intake() {
+  std::deque<std::shared_ptr<Request>> incoming;
+  {
+    absl::MutexLock lock(&mu_);
+    incoming.swap(queue_);
+    scheduled_ += static_cast<int64_t>(incoming.size());
+  }
+  for (auto& r : incoming) scheduler_->Add(std::make_unique<Sequence>(std::move(r), next_sequence_id_++));
+}
+
+void Engine::Finish(Sequence* seq, FinishReason reason, absl::Status status) {
+  seq->request().Finish(reason, status);
+  if (metrics_ != nullptr) RecordFinish(*metrics_, *seq, reason, status);
+  scheduler_->Remove(seq);
+  absl::MutexLock lock(&mu_);
+  --scheduled_;
+}
+
+// A cancelled request (client cancel, disconnect or deadline) leaves before
+// the step and its blocks come back.
+void Engine::SweepCancelled() {
+  for (Sequence* s : scheduler_->All()) {
+    if (s->request().cancelled()) Finish(s, FinishReason::kCancelled);
+  }
+}
+
+cv1::StepPlan Engine::BuildPlan(const SchedulerOutput& out) {
+  cv1::StepPlan plan;
+  plan.set_step_id(next_step_id_++);
+  for (const ScheduledSequence& sched : out.batch) {
+    Sequence& seq = *sched.seq;
+    const Request::Params& p = seq.request().params();
+    cv1::SequencePlan* s = plan.add_sequences();
+    s->set_sequence_id(seq.id());
+    s->set_start_position(seq.num_computed);
+    s->mutable_token_ids()->Add(seq.tokens().begin() + seq.num_computed,
+                                seq.tokens().begin() + seq.num_computed + sched.num_tokens);
+    s->mutable_block_table()->Add(seq.block_table.begin(), seq.block_table.end());
+    s->set_sample(sched.sample);
+    s->mutable_sampling()->set_temperature(p.sampling.temperature);
+    s->mutable_sampling()->set_top_k(p.sampling.top_k);
+    s->mutable_sampling()->set_top_p(p.sampling.top_p);
+    s->mutable_sampling()->set_seed(p.sampling.seed);
+    // The counter of the request's random stream: the index of the token being
+    // sampled, so a recomputed (preempted) sequence draws the same tokens.
+    s->set_sample_index(seq.num_generated());
+    s->set_top_logprobs(p.top_logprobs);
+  }
+  return plan;
+}
+
+void Engine::Postprocess(const SchedulerOutput& out, const cv1::StepResult& rank0) {
+  int next = 0;
+  for (const ScheduledSequence& sched : out.batch) {
+    Sequence& seq = *sched.seq;
+    if (seq.first_scheduled == absl::InfinitePast()) {
+      seq.first_scheduled = absl::Now();
+      seq.request().SetAdmitted(seq.cached_prompt_tokens);
+    }
+    seq.num_computed += sched.num_tokens;
+    blocks_->CommitFullBlocks(seq);
+    if (!sched.sample) continue;
+    const cv1::SampledToken& t = rank0.tokens(next++);
+    seq.AppendToken(t.token_id());
+    GeneratedTokenInfo info{t.token_id(), t.logprob(), {}};
+    for (const auto& e : t.top_logprobs()) info.top_logprobs.emplace_back(e.token_id(), e.logprob());
+    const absl::Time now = absl::Now();
+    if (metrics_ != nullptr) RecordToken(*metrics_, seq, now);
+    seq.last_token_time = now;
+    seq.request().PushToken(std::move(info));
+    const Request::Params& p = seq.request().params();
+    const int32_t id = t.token_id();
+    const bool stop = !p.ignore_eos && (id == config_.eos_token_id ||
+                                        std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), id) !=
+                                            p.stop_token_ids.end());
+    if (stop) {
+      Finish(&seq, FinishReason::kStop);
+    } else if (seq.num_generated() >= p.max_new_tokens) {
+      Finish(&seq, FinishReason::kLength);
+    }
+  }
+}
+
+void Engine::PublishGauges() {
+  const int64_t used = blocks_->num_used();
+  {
+    absl::MutexLock lock(&mu_);
+    blocks_in_use_ = used;
+  }
+  if (metrics_ != nullptr) {
+    RecordGauges(*metrics_, scheduler_->num_running(), scheduler_->num_waiting() + [this] {
+      absl::MutexLock lock(&mu_);
+      return static_cast<int64_t>(queue_.size());
+    }(), *blocks_);
+  }
+}
+
+void Engine::EndAll(const absl::Status& why) {
   std::deque<std::shared_ptr<Request>> queued;
+  {
+    absl::MutexLock lock(&mu_);
+    queued.swap(queue_);
+  }
+  for (auto& r : queued) r->Finish(FinishReason::kNone, why);
+  if (scheduler_ != nullptr) {
+    for (Sequence* s : scheduler_->All()) Finish(s, FinishReason::kNone, why);
+    PublishGauges();
+  }
   std::vector<std::shared_ptr<WorkerLink>> links;
+  {
+    absl::MutexLock lock(&mu_);
+    links = links_;
+  }
+  // Healthy workers are told to exit: they cannot serve without the others.
+  cv1::StepPlan shutdown;
+  shutdown.set_shutdown(true);
+  for (auto& l : links) {
+    if (l != nullptr) l->Send(shutdown);
+  }
+}
+
+void Engine::Fail(const absl::Status& why) {
+  LOG(ERROR) << "tensor-parallel group failed: " << why;
   {
     absl::MutexLock lock(&mu_);
     state_ = EngineState::kFailed;
     failure_ = why;
-    queued.swap(queue_);
-    links = links_;
   }
-  for (auto& r : active) r->Finish(FinishReason::kNone, why);
-  for (auto& r : queued) r->Finish(FinishReason::kNone, why);
-  active.clear();
-  // Healthy workers are told to exit; they cannot serve without the lost rank.
-  cv1::StepPlan shutdown;
-  shutdown.set_shutdown(true);
-  for (auto& l : links) l->Send(shutdown);
+  EndAll(why);
 }
 
 void Engine::Loop() {
@@ -225,100 +363,53 @@ void Engine::Loop() {
     state_ = EngineState::kStopped;
     return;
   }
-  std::vector<std::shared_ptr<Request>> active;
   absl::Time last_step = absl::Now();
   while (true) {
     {
       absl::MutexLock lock(&mu_);
       if (stop_) break;
     }
-    // Cancelled requests leave before the step; their blocks come back.
-    for (auto& r : active) {
-      if (r->cancelled()) {
-        r->Finish(FinishReason::kCancelled);
-        r->blocks.Release(*allocator_);
-      }
+    Intake();
+    SweepCancelled();
+    const int64_t queries = blocks_->prefix_queries(), hits = blocks_->prefix_hits();
+    const SchedulerOutput out = scheduler_->Schedule();
+    if (metrics_ != nullptr) {
+      RecordSchedule(*metrics_, out);
+      RecordPrefixCache(*metrics_, blocks_->prefix_queries() - queries, blocks_->prefix_hits() - hits);
     }
-    std::erase_if(active, [](const auto& r) { return r->cancelled(); });
-    Admit(active);
-    cv1::StepPlan plan;
-    plan.set_step_id(next_step_id_++);
-    if (active.empty()) {
+    PublishGauges();
+    if (out.batch.empty()) {
+      // Idle: wait for work, or send a heartbeat every rank answers at once.
       absl::MutexLock lock(&mu_);
       auto work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || !queue_.empty(); };
-      if (mu_.AwaitWithDeadline(absl::Condition(&work), last_step + options_.heartbeat)) {
-        --next_step_id_;
-        continue;
-      }
-      // Idle: the plan stays empty, a heartbeat every rank answers at once.
+      const bool stalled = scheduler_->num_running() + scheduler_->num_waiting() > 0;  // cannot happen: guarded
+      const absl::Time until = stalled ? absl::Now() + absl::Milliseconds(10) : last_step + options_.heartbeat;
+      if (mu_.AwaitWithDeadline(absl::Condition(&work), until) || stalled) continue;
     }
-    for (const auto& r : active) {
-      const Request::Params& p = r->params();
-      cv1::SequencePlan* s = plan.add_sequences();
-      s->set_sequence_id(r->sequence_id);
-      s->set_start_position(r->cached);
-      if (r->cached < static_cast<int64_t>(p.prompt_ids.size())) {
-        s->mutable_token_ids()->Add(p.prompt_ids.begin() + r->cached, p.prompt_ids.end());
-      } else {
-        s->add_token_ids(r->last_token);
-      }
-      s->mutable_block_table()->Add(r->blocks.blocks().begin(), r->blocks.blocks().end());
-      s->set_sample(true);
-      s->mutable_sampling()->set_temperature(p.sampling.temperature);
-      s->mutable_sampling()->set_top_k(p.sampling.top_k);
-      s->mutable_sampling()->set_top_p(p.sampling.top_p);
-      s->mutable_sampling()->set_seed(p.sampling.seed);
-      s->set_sample_index(static_cast<int64_t>(r->generated.size()));
-      s->set_top_logprobs(p.top_logprobs);
-    }
-    cv1::StepResult result;
-    absl::Status s = RunStep(plan, &result);
+    const cv1::StepPlan plan = BuildPlan(out);
+    const absl::Time t0 = absl::Now();
+    cv1::StepResult rank0;
+    absl::Status s = RunStep(plan, &rank0);
     last_step = absl::Now();
     if (!s.ok()) {
-      Fail(s, active);
+      Fail(s);
       return;
     }
-    if (result.tokens_size() != static_cast<int>(active.size())) {
-      Fail(absl::InternalError(absl::StrCat("rank 0 sampled ", result.tokens_size(), " tokens for ", active.size(),
-                                            " sequences")),
-           active);
+    int64_t samples = 0;
+    for (const auto& sched : out.batch) samples += sched.sample ? 1 : 0;
+    if (rank0.tokens_size() != samples) {
+      Fail(absl::InternalError(
+          absl::StrCat("rank 0 sampled ", rank0.tokens_size(), " tokens for ", samples, " sequences")));
       return;
     }
-    for (size_t i = 0; i < active.size(); ++i) {
-      Request& r = *active[i];
-      const cv1::SampledToken& t = result.tokens(static_cast<int>(i));
-      r.cached += plan.sequences(static_cast<int>(i)).token_ids_size();
-      r.generated.push_back(t.token_id());
-      r.last_token = t.token_id();
-      GeneratedTokenInfo info{t.token_id(), t.logprob(), {}};
-      for (const auto& e : t.top_logprobs()) info.top_logprobs.emplace_back(e.token_id(), e.logprob());
-      r.PushToken(std::move(info));
-      if (!r.params().ignore_eos && t.token_id() == config_.eos_token_id) {
-        r.Finish(FinishReason::kStop);
-      } else if (static_cast<int64_t>(r.generated.size()) >= r.params().max_new_tokens) {
-        r.Finish(FinishReason::kLength);
-      } else {
-        continue;
-      }
-      r.blocks.Release(*allocator_);
-    }
-    std::erase_if(active, [](const auto& r) { return r->blocks.blocks().empty(); });
+    if (metrics_ != nullptr && !out.batch.empty()) RecordStep(*metrics_, last_step - t0);
+    Postprocess(out, rank0);
   }
-  // Stopping: workers exit, nothing is left waiting.
-  std::deque<std::shared_ptr<Request>> queued;
-  std::vector<std::shared_ptr<WorkerLink>> links;
   {
     absl::MutexLock lock(&mu_);
     state_ = EngineState::kStopped;
-    queued.swap(queue_);
-    links = links_;
   }
-  const absl::Status down = absl::UnavailableError("the server is shutting down");
-  for (auto& r : active) r->Finish(FinishReason::kNone, down);
-  for (auto& r : queued) r->Finish(FinishReason::kNone, down);
-  cv1::StepPlan shutdown;
-  shutdown.set_shutdown(true);
-  for (auto& l : links) l->Send(shutdown);
+  EndAll(absl::UnavailableError("the server is shutting down"));
 }
 
 }  // namespace mla

@@ -3,7 +3,10 @@
 #include <glog/logging.h>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/auth.h"
 #include "runtime/control_store.h"
+#include "runtime/engine_metrics.h"
+#include "runtime/kv_cache.h"
 
 namespace mla {
 
@@ -32,6 +35,7 @@ Request::Params ParamsFrom(const sv1::GenerateRequest& req) {
   p.sampling.seed = req.sampling().seed();
   p.top_logprobs = req.top_logprobs();
   p.ignore_eos = req.ignore_eos();
+  p.stop_token_ids.assign(req.stop_token_ids().begin(), req.stop_token_ids().end());
   p.client_id = req.request_id();
   return p;
 }
@@ -42,10 +46,15 @@ int64_t Micros(absl::Duration d) { return absl::ToInt64Microseconds(d); }
 
 grpc::Status InferenceService::Generate(grpc::ServerContext* ctx, const sv1::GenerateRequest* req,
                                         grpc::ServerWriter<sv1::GenerateResponse>* writer) {
+  if (grpc::Status auth = CheckBearer(*ctx, api_key_); !auth.ok()) return auth;
   Request::Params params = ParamsFrom(*req);
-  if (absl::Status s = engine_.Validate(params); !s.ok()) return ToGrpc(s);
+  absl::Status admitted = engine_.Validate(params);
   auto request = std::make_shared<Request>(std::move(params));
-  if (absl::Status s = engine_.Submit(request); !s.ok()) return ToGrpc(s);
+  if (admitted.ok()) admitted = engine_.Submit(request);
+  if (!admitted.ok()) {
+    if (metrics_ != nullptr) RecordRejected(*metrics_, admitted.code());
+    return ToGrpc(admitted);
+  }
   int32_t index = 0;
   while (true) {
     std::vector<GeneratedTokenInfo> tokens;
@@ -78,6 +87,9 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* ctx, const sv1::Gen
       const absl::Time first = request->first_token_time();
       if (first != absl::InfinitePast()) f->set_time_to_first_token_us(Micros(first - request->arrival()));
       f->set_total_time_us(Micros(absl::Now() - request->arrival()));
+      f->set_cached_prompt_tokens(static_cast<int32_t>(request->cached_prompt_tokens()));
+      const absl::Time admitted = request->admitted_time();
+      if (admitted != absl::InfinitePast()) f->set_queue_time_us(Micros(admitted - request->arrival()));
       writer->Write(resp);
       return grpc::Status::OK;
     }
@@ -88,8 +100,9 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* ctx, const sv1::Gen
   }
 }
 
-grpc::Status InferenceService::GetModelInfo(grpc::ServerContext*, const sv1::GetModelInfoRequest*,
+grpc::Status InferenceService::GetModelInfo(grpc::ServerContext* ctx, const sv1::GetModelInfoRequest*,
                                             sv1::ModelInfo* info) {
+  if (grpc::Status auth = CheckBearer(*ctx, api_key_); !auth.ok()) return auth;
   const ModelConfig& c = engine_.config();
   info->set_architecture(architecture_);
   info->set_model_type(c.model_type);
@@ -99,7 +112,9 @@ grpc::Status InferenceService::GetModelInfo(grpc::ServerContext*, const sv1::Get
   info->set_num_attention_heads(c.num_attention_heads);
   info->set_kv_lora_rank(c.kv_lora_rank);
   info->set_qk_rope_head_dim(c.qk_rope_head_dim);
-  info->set_max_context(c.max_position_embeddings);
+  info->set_max_context(engine_.max_model_len());
+  info->set_cache_blocks_in_use(engine_.blocks_in_use());
+  info->set_prefix_caching(engine_.prefix_caching());
   info->set_tp_size(engine_.world_size());
   info->set_backend(backend_);
   info->set_cache_blocks(engine_.num_blocks());
@@ -125,6 +140,7 @@ grpc::Status InferenceService::GetModelInfo(grpc::ServerContext*, const sv1::Get
 std::optional<hv1::HealthCheckResponse::ServingStatus> HealthService::StatusOf(const std::string& service) {
   if (service.empty()) return hv1::HealthCheckResponse::SERVING;  // liveness: we answer
   if (service == sv1::Inference::service_full_name()) {
+    // Ready only while taking requests: not while loading, draining or failed.
     return engine_.state() == EngineState::kServing ? hv1::HealthCheckResponse::SERVING
                                                     : hv1::HealthCheckResponse::NOT_SERVING;
   }

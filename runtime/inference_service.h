@@ -11,8 +11,13 @@ namespace mla {
 
 class InferenceService final : public serving::v1::Inference::Service {
  public:
-  InferenceService(Engine& engine, std::string architecture, std::string backend)
-      : engine_(engine), architecture_(std::move(architecture)), backend_(std::move(backend)) {}
+  InferenceService(Engine& engine, std::string architecture, std::string backend, std::string api_key,
+                   ServingMetrics* metrics)
+      : engine_(engine),
+        architecture_(std::move(architecture)),
+        backend_(std::move(backend)),
+        api_key_(std::move(api_key)),
+        metrics_(metrics) {}
 
   grpc::Status Generate(grpc::ServerContext* ctx, const serving::v1::GenerateRequest* req,
                         grpc::ServerWriter<serving::v1::GenerateResponse>* writer) override;
@@ -23,6 +28,8 @@ class InferenceService final : public serving::v1::Inference::Service {
   Engine& engine_;
   const std::string architecture_;
   const std::string backend_;
+  const std::string api_key_;
+  ServingMetrics* metrics_;
 };
 
 // Liveness on "" (the process answers), readiness on the Inference service

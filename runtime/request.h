@@ -11,7 +11,6 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "runtime/kv_cache.h"
 #include "runtime/sampler.h"
 
 namespace mla {
@@ -32,6 +31,7 @@ class Request {
     SamplingParams sampling;
     int32_t top_logprobs = 0;
     bool ignore_eos = false;
+    std::vector<int32_t> stop_token_ids;
     std::string client_id;
   };
   explicit Request(Params params) : params_(std::move(params)), arrival_(absl::Now()) {}
@@ -74,13 +74,20 @@ class Request {
     absl::MutexLock lock(&mu_);
     return first_token_;
   }
-
-  // Engine-only state (touched by the engine thread alone).
-  int64_t sequence_id = -1;
-  BlockTable blocks;
-  int64_t cached = 0;                // tokens in the cache
-  std::vector<int32_t> generated;    // sampled so far
-  int32_t last_token = -1;
+  // Engine side, at first admission: prompt tokens served from the prefix cache.
+  void SetAdmitted(int64_t cached_prompt_tokens) {
+    absl::MutexLock lock(&mu_);
+    admitted_ = absl::Now();
+    cached_prompt_tokens_ = cached_prompt_tokens;
+  }
+  absl::Time admitted_time() {
+    absl::MutexLock lock(&mu_);
+    return admitted_;
+  }
+  int64_t cached_prompt_tokens() {
+    absl::MutexLock lock(&mu_);
+    return cached_prompt_tokens_;
+  }
 
  private:
   Params params_;
@@ -91,6 +98,8 @@ class Request {
   FinishReason reason_ ABSL_GUARDED_BY(mu_) = FinishReason::kNone;
   absl::Status status_ ABSL_GUARDED_BY(mu_);
   absl::Time first_token_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  absl::Time admitted_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  int64_t cached_prompt_tokens_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace mla

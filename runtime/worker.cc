@@ -5,10 +5,12 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
 #include <set>
 
 #include "absl/strings/str_cat.h"
 #include "mla/control/v1/control.grpc.pb.h"
+#include "runtime/auth.h"
 #include "runtime/communicator.h"
 #include "runtime/control_store.h"
 #include "runtime/gloo_communicator.h"
@@ -120,6 +122,7 @@ absl::StatusOr<cv1::RegisterResponse> Register(cv1::ControlPlane::Stub& stub, co
   req.set_local_rank(o.local_rank);
   req.set_local_world_size(o.local_world_size);
   grpc::ClientContext ctx;
+  AddBearer(ctx, o.api_key);
   ctx.set_wait_for_ready(true);  // the coordinator may still be starting
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + o.connect_timeout));
   cv1::RegisterResponse resp;
@@ -151,7 +154,15 @@ absl::Status RunWorker(const WorkerOptions& o) {
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  auto channel = grpc::CreateCustomChannel(o.coordinator, grpc::InsecureChannelCredentials(), args);
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  if (!o.tls_ca_path.empty()) {
+    std::ifstream in(o.tls_ca_path);
+    if (!in) return absl::InvalidArgumentError(absl::StrCat("--tls-ca: cannot read ", o.tls_ca_path));
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    creds = grpc::SslCredentials(ssl);
+  }
+  auto channel = grpc::CreateCustomChannel(o.coordinator, creds, args);
   auto stub = std::shared_ptr<cv1::ControlPlane::Stub>(cv1::ControlPlane::NewStub(channel));
   MLA_ASSIGN_OR_RETURN(cv1::RegisterResponse reg, Register(*stub, o));
   const int rank = reg.rank(), world = reg.world_size();
@@ -163,7 +174,7 @@ absl::Status RunWorker(const WorkerOptions& o) {
   MLA_RETURN_IF_ERROR(CheckShardable(config, world));
 
   std::unique_ptr<Communicator> comm;
-  ControlPlaneStore store(stub, reg.rendezvous_prefix());
+  ControlPlaneStore store(stub, reg.rendezvous_prefix(), o.api_key);
   if (world == 1) {
     comm = MakeLocalCommunicator();
   } else {
@@ -180,6 +191,7 @@ absl::Status RunWorker(const WorkerOptions& o) {
   Worker worker(o, rank, std::move(comm), std::move(model), std::move(cache));
 
   grpc::ClientContext ctx;
+  AddBearer(ctx, o.api_key);
   auto stream = stub->Steps(&ctx);
   cv1::WorkerMessage hello;
   *hello.mutable_ready() = worker.Ready();

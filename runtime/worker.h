@@ -21,8 +21,10 @@ struct WorkerOptions {
   int local_world_size = 1;
   int threads = 1;             // attention threads; BLAS threads are set by the caller
   int64_t num_blocks = 0;      // latent cache blocks; 0: sized from cache_memory_bytes
-  int64_t cache_memory_bytes = int64_t{256} << 20;
+  int64_t cache_memory_bytes = int64_t{256} << 20;  // --kv-cache-memory
   CacheDType cache_dtype = CacheDType::kF32;
+  std::string api_key;      // sent as a bearer token on every control-plane call
+  std::string tls_ca_path;  // PEM root certificate: connect with TLS when set
   absl::Duration connect_timeout = absl::Seconds(60);     // waiting for the coordinator
   absl::Duration collective_timeout = absl::Seconds(5);  // a dead or hung peer is an error after this
 };

@@ -283,7 +283,7 @@ TEST_F(ClientCliTest, GenerateStreamsTokensThenOneJsonLine) {
   EXPECT_EQ(r.err, "");
   EXPECT_EQ(r.out,
             "7\n8\n9\n"
-            R"({"generated_ids":[7,8,9],"finish_reason":"length","prompt_tokens":3,"completion_tokens":3})"
+            R"({"generated_ids":[7,8,9],"finish_reason":"length","prompt_tokens":3,"completion_tokens":3,"cached_prompt_tokens":0,"queue_time_us":0,"time_to_first_token_us":0,"total_time_us":1234})"
             "\n");
   GenerateRequest seen = inference_.LastRequest();
   EXPECT_EQ(seen.prompt_token_ids_size(), 3);
@@ -301,7 +301,7 @@ TEST_F(ClientCliTest, GenerateStopsAtEosUnlessIgnored) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out,
             "7\n8\n9\n2\n"
-            R"({"generated_ids":[7,8,9,2],"finish_reason":"stop","prompt_tokens":1,"completion_tokens":4})"
+            R"({"generated_ids":[7,8,9,2],"finish_reason":"stop","prompt_tokens":1,"completion_tokens":4,"cached_prompt_tokens":0,"queue_time_us":0,"time_to_first_token_us":0,"total_time_us":1234})"
             "\n");
 
   r = RunClient({"generate", "--server", address_, "--prompt-ids", "5", "--max-new-tokens", "6", "--ignore-eos"});
@@ -309,7 +309,7 @@ TEST_F(ClientCliTest, GenerateStopsAtEosUnlessIgnored) {
   std::vector<std::string> lines = Lines(r.out);
   ASSERT_EQ(lines.size(), 7u) << r.out;
   EXPECT_EQ(lines.back(),
-            R"({"generated_ids":[7,8,9,2,7,8],"finish_reason":"length","prompt_tokens":1,"completion_tokens":6})");
+            R"({"generated_ids":[7,8,9,2,7,8],"finish_reason":"length","prompt_tokens":1,"completion_tokens":6,"cached_prompt_tokens":0,"queue_time_us":0,"time_to_first_token_us":0,"total_time_us":1234})");
   EXPECT_TRUE(inference_.LastRequest().ignore_eos());
 }
 
@@ -321,6 +321,7 @@ TEST_F(ClientCliTest, GenerateWithLogprobs) {
   EXPECT_EQ(r.out,
             "7\n8\n"
             R"({"generated_ids":[7,8],"finish_reason":"length","prompt_tokens":3,"completion_tokens":2,)"
+            R"("cached_prompt_tokens":0,"queue_time_us":0,"time_to_first_token_us":0,"total_time_us":1234,)"
             R"("logprobs":[-0.1,-0.25],)"
             R"("top_logprobs":[[{"token_id":7,"logprob":-0.1},{"token_id":1001,"logprob":-2.0}],)"
             R"([{"token_id":8,"logprob":-0.25},{"token_id":1001,"logprob":-2.0}]]})"
@@ -337,7 +338,7 @@ TEST_F(ClientCliTest, GenerateReportsCancelled) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out,
             "7\n"
-            R"({"generated_ids":[7],"finish_reason":"cancelled","prompt_tokens":1,"completion_tokens":1})"
+            R"({"generated_ids":[7],"finish_reason":"cancelled","prompt_tokens":1,"completion_tokens":1,"cached_prompt_tokens":0,"queue_time_us":0,"time_to_first_token_us":0,"total_time_us":1234})"
             "\n");
 }
 
@@ -373,7 +374,7 @@ TEST_F(ClientCliTest, GenerateShowsEachTokenAsItArrives) {
   EXPECT_EQ(err, "");
   ASSERT_EQ(lines.size(), 4u);
   EXPECT_EQ(lines[0], "7\n");
-  EXPECT_EQ(lines[3], R"({"generated_ids":[7,8,9],"finish_reason":"length","prompt_tokens":1,"completion_tokens":3})"
+  EXPECT_EQ(lines[3], R"({"generated_ids":[7,8,9],"finish_reason":"length","prompt_tokens":1,"completion_tokens":3,"cached_prompt_tokens":0,"queue_time_us":0,"time_to_first_token_us":0,"total_time_us":1234})"
                       "\n");
 }
 

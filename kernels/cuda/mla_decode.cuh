@@ -1,0 +1,41 @@
+// MLA decode attention in the absorbed form over the paged latent cache
+// (DESIGN.md section 2): one query per sequence, already folded into the
+// latent space (q_latent = W_UK^T q_nope per head), scores
+//   score_t = scale * (q_latent . c_kv_t + q_pe . k_pe_t)
+// over the sequence's kv_len cached tokens (the current one included), FP32
+// softmax, and out_latent = sum_t softmax_t c_kv_t (the kv_lora latent values
+// only; W_UV and o_proj follow as GEMMs). No per-head key or value exists.
+// kernels/cpu/attention.h MlaAbsorbedAttention is the reference. kv_len 0 gives
+// a zero output.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace mla::cuda {
+
+struct MlaDecodeParams {
+  const __nv_bfloat16* q_latent = nullptr;  // [num_seqs, num_heads, kv_lora]
+  const __nv_bfloat16* q_pe = nullptr;      // [num_seqs, num_heads, qk_rope], RoPE applied
+  const __nv_bfloat16* cache = nullptr;     // [num_blocks, block_size, kv_lora + qk_rope]
+  // Slot b of sequence s holds positions [b * block_size, (b + 1) * block_size);
+  // slots past kv_len are never read (pad them with out-of-range ids).
+  const int32_t* block_tables = nullptr;    // [num_seqs, max_blocks_per_seq]
+  const int32_t* kv_lens = nullptr;         // [num_seqs]
+  __nv_bfloat16* out_latent = nullptr;      // [num_seqs, num_heads, kv_lora]
+  int64_t num_seqs = 0;
+  int num_heads = 0;
+  int kv_lora = 0;
+  int qk_rope = 0;
+  int block_size = 64;
+  int max_blocks_per_seq = 0;
+  float scale = 0.0f;  // softmax scale, mscale^2 included
+};
+
+// kv_lora + qk_rope must be at most kMlaDecodeMaxLatent.
+inline constexpr int kMlaDecodeMaxLatent = 768;
+cudaError_t LaunchMlaDecode(const MlaDecodeParams& p, cudaStream_t stream);
+
+}  // namespace mla::cuda
