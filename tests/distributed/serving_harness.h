@@ -63,10 +63,20 @@ class Client {
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
     return args;
   }
-  explicit Client(const std::string& address)
-      : channel_(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), FastReconnect())),
+  // `api_key`: sent as a bearer token on every call but health. `tls_ca_pem`:
+  // connect with TLS trusting that certificate.
+  explicit Client(const std::string& address, std::string api_key = "", const std::string& tls_ca_pem = "")
+      : channel_(grpc::CreateCustomChannel(address, Credentials(tls_ca_pem), FastReconnect())),
         inference_(serving::v1::Inference::NewStub(channel_)),
-        health_(grpc::health::v1::Health::NewStub(channel_)) {}
+        health_(grpc::health::v1::Health::NewStub(channel_)),
+        api_key_(std::move(api_key)) {}
+
+  static std::shared_ptr<grpc::ChannelCredentials> Credentials(const std::string& tls_ca_pem) {
+    if (tls_ca_pem.empty()) return grpc::InsecureChannelCredentials();
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = tls_ca_pem;
+    return grpc::SslCredentials(ssl);
+  }
 
   // SERVING on the Inference service within `timeout`.
   bool WaitServing(absl::Duration timeout) {
@@ -86,10 +96,13 @@ class Client {
     return false;
   }
 
+  // `on_token` runs after each token; `keep_going` returning false cancels the call.
   GenerateOutcome Generate(const serving::v1::GenerateRequest& req, absl::Duration timeout = absl::Seconds(60),
-                           std::function<void(int)> on_token = nullptr) {
+                           std::function<void(int)> on_token = nullptr,
+                           std::function<bool(int)> keep_going = nullptr) {
     GenerateOutcome out;
     grpc::ClientContext ctx;
+    if (!api_key_.empty()) ctx.AddMetadata("authorization", "Bearer " + api_key_);
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
     auto reader = inference_->Generate(&ctx, req);
     serving::v1::GenerateResponse resp;
@@ -97,6 +110,7 @@ class Client {
       if (resp.has_token()) {
         out.tokens.push_back(resp.token());
         if (on_token) on_token(static_cast<int>(out.tokens.size()));
+        if (keep_going && !keep_going(static_cast<int>(out.tokens.size()))) ctx.TryCancel();
       }
       if (resp.has_final()) out.final = resp.final();
     }
@@ -106,6 +120,7 @@ class Client {
 
   grpc::Status Info(serving::v1::ModelInfo* info) {
     grpc::ClientContext ctx;
+    if (!api_key_.empty()) ctx.AddMetadata("authorization", "Bearer " + api_key_);
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
     return inference_->GetModelInfo(&ctx, serving::v1::GetModelInfoRequest(), info);
   }
@@ -114,7 +129,44 @@ class Client {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<serving::v1::Inference::Stub> inference_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+  std::string api_key_;
 };
+
+// GET http://127.0.0.1:port/path; the body, or "" on any failure.
+inline std::string HttpGet(int port, const std::string& path) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return "";
+  }
+  const std::string req = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+  if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) < 0) {
+    ::close(fd);
+    return "";
+  }
+  std::string resp;
+  char buf[4096];
+  for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) resp.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  size_t body = resp.find("\r\n\r\n");
+  return body == std::string::npos ? "" : resp.substr(body + 4);
+}
+
+// The value of an unlabelled (or exactly labelled) sample in Prometheus text, or -1.
+inline double MetricValue(const std::string& text, const std::string& series) {
+  size_t pos = 0;
+  while ((pos = text.find(series + " ", pos)) != std::string::npos) {
+    if (pos == 0 || text[pos - 1] == '\n') return std::stod(text.substr(pos + series.size() + 1));
+    pos += series.size();
+  }
+  return -1;
+}
 
 // One mla-launch process (one node of a group).
 class Launch {

@@ -1,0 +1,101 @@
+// Helpers for the GPU kernel tests: device detection (every test skips itself
+// without a GPU), RAII device buffers, BF16 data, seeded random inputs and a
+// tolerance check that names the worst element.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/float_convert.h"
+
+namespace mla::gpu_test {
+
+// True when the CUDA runtime sees at least one device.
+bool HasGpu();
+
+#define MLA_SKIP_WITHOUT_GPU()                                                         \
+  do {                                                                                 \
+    if (!::mla::gpu_test::HasGpu()) GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount)"; \
+  } while (0)
+
+#define MLA_ASSERT_CUDA(expr)                                                                   \
+  do {                                                                                          \
+    const cudaError_t mla_test_err_ = (expr);                                                   \
+    ASSERT_EQ(mla_test_err_, cudaSuccess) << #expr << ": " << cudaGetErrorName(mla_test_err_) \
+                                          << " (" << cudaGetErrorString(mla_test_err_) << ")"; \
+  } while (0)
+
+// A device allocation of n elements of T (BF16 data travels as uint16_t bits).
+template <typename T>
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t n) : n_(n) {
+    if (n_ > 0) status_ = cudaMalloc(&ptr_, n_ * sizeof(T));
+  }
+  explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) {
+    if (status_ == cudaSuccess && n_ > 0) status_ = cudaMemcpy(ptr_, host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice);
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() {
+    if (ptr_ != nullptr) cudaFree(ptr_);
+  }
+
+  cudaError_t status() const { return status_; }
+  size_t size() const { return n_; }
+  T* get() const { return ptr_; }
+  __nv_bfloat16* bf16() const { return reinterpret_cast<__nv_bfloat16*>(ptr_); }
+
+  cudaError_t Upload(const std::vector<T>& host) {
+    if (host.size() != n_) return cudaErrorInvalidValue;
+    return n_ == 0 ? cudaSuccess : cudaMemcpy(ptr_, host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice);
+  }
+  // Synchronous: also surfaces errors of kernels launched before it.
+  cudaError_t Download(std::vector<T>& host) const {
+    host.resize(n_);
+    return n_ == 0 ? cudaSuccess : cudaMemcpy(host.data(), ptr_, n_ * sizeof(T), cudaMemcpyDeviceToHost);
+  }
+  // All bytes 0xff: NaN as float and BF16, -1 as a signed integer.
+  cudaError_t Poison() { return n_ == 0 ? cudaSuccess : cudaMemset(ptr_, 0xff, n_ * sizeof(T)); }
+
+ private:
+  size_t n_ = 0;
+  T* ptr_ = nullptr;
+  cudaError_t status_ = cudaSuccess;
+};
+
+inline constexpr uint16_t kBf16NaNBits = 0xffff;  // what Poison() leaves in a BF16 slot
+
+// Seeded generator for one test case: MLA_GPU_TEST_SEED (default fixed) mixed
+// with the case's own number. The seed is printed on failure.
+std::mt19937_64 CaseRng(uint64_t case_id);
+uint64_t BaseSeed();
+
+// n values uniform in [lo, hi), rounded to BF16 (bits).
+std::vector<uint16_t> RandomBf16(std::mt19937_64& rng, size_t n, float lo, float hi);
+std::vector<float> RandomFloats(std::mt19937_64& rng, size_t n, float lo, float hi);
+
+std::vector<float> ToFloats(std::span<const uint16_t> bf16);
+std::vector<uint16_t> ToBf16(std::span<const float> values);
+
+// Every got[i] within atol + rtol * |want[i]|; a NaN anywhere in got fails.
+// The message counts the violations and names the worst and the first few.
+::testing::AssertionResult AllClose(std::span<const float> got, std::span<const float> want, double rtol, double atol);
+
+// Bitwise equality, with the first differing indices in the message.
+::testing::AssertionResult BitsEqual(std::span<const uint16_t> got, std::span<const uint16_t> want);
+
+// Runs fn(begin, end) over [0, n) on up to hardware_concurrency threads
+// (the CPU references are the slow part of the large cases).
+void ParallelFor(int64_t n, const std::function<void(int64_t, int64_t)>& fn);
+
+}  // namespace mla::gpu_test
