@@ -6,15 +6,37 @@
 #include <functional>
 #include <sstream>
 #include <thread>
+#include <utility>
 
 namespace mla::gpu_test {
 
-bool HasGpu() {
-  static const bool has = [] {
+namespace {
+
+// cudaGetDeviceCount once per process: its error, and the count.
+std::pair<cudaError_t, int> DeviceCount() {
+  static const std::pair<cudaError_t, int> result = [] {
     int n = 0;
-    return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+    const cudaError_t err = cudaGetDeviceCount(&n);
+    return std::make_pair(err, err == cudaSuccess ? n : 0);
   }();
-  return has;
+  return result;
+}
+
+}  // namespace
+
+bool HasGpu() { return DeviceCount().second > 0; }
+
+std::string NoGpuReason() {
+  const auto [err, n] = DeviceCount();
+  if (err != cudaSuccess) {
+    return std::string("cudaGetDeviceCount: ") + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")";
+  }
+  return std::to_string(n) + " CUDA devices";
+}
+
+bool GpuRequired() {
+  const char* env = std::getenv("MLA_GPU_REQUIRED");
+  return env != nullptr && std::string(env) == "1";
 }
 
 uint64_t BaseSeed() {

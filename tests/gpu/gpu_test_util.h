@@ -21,10 +21,19 @@ namespace mla::gpu_test {
 
 // True when the CUDA runtime sees at least one device.
 bool HasGpu();
+// Why there is no device: cudaGetDeviceCount's error, or "0 devices".
+std::string NoGpuReason();
+// MLA_GPU_REQUIRED=1 (tests/gpu/run.sh sets it where nvidia-smi sees a GPU):
+// a missing device fails the test instead of skipping it, so a driver too old
+// for this CUDA runtime cannot pass as "all skipped".
+bool GpuRequired();
 
-#define MLA_SKIP_WITHOUT_GPU()                                                         \
-  do {                                                                                 \
-    if (!::mla::gpu_test::HasGpu()) GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount)"; \
+#define MLA_SKIP_WITHOUT_GPU()                                                                       \
+  do {                                                                                               \
+    if (!::mla::gpu_test::HasGpu()) {                                                                \
+      if (::mla::gpu_test::GpuRequired()) FAIL() << "MLA_GPU_REQUIRED=1 but " << ::mla::gpu_test::NoGpuReason(); \
+      GTEST_SKIP() << "no CUDA device: " << ::mla::gpu_test::NoGpuReason();                         \
+    }                                                                                                \
   } while (0)
 
 #define MLA_ASSERT_CUDA(expr)                                                                   \
@@ -38,11 +47,17 @@ bool HasGpu();
 template <typename T>
 class DeviceBuffer {
  public:
+  // A failed allocation or upload fails the running test (and leaves a null buffer).
   explicit DeviceBuffer(size_t n) : n_(n) {
     if (n_ > 0) status_ = cudaMalloc(&ptr_, n_ * sizeof(T));
+    if (status_ != cudaSuccess) {
+      ADD_FAILURE() << "cudaMalloc(" << n_ * sizeof(T) << " bytes): " << cudaGetErrorString(status_);
+      ptr_ = nullptr;
+    }
   }
   explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) {
     if (status_ == cudaSuccess && n_ > 0) status_ = cudaMemcpy(ptr_, host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice);
+    if (status_ != cudaSuccess) ADD_FAILURE() << "upload of " << n_ * sizeof(T) << " bytes: " << cudaGetErrorString(status_);
   }
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Runs the GPU kernel tests (the ctest label `gpu`: every *_gpu_test binary) and
+# prints a table last: test, result, passed/failed/skipped cases, seconds.
+# (Counts come from gtest's XML report; a crash or timeout leaves them 0.)
+#
+#   tests/gpu/run.sh [DIR] [-- GTEST_ARGS...]
+#
+# DIR is a build tree (binaries in DIR/bin) or a folder made by tests/gpu/pack.sh
+# (DIR/bin, DIR/lib: put on LD_LIBRARY_PATH). Default: the folder holding this
+# script when it has a bin/ (a packed copy, e.g. `bash .gpu/run.sh`), else ./build.
+# Environment:
+#   MLA_GPU_TEST_TIMEOUT  seconds per binary (default 900)
+#   MLA_GPU_SANITIZE=1    run each binary under compute-sanitizer (memcheck)
+#   MLA_GPU_LOG_DIR       where the full logs go (default $OUT/gpu-logs if $OUT is set, else a temp dir)
+#   MLA_GPU_TEST_SEED     base seed of the random inputs (printed by failing cases)
+#   MLA_GPU_REQUIRED      1 (the default where nvidia-smi sees a GPU): no device is a failure, not a skip
+# Exit status: 0 when nothing failed (skipped is not failed), 1 otherwise, 2 on usage errors.
+set -uo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+if [[ $# -gt 0 && $1 != -- ]]; then
+  dir=$1
+  shift
+elif [[ -d $here/bin ]]; then
+  dir=$here
+else
+  dir=build
+fi
+[[ ${1:-} == -- ]] && shift
+dir=$(cd "$dir" 2>/dev/null && pwd) || { echo "run.sh: no folder $dir" >&2; exit 2; }
+[[ -d $dir/lib ]] && export LD_LIBRARY_PATH="$dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+mapfile -t tests < <(find "$dir/bin" -maxdepth 1 -type f -name '*_gpu_test' -perm -u+x 2>/dev/null | sort)
+if (( ${#tests[@]} == 0 )); then
+  echo "run.sh: no *_gpu_test binaries in $dir/bin (build them, or pack with tests/gpu/pack.sh)" >&2
+  exit 2
+fi
+logs=${MLA_GPU_LOG_DIR:-${OUT:+$OUT/gpu-logs}}
+logs=${logs:-$(mktemp -d)}
+mkdir -p "$logs"
+export OPENBLAS_NUM_THREADS=1
+
+echo "== $(date -u +%FT%TZ) $(hostname) | tests from $dir | logs in $logs"
+if nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null; then
+  # A GPU is there: a test that finds no device (e.g. a driver too old for CUDA 13) fails instead of skipping.
+  export MLA_GPU_REQUIRED=${MLA_GPU_REQUIRED:-1}
+else
+  echo "(nvidia-smi: no GPU visible; the tests will skip)"
+fi
+
+count() {  # count ATTRIBUTE-OR-RESULT XML: from gtest's XML report
+  case $1 in
+    tests|failures|errors) sed -n "s/^<testsuites [^>]*\b$1=\"\([0-9]*\)\".*/\1/p" "$2" | head -n 1 ;;
+    skipped) grep -c 'result="skipped"' "$2" ;;
+  esac
+}
+
+table=()
+status=0
+for t in "${tests[@]}"; do
+  name=$(basename "$t")
+  xml=$logs/$name.xml
+  rm -f "$xml"
+  cmd=("$t" --gtest_brief=1 "--gtest_output=xml:$xml" "$@")
+  if [[ ${MLA_GPU_SANITIZE:-0} == 1 ]]; then
+    cmd=(compute-sanitizer --tool memcheck --error-exitcode 99 "${cmd[@]}")
+  fi
+  start=$(date +%s.%N)
+  timeout "${MLA_GPU_TEST_TIMEOUT:-900}" "${cmd[@]}" >"$logs/$name.log" 2>&1
+  rc=$?
+  secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+  total=0 failed=0 skipped=0
+  if [[ -s $xml ]]; then  # none when the binary crashed or timed out
+    total=$(count tests "$xml") failed=$(( $(count failures "$xml") + $(count errors "$xml") ))
+    skipped=$(count skipped "$xml")
+  fi
+  passed=$(( ${total:-0} - failed - skipped ))
+  if (( rc == 124 || rc == 137 )); then
+    result=TIMEOUT
+  elif (( rc != 0 )); then
+    result=FAILED
+  elif (( passed == 0 && skipped > 0 )); then
+    result=SKIPPED
+  else
+    result=PASSED
+  fi
+  [[ $result == FAILED || $result == TIMEOUT ]] && status=1
+  echo "-- $name: $result (rc $rc, ${secs}s)"
+  # Brief mode prints only failures and the summary; cap what a broken binary floods.
+  tail -n 60 "$logs/$name.log"
+  table+=("$(printf '%-24s %-8s %6s %6s %7s %8s' "$name" "$result" "$passed" "$failed" "$skipped" "$secs")")
+done
+
+echo
+printf '%-24s %-8s %6s %6s %7s %8s\n' test result passed failed skipped seconds
+printf '%s\n' "${table[@]}"
+exit $status
