@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <ostream>
 #include <vector>
 
 #include "kernels/cuda/embedding.cuh"
@@ -16,6 +17,11 @@ using gpu_test::DeviceBuffer;
 struct EmbedCase {
   int64_t num_tokens, hidden, vocab, vocab_begin, local_vocab;
 };
+
+void PrintTo(const EmbedCase& c, std::ostream* os) {
+  *os << "tokens " << c.num_tokens << " hidden " << c.hidden << " slice [" << c.vocab_begin << ", "
+      << c.vocab_begin + c.local_vocab << ") of " << c.vocab;
+}
 
 class EmbeddingGpuTest : public ::testing::TestWithParam<EmbedCase> {};
 

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <ostream>
 #include <vector>
 
 #include "kernels/cpu/latent_cache.h"
@@ -22,6 +23,11 @@ struct AppendCase {
   int64_t latent_dim, stride;
   std::vector<SeqShape> seqs;
 };
+
+void PrintTo(const AppendCase& c, std::ostream* os) {
+  *os << "latent " << c.latent_dim << " stride " << c.stride << " {cached, fresh}:";
+  for (const SeqShape& s : c.seqs) *os << " {" << s.cached << ", " << s.fresh << "}";
+}
 
 class LatentAppendGpuTest : public ::testing::TestWithParam<AppendCase> {};
 

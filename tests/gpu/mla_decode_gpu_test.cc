@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <sstream>
+#include <ostream>
 #include <vector>
 
 #include "kernels/cpu/attention.h"
@@ -29,6 +30,11 @@ struct DecodeCase {
   float scale;                   // 0: DeepSeek-V3's 0.1352
   std::vector<int64_t> kv_lens;  // per sequence, the current token included
 };
+
+void PrintTo(const DecodeCase& c, std::ostream* os) {
+  *os << c.heads << " heads, kv_lora " << c.kv_lora << " rope " << c.rope << ", kv_lens:";
+  for (int64_t n : c.kv_lens) *os << " " << n;
+}
 
 class MlaDecodeGpuTest : public ::testing::TestWithParam<DecodeCase> {};
 

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <sstream>
+#include <ostream>
 #include <vector>
 
 #include "kernels/cpu/attention.h"
@@ -30,6 +31,11 @@ struct PrefillCase {
   float scale;          // 0: DeepSeek-V3's (1/sqrt(192) * mscale^2 = 0.1352)
   std::vector<SeqShape> seqs;  // cached = kv_len - q_len, fresh = q_len
 };
+
+void PrintTo(const PrefillCase& c, std::ostream* os) {
+  *os << c.heads << " heads, nope " << c.nope << " rope " << c.rope << " v " << c.v << ", {cached, fresh}:";
+  for (const SeqShape& s : c.seqs) *os << " {" << s.cached << ", " << s.fresh << "}";
+}
 
 class MlaPrefillGpuTest : public ::testing::TestWithParam<PrefillCase> {};
 

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <ostream>
 #include <vector>
 
 #include "kernels/cpu/mlp.h"
@@ -19,6 +20,8 @@ using gpu_test::DeviceBuffer;
 struct SiluCase {
   int64_t rows, inter;
 };
+
+void PrintTo(const SiluCase& c, std::ostream* os) { *os << "rows " << c.rows << " inter " << c.inter; }
 
 class SiluMulGpuTest : public ::testing::TestWithParam<SiluCase> {};
 

@@ -16,6 +16,7 @@
 #include <functional>
 #include <iostream>
 #include <limits>
+#include <ostream>
 #include <vector>
 
 #include "kernels/cpu/moe_routing.h"
@@ -39,6 +40,8 @@ struct RouteCase {
   int64_t tokens;
   bool ties;  // tie-heavy exact inputs instead of random ones
 };
+
+void PrintTo(const RouteCase& c, std::ostream* os) { *os << c.name << ", " << c.tokens << " tokens"; }
 
 // The smallest gap at a decision boundary of the CPU routing of one token:
 // between the last kept and first dropped group, and expert. Mirrors

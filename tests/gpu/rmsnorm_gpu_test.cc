@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <ostream>
 #include <vector>
 
 #include "kernels/cpu/rmsnorm.h"
@@ -25,6 +26,11 @@ struct NormCase {
   bool residual;
   bool in_place;  // out = x
 };
+
+void PrintTo(const NormCase& c, std::ostream* os) {
+  *os << "rows " << c.rows << " dim " << c.dim << " ld " << c.ld << (c.residual ? " +residual" : "")
+      << (c.in_place ? " in-place" : "");
+}
 
 class RmsNormGpuTest : public ::testing::TestWithParam<NormCase> {};
 

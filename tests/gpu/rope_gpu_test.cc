@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <ostream>
 #include <vector>
 
 #include "kernels/cpu/rope.h"
@@ -27,6 +28,11 @@ struct RopeCase {
   float attention_factor;
   bool do_q, do_k;
 };
+
+void PrintTo(const RopeCase& c, std::ostream* os) {
+  *os << "tokens " << c.tokens << " heads " << c.heads << " rope " << c.rope << (c.yarn ? " yarn" : "") << " af "
+      << c.attention_factor << (c.do_q ? " q" : "") << (c.do_k ? " k" : "");
+}
 
 cpu::RopeParams RopeConfig(const RopeCase& c) {
   cpu::RopeParams r;

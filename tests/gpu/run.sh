@@ -11,7 +11,8 @@
 # Environment:
 #   MLA_GPU_TEST_TIMEOUT  seconds per binary (default 900)
 #   MLA_GPU_SANITIZE=1    run each binary under compute-sanitizer (memcheck)
-#   MLA_GPU_LOG_DIR       where the full logs go (default $OUT/gpu-logs if $OUT is set, else a temp dir)
+#   MLA_GPU_LOG_DIR       where the full logs and XML reports go (default: a temp dir); when $OUT is
+#                         set (the device runner), they are also packed into $OUT/gpu-test-logs.tar.gz
 #   MLA_GPU_TEST_SEED     base seed of the random inputs (printed by failing cases)
 #   MLA_GPU_REQUIRED      1 (the default where nvidia-smi sees a GPU): no device is a failure, not a skip
 # Exit status: 0 when nothing failed (skipped is not failed), 1 otherwise, 2 on usage errors.
@@ -34,8 +35,7 @@ if (( ${#tests[@]} == 0 )); then
   echo "run.sh: no *_gpu_test binaries in $dir/bin (build them, or pack with tests/gpu/pack.sh)" >&2
   exit 2
 fi
-logs=${MLA_GPU_LOG_DIR:-${OUT:+$OUT/gpu-logs}}
-logs=${logs:-$(mktemp -d)}
+logs=${MLA_GPU_LOG_DIR:-$(mktemp -d)}
 mkdir -p "$logs"
 export OPENBLAS_NUM_THREADS=1
 
@@ -90,6 +90,9 @@ for t in "${tests[@]}"; do
   table+=("$(printf '%-24s %-8s %6s %6s %7s %8s' "$name" "$result" "$passed" "$failed" "$skipped" "$secs")")
 done
 
+if [[ -n ${OUT:-} && -d ${OUT:-} ]]; then
+  tar czf "$OUT/gpu-test-logs.tar.gz" -C "$logs" . && echo "logs: \$OUT/gpu-test-logs.tar.gz"
+fi
 echo
 printf '%-24s %-8s %6s %6s %7s %8s\n' test result passed failed skipped seconds
 printf '%s\n' "${table[@]}"

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <limits>
 #include <span>
+#include <ostream>
 #include <vector>
 
 #include "kernels/cuda/counter_uniform.cuh"
@@ -123,6 +124,8 @@ struct SampleCase {
   int64_t vocab;
   float sigma;
 };
+
+void PrintTo(const SampleCase& c, std::ostream* os) { *os << "vocab " << c.vocab << " sigma " << c.sigma; }
 
 class SampleGpuTest : public ::testing::TestWithParam<SampleCase> {};
 
