@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "golden_fixture.h"
+#include "runtime/weights.h"
 
 namespace mla::golden {
 namespace {
@@ -58,6 +59,40 @@ TEST_F(ModelLoadTest, FewerLayersThanStoredIsServedAsTruncatedModel) {
   // Layers past num_hidden_layers, like the multi-token-prediction layer, are never read.
   config_["num_hidden_layers"] = 2;
   EXPECT_TRUE(Load().ok());
+}
+
+}  // namespace
+}  // namespace mla::golden
+
+namespace mla::golden {
+namespace {
+
+TEST(ShardTest, UnsplittableModelIsRefusedBeforeAnyWeightIsRead) {
+  absl::StatusOr<ModelConfig> c = LoadModelConfig(FixtureDir("v3_bf16"));
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE(CheckShardable(*c, 4).ok());
+  absl::Status s = CheckShardable(*c, 3);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("cannot split the model over 3 ranks: num_attention_heads = 8 is not divisible by 3"),
+            std::string::npos)
+      << s;
+  c->num_attention_heads = 12;
+  s = CheckShardable(*c, 3);
+  EXPECT_NE(s.message().find("vocab_size = 256 is not divisible by 3"), std::string::npos) << s;
+  // Through Model::Load with a 3-rank group: refused before the checkpoint is opened.
+  class Three final : public Communicator {
+   public:
+    int rank() const override { return 0; }
+    int size() const override { return 3; }
+    absl::Status AllReduceSum(float*, size_t) override { return absl::OkStatus(); }
+    absl::Status AllGather(const float*, size_t, float*) override { return absl::OkStatus(); }
+    absl::Status Gather(const float*, size_t, float*, int) override { return absl::OkStatus(); }
+    absl::Status Broadcast(void*, size_t, int) override { return absl::OkStatus(); }
+    absl::Status Barrier() override { return absl::OkStatus(); }
+  } three;
+  absl::StatusOr<std::unique_ptr<Model>> m = Model::Load(std::string(MLA_TEST_DATA_DIR) + "/configs/deepseek-v3", {}, &three);
+  ASSERT_FALSE(m.ok());  // the real V3 config has no weights here: the split check comes first
+  EXPECT_NE(m.status().message().find("not divisible by 3"), std::string::npos) << m.status();
 }
 
 }  // namespace

@@ -274,6 +274,27 @@ TEST_F(ServingTest, ApiKeyGuardsEveryCallButHealth) {
 }  // namespace
 }  // namespace mla::testing
 
+
+namespace mla::testing {
+namespace {
+
+TEST(LoadingTest, ACoordinatorWithoutItsWorkersAnswersUnavailable) {
+  const int port = FreePort();
+  absl::StatusOr<ChildProcess> coordinator = ChildProcess::Spawn(
+      MLA_COORDINATOR_BIN, {"--model", FixtureDir("v3_bf16"), "--tp", "2", "--port", std::to_string(port)}, {}, true);
+  ASSERT_TRUE(coordinator.ok());
+  Client client(absl::StrCat("127.0.0.1:", port));
+  // Alive (liveness) but not ready: the workers never come.
+  EXPECT_FALSE(client.WaitServing(absl::Seconds(2)));
+  GenerateOutcome o = client.Generate(Greedy({5, 6}, 4, 0), absl::Seconds(5));
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(o.status.error_message().find("still loading"), std::string::npos) << o.status.error_message();
+  coordinator->Stop(absl::Seconds(5));
+}
+
+}  // namespace
+}  // namespace mla::testing
+
 int main(int argc, char** argv) {
   mla::MaybeRunExecChild(argc, argv);
   ::testing::InitGoogleTest(&argc, argv);
