@@ -4,20 +4,17 @@
 
 #include <algorithm>
 
+#include "runtime/mix64.h"
+
 namespace mla {
 namespace {
 
-uint64_t Mix(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
 
 }  // namespace
 
 uint64_t BlockManager::ChainHash(uint64_t parent, const int32_t* tokens, int64_t n) {
-  uint64_t h = Mix(parent ^ 0x9e3779b97f4a7c15ULL);
-  for (int64_t i = 0; i < n; ++i) h = Mix(h + static_cast<uint32_t>(tokens[i]) + 0x9e3779b97f4a7c15ULL * (i + 1));
+  uint64_t h = Mix64(parent ^ 0x9e3779b97f4a7c15ULL);
+  for (int64_t i = 0; i < n; ++i) h = Mix64(h + static_cast<uint32_t>(tokens[i]) + 0x9e3779b97f4a7c15ULL * (i + 1));
   return h;
 }
 

@@ -203,7 +203,7 @@ bool ModelConfig::IsMoeLayer(int64_t layer) const {
   return n_routed_experts > 0 && layer >= first_k_dense_replace && layer % moe_layer_freq == 0;
 }
 
-static double YarnMscale(double scale, double mscale) {
+double YarnMscale(double scale, double mscale) {
   return scale <= 1.0 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0;
 }
 

@@ -70,6 +70,9 @@ struct ModelConfig {
   double SoftmaxScale() const;
 };
 
+// YaRN's attention magnitude correction m(s, mscale) = 0.1 mscale ln(s) + 1 for s > 1.
+double YarnMscale(double scale, double mscale);
+
 // Parses config.json text; `source` names the file in error messages.
 absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const std::string& source);
 // Reads <dir>/config.json.

@@ -14,14 +14,6 @@
 #include "runtime/status_macros.h"
 
 namespace mla {
-namespace {
-
-double YarnMscale(double scale, double mscale) {
-  return scale <= 1.0 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0;
-}
-
-}  // namespace
-
 cpu::RopeParams RopeParamsFor(const ModelConfig& c) {
   cpu::RopeParams p;
   p.rope_dim = c.qk_rope_head_dim;

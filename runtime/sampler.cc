@@ -1,6 +1,8 @@
 #include "runtime/sampler.h"
 
 #include <algorithm>
+
+#include "runtime/mix64.h"
 #include <cmath>
 #include <numeric>
 #include <vector>
@@ -10,12 +12,6 @@
 namespace mla {
 namespace {
 
-// splitmix64's finaliser: a bijective 64-bit mix.
-uint64_t Mix(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
 
 }  // namespace
 
@@ -31,7 +27,7 @@ absl::Status ValidateSamplingParams(const SamplingParams& p) {
 }
 
 double CounterUniform(uint64_t seed, uint64_t step) {
-  uint64_t bits = Mix(Mix(seed ^ 0x9e3779b97f4a7c15ULL) + step * 0x9e3779b97f4a7c15ULL);
+  uint64_t bits = Mix64(Mix64(seed ^ 0x9e3779b97f4a7c15ULL) + step * 0x9e3779b97f4a7c15ULL);
   return static_cast<double>(bits >> 11) * 0x1.0p-53;
 }
 

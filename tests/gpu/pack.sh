@@ -21,7 +21,7 @@ system='^(linux-vdso|ld-linux-x86-64|libc|libm|libmvec|libpthread|libdl|librt|li
 mapfile -t bins < <(find "$build/bin" -maxdepth 1 -type f -name '*_gpu_test' -perm -u+x | sort)
 if (( ${#bins[@]} == 0 )); then
   echo "pack.sh: no *_gpu_test binaries in $build/bin; build them first:" >&2
-  echo "  cmake -S . -B build -G Ninja && ninja -C build \$(ninja -C build -t targets all | sed -n 's/^\(bin\/\)\{0,1\}\([a-z_]*_gpu_test\):.*/\2/p' | sort -u)" >&2
+  echo "  cmake -S . -B build -G Ninja && ninja -C build gpu_tests" >&2
   exit 1
 fi
 rm -rf "$dest"
@@ -57,7 +57,7 @@ for b in "$dest"/bin/*; do
 done
 
 size_kib=$(du -sk "$dest" | cut -f1)
-echo "pack.sh: ${#bins[@]} binaries, $(ls "$dest/lib" | wc -l) libraries, $((size_kib / 1024)) MiB in $dest"
+echo "pack.sh: ${#bins[@]} binaries, $(find "$dest/lib" -type f | wc -l) libraries, $((size_kib / 1024)) MiB in $dest"
 if (( size_kib > limit_mib * 1024 )); then
   echo "pack.sh: $dest is over ${limit_mib} MiB" >&2
   exit 1

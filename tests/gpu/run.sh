@@ -62,7 +62,8 @@ for t in "${tests[@]}"; do
   rm -f "$xml"
   cmd=("$t" --gtest_brief=1 "--gtest_output=xml:$xml" "$@")
   if [[ ${MLA_GPU_SANITIZE:-0} == 1 ]]; then
-    cmd=(compute-sanitizer --tool memcheck --error-exitcode 99 "${cmd[@]}")
+    sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+    cmd=("$sanitizer" --tool memcheck --error-exitcode 99 "${cmd[@]}")
   fi
   start=$(date +%s.%N)
   timeout "${MLA_GPU_TEST_TIMEOUT:-900}" "${cmd[@]}" >"$logs/$name.log" 2>&1
