@@ -1,6 +1,7 @@
-// mla-generate: offline generation on the CPU backend.
+// mla-generate: offline generation on the CPU backend, or on one GPU with --backend cuda.
 //   mla-generate --model DIR --prompt-ids 1,2,3 --max-new-tokens N [--temperature T --top-k K
 //                --top-p P --seed S] [--kv-cache-dtype fp32|bf16] [--logits-out FILE.json]
+//                [--backend cpu|cuda]
 //   mla-generate --model DIR --describe
 // Exit codes: 0 ok; 2 bad flags or a bad model directory; 1 any other failure.
 #include <glog/logging.h>
@@ -20,6 +21,9 @@
 #include "runtime/generator.h"
 #include "runtime/model.h"
 #include "runtime/status_macros.h"
+#ifdef MLA_HAVE_CUDA
+#include "runtime/cuda/cuda_model.h"
+#endif
 
 namespace mla {
 namespace {
@@ -28,6 +32,7 @@ constexpr char kUsage[] =
     "usage: mla-generate [--model DIR] --prompt-ids 1,2,3 [--max-new-tokens N] [--temperature T]\n"
     "                    [--top-k K] [--top-p P] [--seed S] [--kv-cache-dtype fp32|bf16]\n"
     "                    [--logits-out FILE.json] [--prefill-chunk N] [--threads N] [--describe]\n"
+    "                    [--backend cpu|cuda]   (cuda: GPU 0, BF16, a bf16 latent cache)\n"
     "  --model defaults to the embedded tiny DeepSeek-V3 fixture (" MLA_DEFAULT_MODEL_DIR ")\n";
 
 struct Options {
@@ -35,8 +40,10 @@ struct Options {
   bool describe = false;
   GenerationRequest request;
   CacheDType cache_dtype = CacheDType::kF32;
+  bool cache_dtype_set = false;
   std::string logits_out;
   int threads = 1;
+  std::string backend = "cpu";
 };
 
 absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
@@ -44,11 +51,15 @@ absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
       CliFlags flags,
       CliFlags::Parse(argc, argv,
                       {"model", "prompt-ids", "max-new-tokens", "temperature", "top-k", "top-p", "seed",
-                       "kv-cache-dtype", "logits-out", "prefill-chunk", "threads"},
+                       "kv-cache-dtype", "logits-out", "prefill-chunk", "threads", "backend"},
                       {"describe", "help"}));
   Options o;
   if (auto m = flags.String("model")) o.model_dir = *m;
   o.describe = flags.Has("describe");
+  o.backend = flags.String("backend").value_or("cpu");
+  if (o.backend != "cpu" && o.backend != "cuda") {
+    return absl::InvalidArgumentError(absl::StrCat("--backend ", o.backend, " (expected cpu or cuda)"));
+  }
   if (o.describe) return o;
   if (!flags.Has("prompt-ids")) return absl::InvalidArgumentError("--prompt-ids is required (e.g. 1,2,3)");
   MLA_ASSIGN_OR_RETURN(o.request.prompt_ids, flags.IntList("prompt-ids"));
@@ -63,6 +74,7 @@ absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
   MLA_RETURN_IF_ERROR(ValidateSamplingParams(o.request.sampling));
   MLA_ASSIGN_OR_RETURN(o.request.prefill_chunk, flags.Int("prefill-chunk", 0, 0));
   MLA_ASSIGN_OR_RETURN(o.cache_dtype, ParseCacheDType(flags.String("kv-cache-dtype").value_or("fp32")));
+  o.cache_dtype_set = flags.Has("kv-cache-dtype");
   o.logits_out = flags.String("logits-out").value_or("");
   o.request.record_logits = !o.logits_out.empty();
   int64_t cores = std::max(1u, std::thread::hardware_concurrency());
@@ -104,21 +116,43 @@ int Run(int argc, char** argv) {
     return 0;
   }
   cpu::SetBlasThreads(options->threads);
-  ModelOptions model_options;
-  model_options.num_threads = options->threads;
-  auto t0 = std::chrono::steady_clock::now();
-  absl::StatusOr<std::unique_ptr<Model>> model = Model::Load(options->model_dir, model_options);
-  if (!model.ok()) return Fail(2, model.status());
   const GenerationRequest& req = options->request;
-  if (absl::Status s = ValidateRequest((*model)->config(), req); !s.ok()) return Fail(2, s);
-  auto t1 = std::chrono::steady_clock::now();
-
   const int64_t tokens = static_cast<int64_t>(req.prompt_ids.size()) + req.max_new_tokens;
   const int64_t blocks = (tokens + kDefaultBlockSize - 1) / kDefaultBlockSize;
-  PagedLatentCache cache = (*model)->MakeCache(blocks, options->cache_dtype);
   BlockAllocator allocator(blocks);
-  absl::StatusOr<std::vector<GenerationResult>> results =
-      Generate(**model, cache, allocator, std::span<const GenerationRequest>(&req, 1));
+  absl::StatusOr<std::vector<GenerationResult>> results;
+  auto t0 = std::chrono::steady_clock::now(), t1 = t0;
+  if (options->backend == "cuda") {
+#ifdef MLA_HAVE_CUDA
+    if (options->cache_dtype_set && options->cache_dtype != CacheDType::kBF16) {
+      return Fail(2, absl::InvalidArgumentError("--kv-cache-dtype fp32 (the CUDA backend's latent cache is bf16)"));
+    }
+    absl::StatusOr<std::unique_ptr<cuda::CudaModel>> model = cuda::CudaModel::Load(options->model_dir);
+    // A device or CUDA failure is not a bad model directory.
+    if (!model.ok()) return Fail(model.status().code() == absl::StatusCode::kInternal ? 1 : 2, model.status());
+    if (absl::Status s = ValidateRequest((*model)->config(), req); !s.ok()) return Fail(2, s);
+    t1 = std::chrono::steady_clock::now();
+    absl::StatusOr<cuda::CudaLatentCache> cache = (*model)->MakeCache(blocks);
+    if (!cache.ok()) return Fail(1, cache.status());
+    results = Generate(
+        (*model)->config(), cache->block_size(),
+        [&](std::span<const SequenceStep> batch) { return (*model)->Forward(batch, *cache); }, allocator,
+        std::span<const GenerationRequest>(&req, 1));
+#else
+    return Fail(2, absl::InvalidArgumentError(
+                       "--backend cuda: this mla-generate was built without the CUDA backend (no nvcc found, or "
+                       "-DMLA_CUDA=OFF)"));
+#endif
+  } else {
+    ModelOptions model_options;
+    model_options.num_threads = options->threads;
+    absl::StatusOr<std::unique_ptr<Model>> model = Model::Load(options->model_dir, model_options);
+    if (!model.ok()) return Fail(2, model.status());
+    if (absl::Status s = ValidateRequest((*model)->config(), req); !s.ok()) return Fail(2, s);
+    t1 = std::chrono::steady_clock::now();
+    PagedLatentCache cache = (*model)->MakeCache(blocks, options->cache_dtype);
+    results = Generate(**model, cache, allocator, std::span<const GenerationRequest>(&req, 1));
+  }
   if (!results.ok()) return Fail(1, results.status());
   auto t2 = std::chrono::steady_clock::now();
 

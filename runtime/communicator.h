@@ -27,9 +27,10 @@ class Communicator {
   virtual int rank() const = 0;
   virtual int size() const = 0;
 
-  // data: [count], summed over the ranks in place. Deterministic: the result is
-  // ((x_0 + x_1) + x_2) + ... in rank order, elementwise, so every rank gets the
-  // same bits on every run, whatever `count` is (no dependence on batch size).
+  // data: [count], summed over the ranks in place. Every rank gets the same
+  // bits on every run. Gloo: ((x_0 + x_1) + x_2) + ... in rank order,
+  // elementwise, whatever `count` is (no dependence on batch size). NCCL: the
+  // order is NCCL's, fixed for a world size, algorithm and message size.
   virtual absl::Status AllReduceSum(float* data, size_t count) = 0;
 
   // in: [count]; out: [size][count], rank r's input at out + r * count. `in` may be

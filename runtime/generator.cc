@@ -58,13 +58,21 @@ absl::Status ValidateRequest(const ModelConfig& config, const GenerationRequest&
 absl::StatusOr<std::vector<GenerationResult>> Generate(Model& model, PagedLatentCache& cache,
                                                        BlockAllocator& allocator,
                                                        std::span<const GenerationRequest> requests) {
+  return Generate(
+      model.config(), cache.block_size(),
+      [&](std::span<const SequenceStep> batch) { return model.Forward(batch, cache); }, allocator, requests);
+}
+
+absl::StatusOr<std::vector<GenerationResult>> Generate(const ModelConfig& config, int64_t block_size,
+                                                       const ForwardStep& forward, BlockAllocator& allocator,
+                                                       std::span<const GenerationRequest> requests) {
   std::vector<Running> running;
   for (const GenerationRequest& r : requests) {
-    MLA_RETURN_IF_ERROR(ValidateRequest(model.config(), r));
-    running.push_back(Running{&r, {}, BlockTable(cache.block_size()), 0, {}});
+    MLA_RETURN_IF_ERROR(ValidateRequest(config, r));
+    running.push_back(Running{&r, {}, BlockTable(block_size), 0, {}});
   }
   ReleaseAll release(running, allocator);
-  const int64_t vocab = model.config().vocab_size;
+  const int64_t vocab = config.vocab_size;
 
   while (true) {
     std::vector<SequenceStep> batch;
@@ -85,7 +93,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generate(Model& model, PagedLatent
       members.push_back(&r);
     }
     if (batch.empty()) break;
-    MLA_ASSIGN_OR_RETURN(std::vector<float> logits, model.Forward(batch, cache));
+    MLA_ASSIGN_OR_RETURN(std::vector<float> logits, forward(batch));
     for (size_t i = 0; i < members.size(); ++i) {
       Running& r = *members[i];
       r.cached += static_cast<int64_t>(r.step_tokens.size());

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -32,6 +33,15 @@ absl::Status ValidateRequest(const ModelConfig& config, const GenerationRequest&
 // Blocks come from `allocator` and all go back before returning.
 absl::StatusOr<std::vector<GenerationResult>> Generate(Model& model, PagedLatentCache& cache,
                                                        BlockAllocator& allocator,
+                                                       std::span<const GenerationRequest> requests);
+
+// One forward step of any backend over its own cache (Model::Forward semantics).
+using ForwardStep = std::function<absl::StatusOr<std::vector<float>>(std::span<const SequenceStep>)>;
+
+// The same loop for any backend: `forward` runs a step over a cache of
+// `block_size`-token blocks whose ids `allocator` hands out.
+absl::StatusOr<std::vector<GenerationResult>> Generate(const ModelConfig& config, int64_t block_size,
+                                                       const ForwardStep& forward, BlockAllocator& allocator,
                                                        std::span<const GenerationRequest> requests);
 
 }  // namespace mla

@@ -6,7 +6,8 @@
 #
 # DEST gets bin/ (the *_gpu_test binaries), lib/ (the shared libraries they
 # load, minus glibc, libstdc++/libgcc and the CUDA driver, which that machine
-# has; cudart is linked statically) and run.sh. There: `bash DEST/run.sh`.
+# has; cudart is linked statically; cuBLAS, 600 MB, comes from that machine's
+# CUDA installation: run.sh finds it) and run.sh. There: `bash DEST/run.sh`.
 # DEST is git-ignored (.gpu/) and must stay well under 64 MiB (it travels).
 set -euo pipefail
 
@@ -15,8 +16,8 @@ build=$(cd "${1:-$root/build}" && pwd)
 dest=${2:-$root/.gpu}
 limit_mib=48
 
-# Provided by the target system (glibc, the GCC runtime) or by its driver.
-system='^(linux-vdso|ld-linux-x86-64|libc|libm|libmvec|libpthread|libdl|librt|libutil|libresolv|libstdc\+\+|libgcc_s|libcuda|libnvidia-[a-z0-9-]+)\.so'
+# Provided by the target system (glibc, the GCC runtime), its driver or its CUDA installation (NCCL, cuBLAS).
+system='^(linux-vdso|ld-linux-x86-64|libc|libm|libmvec|libpthread|libdl|librt|libutil|libresolv|libstdc\+\+|libgcc_s|libcuda|libnvidia-[a-z0-9-]+|libnccl|libcublas|libcublasLt)\.so'
 
 mapfile -t bins < <(find "$build/bin" -maxdepth 1 -type f -name '*_gpu_test' -perm -u+x | sort)
 if (( ${#bins[@]} == 0 )); then

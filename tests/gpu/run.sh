@@ -15,6 +15,7 @@
 #                         set (the device runner), they are also packed into $OUT/gpu-test-logs.tar.gz
 #   MLA_GPU_TEST_SEED     base seed of the random inputs (printed by failing cases)
 #   MLA_GPU_REQUIRED      1 (the default where nvidia-smi sees a GPU): no device is a failure, not a skip
+#   MLA_TEST_DATA_DIR     the golden fixtures' tests/data (default: the repository's, found from here)
 # Exit status: 0 when nothing failed (skipped is not failed), 1 otherwise, 2 on usage errors.
 set -uo pipefail
 
@@ -30,6 +31,35 @@ fi
 [[ ${1:-} == -- ]] && shift
 dir=$(cd "$dir" 2>/dev/null && pwd) || { echo "run.sh: no folder $dir" >&2; exit 2; }
 [[ -d $dir/lib ]] && export LD_LIBRARY_PATH="$dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The golden fixtures travel with the working tree, not in the packed folder: the
+# repository's tests/data, found from a packed folder at the repo root (.gpu/),
+# from tests/gpu/ or from a build tree at the repo root.
+if [[ -z ${MLA_TEST_DATA_DIR:-} ]]; then
+  for d in "$dir/../tests/data" "$here/../tests/data" "$here/../../tests/data" "$PWD/tests/data"; do
+    if [[ -d $d/fixtures ]]; then
+      export MLA_TEST_DATA_DIR=$(cd "$d" && pwd)
+      break
+    fi
+  done
+fi
+# Libraries the packed folder leaves to this machine's CUDA installation: when the
+# loader does not know NAME, look in the toolkit, then anywhere under /usr and /opt
+# (pip wheels such as nvidia-cublas), and append its folder to LD_LIBRARY_PATH.
+use_machine_lib() {  # NAME
+  ldconfig -p 2>/dev/null | grep -q "^[[:space:]]*$1 " && return 0
+  local d found=""
+  for d in ${CUDA_HOME:+"$CUDA_HOME/lib64"} /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [[ -e $d/$1 ]] && { found=$d/$1; break; }
+  done
+  [[ -n $found ]] || found=$(find /usr /opt -name "$1" -print -quit 2>/dev/null)
+  if [[ -n $found ]]; then
+    echo "run.sh: $1 from $(dirname "$found")"
+    export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$(dirname "$found")"
+  else
+    echo "run.sh: $1 not found on this machine (tests that need it will fail to start)" >&2
+  fi
+}
+use_machine_lib libcublas.so.13  # the CUDA model (cuda_model_gpu_test); libcublasLt.so.13 sits beside it
 mapfile -t tests < <(find "$dir/bin" -maxdepth 1 -type f -name '*_gpu_test' -perm -u+x 2>/dev/null | sort)
 if (( ${#tests[@]} == 0 )); then
   echo "run.sh: no *_gpu_test binaries in $dir/bin (build them, or pack with tests/gpu/pack.sh)" >&2
@@ -39,7 +69,7 @@ logs=${MLA_GPU_LOG_DIR:-$(mktemp -d)}
 mkdir -p "$logs"
 export OPENBLAS_NUM_THREADS=1
 
-echo "== $(date -u +%FT%TZ) $(hostname) | tests from $dir | logs in $logs"
+echo "== $(date -u +%FT%TZ) $(hostname) | tests from $dir | logs in $logs | data ${MLA_TEST_DATA_DIR:-(none)}"
 if nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null; then
   # A GPU is there: a test that finds no device (e.g. a driver too old for CUDA 13) fails instead of skipping.
   export MLA_GPU_REQUIRED=${MLA_GPU_REQUIRED:-1}

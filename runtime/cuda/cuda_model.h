@@ -1,0 +1,112 @@
+// The DeepSeek-V3/V2 forward pass on one CUDA device, over a ragged batch, with
+// the interface semantics of runtime/model.h mla::Model::Forward (the CPU
+// reference): same SequenceStep batch, same block tables and block ids, logits
+// [rows, vocab] float32 on the host, one row per sequence (its last token) or
+// one per new token with all_logits, in batch order.
+//
+// Numerics (DESIGN.md section 5): BF16 weights and GEMM operands, FP32
+// accumulation in every GEMM and kernel. Kept in FP32: the residual stream and
+// the branch outputs added into it (o_proj, MLP down: also what the
+// tensor-parallel all-reduce sums), the q_a / kv_a outputs that feed RMSNorm,
+// the router (FP32 GEMM over FP32 normed hidden states), the logits. The latent
+// cache is BF16.
+//
+// Tensor parallelism: `comm` is the group (device pointers: an NCCL
+// communicator on this model's device); weights are this rank's slice
+// (runtime/weights.h), every collective of the CPU model happens at the same
+// place, and only rank 0 gets logits (the others return an empty vector).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "runtime/communicator.h"
+#include "runtime/config.h"
+#include "runtime/cuda/cuda_context.h"
+#include "runtime/cuda/cuda_latent_cache.h"
+#include "runtime/cuda/cuda_weights.h"
+#include "runtime/cuda/device_buffer.h"
+#include "runtime/model.h"
+#include "runtime/weights.h"
+
+namespace mla::cuda {
+
+struct CudaModelOptions {
+  int device = 0;
+  // kAuto: the absorbed form for single-token steps (decode), the naive form
+  // over cached + new latents otherwise. kNaive: the naive form for every
+  // sequence. kAbsorbed is refused (no multi-query absorbed kernel yet).
+  AttentionPath attention_path = AttentionPath::kAuto;
+};
+
+class CudaModel {
+ public:
+  // Reads <dir>/config.json and this rank's slice of the weights (the CPU
+  // loader: float32, FP8 dequantised), then uploads them. `comm`: see above;
+  // null means a group of one. Not owned; it must outlive the model.
+  static absl::StatusOr<std::unique_ptr<CudaModel>> Load(const std::string& dir, const CudaModelOptions& options = {},
+                                                         Communicator* comm = nullptr);
+  // Uploads already loaded weights (consumed).
+  static absl::StatusOr<std::unique_ptr<CudaModel>> Create(ModelConfig config, ModelWeights weights,
+                                                           const CudaModelOptions& options = {},
+                                                           Communicator* comm = nullptr);
+  CudaModel(const CudaModel&) = delete;
+  CudaModel& operator=(const CudaModel&) = delete;
+  ~CudaModel();
+
+  const ModelConfig& config() const { return config_; }
+  // The stream every kernel and GEMM of this model runs on (an NCCL
+  // communicator may enqueue its collectives on it: SetStream).
+  cudaStream_t stream() const { return ctx_->stream(); }
+  int device() const { return ctx_->device(); }
+  int64_t weight_bytes() const { return weights_.bytes; }
+
+  // A BF16 latent cache of num_blocks blocks of kDefaultBlockSize tokens on this device.
+  absl::StatusOr<CudaLatentCache> MakeCache(int64_t num_blocks) const;
+
+  // One step (see mla::Model::Forward): writes every new token's latent into
+  // `cache` and returns the logits. Bad ids, positions or block tables give
+  // InvalidArgument and leave the cache untouched; CUDA / cuBLAS failures
+  // Internal naming the call; a failed collective its error.
+  absl::StatusOr<std::vector<float>> Forward(std::span<const SequenceStep> batch, CudaLatentCache& cache);
+
+ private:
+  struct StepPlan;
+  struct Workspace;
+
+  CudaModel(ModelConfig config, const CudaModelOptions& options, Communicator* comm,
+            std::unique_ptr<CudaContext> ctx);
+
+  absl::Status Validate(std::span<const SequenceStep> batch, const CudaLatentCache& cache) const;
+  StepPlan Plan(std::span<const SequenceStep> batch, int64_t block_size) const;
+  absl::Status Layout(const StepPlan& plan, Workspace& ws);
+  absl::Status Attention(int64_t layer, const StepPlan& plan, const Workspace& ws, CudaLatentCache& cache);
+  absl::Status Mlp(const DeviceMlp& w, const __nv_bfloat16* x, int64_t rows, const Workspace& ws, float* out);
+  absl::Status Moe(const DeviceMoe& w, int64_t rows, const Workspace& ws);
+  absl::StatusOr<std::vector<float>> Logits(const StepPlan& plan, const Workspace& ws);
+  // Sums `data` (device, [count]) over the ranks; nothing with one rank.
+  absl::Status AllReduce(float* data, size_t count);
+  int ranks() const { return comm_ == nullptr ? 1 : comm_->size(); }
+
+  ModelConfig config_;
+  CudaModelOptions options_;
+  Communicator* comm_;
+  std::unique_ptr<CudaContext> ctx_;
+  DeviceWeights weights_;
+  DeviceBuffer inv_freq_;  // float [qk_rope / 2]
+  float rope_attention_factor_ = 1.0f;
+  float softmax_scale_ = 0.0f;
+  DeviceArena workspace_;      // per-step activations, grown as needed
+  PinnedBuffer meta_host_;     // the step's int32 metadata, staged for one upload
+  PinnedBuffer routing_host_;  // a MoE layer's expert ids, downloaded
+  PinnedBuffer dispatch_host_;  // a MoE layer's dispatch plan, staged for upload
+};
+
+}  // namespace mla::cuda
