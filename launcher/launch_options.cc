@@ -14,7 +14,7 @@
 namespace mla {
 
 const char kLaunchUsage[] =
-    "usage: mla-launch --model DIR [--tp N] [--backend cpu] [--host H] [--port P]\n"
+    "usage: mla-launch --model DIR [--tp N] [--backend cpu|cuda] [--host H] [--port P]\n"
     "                  [--nnodes K --node-rank I --coordinator HOST:PORT] [--restart N]\n"
     "                  [--num-blocks B] [--kv-cache-dtype fp32|bf16] [--threads T]\n"
     "                  [--step-timeout-ms MS] [--grace-ms MS] [--kv-cache-memory BYTES]\n"
@@ -57,9 +57,13 @@ std::string JoinHostPort(const std::string& host, int64_t port) {
 absl::Status ValidateBackend(const std::string& backend) {
   if (backend == "cpu") return absl::OkStatus();
   if (backend == "cuda") {
-    return absl::InvalidArgumentError("--backend cuda: the CUDA backend is not built yet (expected cpu)");
+#ifdef MLA_LAUNCH_WITH_CUDA
+    return absl::OkStatus();
+#else
+    return absl::InvalidArgumentError("--backend cuda: this build has no CUDA backend (expected cpu)");
+#endif
   }
-  return absl::InvalidArgumentError(absl::StrCat("--backend '", backend, "' (expected cpu)"));
+  return absl::InvalidArgumentError(absl::StrCat("--backend '", backend, "' (expected cpu or cuda)"));
 }
 
 // Node layout: --tp, --nnodes, --node-rank.

@@ -13,10 +13,9 @@
 #include "runtime/auth.h"
 #include "runtime/communicator.h"
 #include "runtime/control_store.h"
-#include "runtime/gloo_communicator.h"
-#include "runtime/model.h"
 #include "runtime/sampler.h"
 #include "runtime/status_macros.h"
+#include "runtime/worker_backend.h"
 
 namespace mla {
 namespace {
@@ -31,24 +30,23 @@ int64_t MicrosSince(Clock::time_point t) {
 // One worker's state once it has joined the group.
 class Worker {
  public:
-  Worker(const WorkerOptions& options, int rank, std::unique_ptr<Communicator> comm, std::unique_ptr<Model> model,
-         PagedLatentCache cache)
-      : options_(options), rank_(rank), comm_(std::move(comm)), model_(std::move(model)), cache_(std::move(cache)) {}
+  Worker(const WorkerOptions& options, int rank, WorkerBackend backend)
+      : options_(options), rank_(rank), backend_(std::move(backend)) {}
 
   cv1::WorkerReady Ready() const {
     cv1::WorkerReady r;
     r.set_rank(rank_);
-    r.set_cache_blocks(cache_.num_blocks());
-    r.set_block_size(static_cast<int32_t>(cache_.block_size()));
-    const WeightBytes& b = model_->weights().bytes;
+    r.set_cache_blocks(backend_.cache_blocks);
+    r.set_block_size(static_cast<int32_t>(backend_.block_size));
+    const WeightBytes& b = backend_.weight_bytes;
     r.mutable_weight_bytes()->set_attention(b.attention);
     r.mutable_weight_bytes()->set_experts(b.experts);
     r.mutable_weight_bytes()->set_embeddings(b.embeddings);
     r.mutable_weight_bytes()->set_replicated(b.replicated);
     r.set_host(options_.host);
-    r.set_device(options_.backend);
+    r.set_device(backend_.device);
     r.set_pid(::getpid());
-    r.set_cache_bytes(cache_.bytes());
+    r.set_cache_bytes(backend_.cache_bytes);
     return r;
   }
 
@@ -59,7 +57,7 @@ class Worker {
     cv1::StepResult result;
     result.set_step_id(plan.step_id());
     result.set_rank(rank_);
-    result.set_cache_bytes(cache_.bytes());
+    result.set_cache_bytes(backend_.cache_bytes);
     if (plan.sequences().empty()) return result;  // heartbeat
     std::vector<SequenceStep> batch;
     std::set<int32_t> blocks;
@@ -70,7 +68,7 @@ class Worker {
       blocks.insert(s.block_table().begin(), s.block_table().end());
     }
     result.set_blocks_referenced(static_cast<int64_t>(blocks.size()));
-    absl::StatusOr<std::vector<float>> logits = model_->Forward(batch, cache_);
+    absl::StatusOr<std::vector<float>> logits = backend_.forward(batch);
     result.mutable_timings()->set_forward_us(MicrosSince(t0));
     if (!logits.ok()) {
       result.set_error_code(static_cast<int32_t>(logits.status().code()));
@@ -86,7 +84,7 @@ class Worker {
 
  private:
   void Sample(const cv1::StepPlan& plan, const std::vector<float>& logits, cv1::StepResult& result) {
-    const int64_t vocab = model_->config().vocab_size;
+    const int64_t vocab = backend_.config.vocab_size;
     for (int i = 0; i < plan.sequences_size(); ++i) {
       const cv1::SequencePlan& s = plan.sequences(i);
       if (!s.sample()) continue;
@@ -108,9 +106,7 @@ class Worker {
 
   const WorkerOptions& options_;
   int rank_;
-  std::unique_ptr<Communicator> comm_;
-  std::unique_ptr<Model> model_;
-  PagedLatentCache cache_;
+  WorkerBackend backend_;
 };
 
 absl::StatusOr<cv1::RegisterResponse> Register(cv1::ControlPlane::Stub& stub, const WorkerOptions& o) {
@@ -134,19 +130,11 @@ absl::StatusOr<cv1::RegisterResponse> Register(cv1::ControlPlane::Stub& stub, co
   return resp;
 }
 
-int64_t CacheBlocks(const WorkerOptions& o, const Model& model) {
-  if (o.num_blocks > 0) return o.num_blocks;
-  const ModelConfig& c = model.config();
-  const int64_t block_bytes = c.num_hidden_layers * kDefaultBlockSize * c.latent_dim() * CacheDTypeBytes(o.cache_dtype);
-  return std::max<int64_t>(1, o.cache_memory_bytes / block_bytes);
-}
-
 }  // namespace
 
 absl::Status RunWorker(const WorkerOptions& o) {
-  if (o.backend != "cpu") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--backend ", o.backend, ": the CUDA backend is not built yet (expected cpu)"));
+  if (o.backend != "cpu" && o.backend != "cuda") {
+    return absl::InvalidArgumentError(absl::StrCat("--backend ", o.backend, " (expected cpu or cuda)"));
   }
   // The coordinator may still be starting: retry the connection quickly
   // rather than with gRPC's default backoff (1 s, growing to 2 min).
@@ -173,22 +161,10 @@ absl::Status RunWorker(const WorkerOptions& o) {
   MLA_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(o.model_dir));
   MLA_RETURN_IF_ERROR(CheckShardable(config, world));
 
-  std::unique_ptr<Communicator> comm;
   ControlPlaneStore store(stub, reg.rendezvous_prefix(), o.api_key);
-  if (world == 1) {
-    comm = MakeLocalCommunicator();
-  } else {
-    GlooOptions g;
-    g.hostname = o.host;
-    g.prefix = "gloo";
-    g.timeout = o.collective_timeout;
-    MLA_ASSIGN_OR_RETURN(comm, CreateGlooCommunicator(store, rank, world, g));
-  }
-  ModelOptions mo;
-  mo.num_threads = o.threads;
-  MLA_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Load(o.model_dir, mo, comm.get()));
-  PagedLatentCache cache = model->MakeCache(CacheBlocks(o, *model), o.cache_dtype);
-  Worker worker(o, rank, std::move(comm), std::move(model), std::move(cache));
+  MLA_ASSIGN_OR_RETURN(WorkerBackend backend, o.backend == "cuda" ? MakeCudaBackend(o, store, rank, world)
+                                                                  : MakeCpuBackend(o, store, rank, world));
+  Worker worker(o, rank, std::move(backend));
 
   grpc::ClientContext ctx;
   AddBearer(ctx, o.api_key);

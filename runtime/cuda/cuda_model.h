@@ -67,6 +67,7 @@ class CudaModel {
   cudaStream_t stream() const { return ctx_->stream(); }
   int device() const { return ctx_->device(); }
   int64_t weight_bytes() const { return weights_.bytes; }
+  const WeightBytes& weight_bytes_by_kind() const { return weights_.by_kind; }
 
   // A BF16 latent cache of num_blocks blocks of kDefaultBlockSize tokens on this device.
   absl::StatusOr<CudaLatentCache> MakeCache(int64_t num_blocks) const;

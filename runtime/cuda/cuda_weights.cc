@@ -13,14 +13,19 @@ namespace {
 // Every host tensor to upload, laid out in one arena, then copied in order.
 class Uploader {
  public:
-  explicit Uploader(DeviceArena& arena) : arena_(arena) {}
+  Uploader(DeviceArena& arena, WeightBytes& by_kind) : arena_(arena), by_kind_(by_kind) {}
+
+  // The kind the following tensors count under (runtime/weights.h's kinds).
+  void Kind(int64_t WeightBytes::*kind) { kind_ = kind; }
 
   void Bf16(std::vector<float>& host, const __nv_bfloat16** slot) {
     if (host.empty()) return;
+    by_kind_.*kind_ += static_cast<int64_t>(host.size() * sizeof(uint16_t));
     entries_.push_back({&host, arena_.Add(host.size() * sizeof(uint16_t)), slot, nullptr});
   }
   void F32(std::vector<float>& host, const float** slot) {
     if (host.empty()) return;
+    by_kind_.*kind_ += static_cast<int64_t>(host.size() * sizeof(float));
     entries_.push_back({&host, arena_.Add(host.size() * sizeof(float)), nullptr, slot});
   }
 
@@ -56,6 +61,8 @@ class Uploader {
     const float** f32_slot;
   };
   DeviceArena& arena_;
+  WeightBytes& by_kind_;
+  int64_t WeightBytes::*kind_ = &WeightBytes::replicated;
   std::vector<Entry> entries_;
 };
 
@@ -76,31 +83,39 @@ absl::StatusOr<DeviceWeights> UploadWeights(const ModelConfig& config, ModelWeig
     return absl::InvalidArgumentError(absl::StrCat("weights hold ", weights.layers.size(), " layers (expected ",
                                                    config.num_hidden_layers, ")"));
   }
-  Uploader up(d.arena);
+  Uploader up(d.arena, d.by_kind);
+  up.Kind(&WeightBytes::embeddings);
   up.Bf16(weights.embed, &d.embed);
+  up.Kind(&WeightBytes::replicated);
   up.F32(weights.final_norm, &d.final_norm);
   // Tied embeddings: the loader copied embed into lm_head; one device copy serves both.
   const bool tied = config.tie_word_embeddings;
+  up.Kind(&WeightBytes::embeddings);
   if (!tied) up.Bf16(weights.lm_head, &d.lm_head);
   d.layers.resize(weights.layers.size());
   for (size_t l = 0; l < weights.layers.size(); ++l) {
     LayerWeights& hw = weights.layers[l];
     DeviceLayer& dl = d.layers[l];
+    up.Kind(&WeightBytes::replicated);
     up.F32(hw.input_norm, &dl.input_norm);
     up.F32(hw.post_norm, &dl.post_norm);
     AttentionWeights& a = hw.attn;
     up.Bf16(a.q_a, &dl.attn.q_a);
     up.F32(a.q_a_norm, &dl.attn.q_a_norm);
-    up.Bf16(a.q_b, &dl.attn.q_b);
     up.Bf16(a.kv_a, &dl.attn.kv_a);
     up.F32(a.kv_a_norm, &dl.attn.kv_a_norm);
+    up.Kind(&WeightBytes::attention);
+    up.Bf16(a.q_b, &dl.attn.q_b);
     up.Bf16(a.kv_b, &dl.attn.kv_b);
     up.Bf16(a.o_proj, &dl.attn.o_proj);
     std::vector<float>().swap(a.w_uk_t);  // read out of kv_b on the device
     dl.is_moe = hw.is_moe;
+    up.Kind(&WeightBytes::experts);
     if (hw.is_moe) {
+      up.Kind(&WeightBytes::replicated);
       up.F32(hw.moe.router, &dl.moe.router);
       up.F32(hw.moe.router_bias, &dl.moe.router_bias);
+      up.Kind(&WeightBytes::experts);
       dl.moe.experts.resize(hw.moe.experts.size());
       for (size_t e = 0; e < hw.moe.experts.size(); ++e) AddMlp(up, hw.moe.experts[e], dl.moe.experts[e]);
       AddMlp(up, hw.moe.shared, dl.moe.shared);

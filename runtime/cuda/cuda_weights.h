@@ -62,7 +62,8 @@ struct DeviceWeights {
   const float* final_norm = nullptr;       // [hidden]
   const __nv_bfloat16* lm_head = nullptr;  // [local_vocab, hidden] (the embedding when tied)
   std::vector<DeviceLayer> layers;
-  int64_t bytes = 0;  // device bytes held
+  int64_t bytes = 0;     // device bytes held (with arena alignment)
+  WeightBytes by_kind;   // the tensors' bytes by kind, as runtime/weights.h counts them
   DeviceArena arena;  // owns every pointer above
 };
 

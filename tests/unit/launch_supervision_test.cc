@@ -339,10 +339,9 @@ TEST_F(LaunchSupervisionTest, SecondNodeRunsOnlyItsWorkers) {
 
 TEST_F(LaunchSupervisionTest, BadFlagIsOneLineAndExitTwo) {
   WriteFakes(kSleep, kSleep);
-  Launch({"--backend", "cuda"});
+  Launch({"--backend", "tpu"});
   EXPECT_EQ(WaitForExit(), 2);
-  EXPECT_EQ(ReadFile(log("stderr")),
-            "mla-launch: error: --backend cuda: the CUDA backend is not built yet (expected cpu)\n");
+  EXPECT_EQ(ReadFile(log("stderr")), "mla-launch: error: --backend 'tpu' (expected cpu or cuda)\n");
   EXPECT_EQ(ReadFile(log("stdout")), "");
   EXPECT_EQ(ReadFile(log("mla-worker.0.pids")), "");  // nothing was spawned
 }
