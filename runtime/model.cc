@@ -61,28 +61,28 @@ PagedLatentCache Model::MakeCache(int64_t num_blocks, CacheDType dtype) const {
   return PagedLatentCache(config_.num_hidden_layers, num_blocks, kDefaultBlockSize, config_.latent_dim(), dtype);
 }
 
-absl::Status Model::Validate(std::span<const SequenceStep> batch, const PagedLatentCache& cache) const {
-  if (cache.num_layers() != config_.num_hidden_layers || cache.latent_dim() != config_.latent_dim()) {
-    return absl::InvalidArgumentError(absl::StrCat("latent cache has ", cache.num_layers(), " layers of width ",
-                                                   cache.latent_dim(), " (expected ", config_.num_hidden_layers,
-                                                   " layers of width ", config_.latent_dim(), ")"));
+absl::Status ValidateStep(const ModelConfig& config, std::span<const SequenceStep> batch, const CacheShape& cache) {
+  if (cache.num_layers != config.num_hidden_layers || cache.latent_dim != config.latent_dim()) {
+    return absl::InvalidArgumentError(absl::StrCat("latent cache has ", cache.num_layers, " layers of width ",
+                                                   cache.latent_dim, " (expected ", config.num_hidden_layers,
+                                                   " layers of width ", config.latent_dim(), ")"));
   }
   for (size_t s = 0; s < batch.size(); ++s) {
     const SequenceStep& seq = batch[s];
     const int64_t n = static_cast<int64_t>(seq.tokens.size());
     if (n == 0) return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": no new tokens (expected >= 1)"));
-    if (seq.cached_len < 0 || seq.cached_len + n > config_.max_position_embeddings) {
+    if (seq.cached_len < 0 || seq.cached_len + n > config.max_position_embeddings) {
       return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": positions [", seq.cached_len, ", ",
                                                      seq.cached_len + n, ") (expected within [0, ",
-                                                     config_.max_position_embeddings, "))"));
+                                                     config.max_position_embeddings, "))"));
     }
     for (int32_t id : seq.tokens) {
-      if (id < 0 || id >= config_.vocab_size) {
+      if (id < 0 || id >= config.vocab_size) {
         return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": token id ", id, " (expected 0 <= id < ",
-                                                       config_.vocab_size, ")"));
+                                                       config.vocab_size, ")"));
       }
     }
-    const int64_t blocks_needed = (seq.cached_len + n + cache.block_size() - 1) / cache.block_size();
+    const int64_t blocks_needed = (seq.cached_len + n + cache.block_size - 1) / cache.block_size;
     if (static_cast<int64_t>(seq.block_table.size()) < blocks_needed) {
       return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": block table of ", seq.block_table.size(),
                                                      " blocks (expected >= ", blocks_needed, " for ",
@@ -90,13 +90,18 @@ absl::Status Model::Validate(std::span<const SequenceStep> batch, const PagedLat
     }
     for (int64_t b = 0; b < blocks_needed; ++b) {
       int32_t id = seq.block_table[static_cast<size_t>(b)];
-      if (id < 0 || id >= cache.num_blocks()) {
+      if (id < 0 || id >= cache.num_blocks) {
         return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": block id ", id, " (expected 0 <= id < ",
-                                                       cache.num_blocks(), ")"));
+                                                       cache.num_blocks, ")"));
       }
     }
   }
   return absl::OkStatus();
+}
+
+absl::Status Model::Validate(std::span<const SequenceStep> batch, const PagedLatentCache& cache) const {
+  return ValidateStep(config_, batch,
+                      CacheShape{cache.num_layers(), cache.latent_dim(), cache.block_size(), cache.num_blocks()});
 }
 
 absl::StatusOr<std::vector<float>> Model::Forward(std::span<const SequenceStep> batch, PagedLatentCache& cache) {

@@ -87,6 +87,13 @@ class Model {
   Communicator* comm_;
 };
 
+// Checks a step against the model and a latent cache of that shape (the same
+// rules on every backend): InvalidArgument naming the sequence and the value.
+struct CacheShape {
+  int64_t num_layers, latent_dim, block_size, num_blocks;
+};
+absl::Status ValidateStep(const ModelConfig& config, std::span<const SequenceStep> batch, const CacheShape& cache);
+
 // RoPE parameters for a config (YaRN when rope_scaling says so).
 cpu::RopeParams RopeParamsFor(const ModelConfig& config);
 

@@ -188,42 +188,16 @@ absl::StatusOr<CudaLatentCache> CudaModel::MakeCache(int64_t num_blocks) const {
 
 // The CPU model's checks and messages (runtime/model.cc Model::Validate).
 absl::Status CudaModel::Validate(std::span<const SequenceStep> batch, const CudaLatentCache& cache) const {
-  if (cache.num_layers() != config_.num_hidden_layers || cache.latent_dim() != config_.latent_dim()) {
-    return absl::InvalidArgumentError(absl::StrCat("latent cache has ", cache.num_layers(), " layers of width ",
-                                                   cache.latent_dim(), " (expected ", config_.num_hidden_layers,
-                                                   " layers of width ", config_.latent_dim(), ")"));
+  if (absl::Status s = ValidateStep(config_, batch,
+                                    CacheShape{cache.num_layers(), cache.latent_dim(), cache.block_size(),
+                                               cache.num_blocks()});
+      !s.ok()) {
+    return s;
   }
   int64_t rows = 0, kv = 0;
-  for (size_t s = 0; s < batch.size(); ++s) {
-    const SequenceStep& seq = batch[s];
-    const int64_t n = static_cast<int64_t>(seq.tokens.size());
-    if (n == 0) return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": no new tokens (expected >= 1)"));
-    if (seq.cached_len < 0 || seq.cached_len + n > config_.max_position_embeddings) {
-      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": positions [", seq.cached_len, ", ",
-                                                     seq.cached_len + n, ") (expected within [0, ",
-                                                     config_.max_position_embeddings, "))"));
-    }
-    for (int32_t id : seq.tokens) {
-      if (id < 0 || id >= config_.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": token id ", id, " (expected 0 <= id < ",
-                                                       config_.vocab_size, ")"));
-      }
-    }
-    const int64_t blocks_needed = (seq.cached_len + n + cache.block_size() - 1) / cache.block_size();
-    if (static_cast<int64_t>(seq.block_table.size()) < blocks_needed) {
-      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": block table of ", seq.block_table.size(),
-                                                     " blocks (expected >= ", blocks_needed, " for ",
-                                                     seq.cached_len + n, " tokens)"));
-    }
-    for (int64_t b = 0; b < blocks_needed; ++b) {
-      const int32_t id = seq.block_table[static_cast<size_t>(b)];
-      if (id < 0 || id >= cache.num_blocks()) {
-        return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": block id ", id, " (expected 0 <= id < ",
-                                                       cache.num_blocks(), ")"));
-      }
-    }
-    rows += n;
-    kv += seq.cached_len + n;
+  for (const SequenceStep& seq : batch) {
+    rows += static_cast<int64_t>(seq.tokens.size());
+    kv += seq.cached_len + static_cast<int64_t>(seq.tokens.size());
   }
   // Kernels index rows and latents with 32-bit ids and grid dimensions.
   const int64_t top_k = std::max<int64_t>(config_.num_experts_per_tok, 1);
