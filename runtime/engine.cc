@@ -310,16 +310,14 @@ void Engine::Postprocess(const SchedulerOutput& out, const cv1::StepResult& rank
 }
 
 void Engine::PublishGauges() {
-  const int64_t used = blocks_->num_used();
+  int64_t submitted;
   {
     absl::MutexLock lock(&mu_);
-    blocks_in_use_ = used;
+    blocks_in_use_ = blocks_->num_used();
+    submitted = static_cast<int64_t>(queue_.size());
   }
   if (metrics_ != nullptr) {
-    RecordGauges(*metrics_, scheduler_->num_running(), scheduler_->num_waiting() + [this] {
-      absl::MutexLock lock(&mu_);
-      return static_cast<int64_t>(queue_.size());
-    }(), *blocks_);
+    RecordGauges(*metrics_, scheduler_->num_running(), scheduler_->num_waiting() + submitted, *blocks_);
   }
 }
 

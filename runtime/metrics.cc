@@ -416,7 +416,7 @@ ServingMetrics::ServingMetrics()
       requests_waiting(MustRegister(registry.AddGauge(
           "mla_requests_waiting", "Requests admitted and waiting to be scheduled."))),
       cache_blocks_used(MustRegister(registry.AddGauge(
-          "mla_cache_blocks_used", "Latent cache blocks held by requests or the prefix cache."))),
+          "mla_cache_blocks_used", "Latent cache blocks referenced by requests (cached, unreferenced blocks count as free)."))),
       cache_blocks_total(MustRegister(registry.AddGauge(
           "mla_cache_blocks_total", "Latent cache blocks in the pool."))),
       cache_usage_ratio(MustRegister(registry.AddGauge(
