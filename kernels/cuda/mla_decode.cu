@@ -1,6 +1,7 @@
 #include "kernels/cuda/mla_decode.cuh"
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/mla_decode_mma.cuh"
 
 namespace mla::cuda {
 namespace {
@@ -124,6 +125,12 @@ cudaError_t LaunchMlaDecode(const MlaDecodeParams& p, cudaStream_t stream) {
     return cudaErrorInvalidValue;
   }
   if (p.num_seqs == 0) return cudaSuccess;
+  const bool aligned = detail::Aligned16(p.q_latent) && detail::Aligned16(p.q_pe) && detail::Aligned16(p.cache) &&
+                       (reinterpret_cast<uintptr_t>(p.out_latent) & 3u) == 0 &&
+                       (reinterpret_cast<uintptr_t>(p.partial_out) & 7u) == 0;
+  if (p.work_items != nullptr && MlaDecodeUsesTensorCores(p.kv_lora, p.qk_rope) && aligned) {
+    return detail::LaunchMlaDecodeMma(p, stream);
+  }
   if (latent <= 64) return Launch<2>(p, stream);
   if (latent <= 128) return Launch<4>(p, stream);
   if (latent <= 256) return Launch<8>(p, stream);

@@ -7,12 +7,22 @@
 // only; W_UV and o_proj follow as GEMMs). No per-head key or value exists.
 // kernels/cpu/attention.h MlaAbsorbedAttention is the reference. kv_len 0 gives
 // a zero output.
+//
+// Two kernels behind LaunchMlaDecode:
+// - the tensor-core split-KV kernel (mla_decode_mma.cu), for the shapes
+//   MlaDecodeUsesTensorCores accepts (DeepSeek-V3's 512 + 64 among them): it
+//   runs the work items of a host plan (mla_decode_plan.h) and merges split
+//   sequences by log-sum-exp;
+// - the simple kernel (one warp per head, FP32 FMA, no split), for the other
+//   shapes or when no plan is given.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+
+#include "kernels/cuda/mla_decode_plan.h"
 
 namespace mla::cuda {
 
@@ -32,6 +42,17 @@ struct MlaDecodeParams {
   int block_size = 64;
   int max_blocks_per_seq = 0;
   float scale = 0.0f;  // softmax scale, mscale^2 included
+
+  // The plan (PlanMlaDecode over the same kv_lens, uploaded): work items and
+  // merges in device memory, and the partial-result workspace sized by
+  // MlaDecodeMaxPartials. Leave work_items null to run the simple kernel.
+  const MlaDecodeWorkItem* work_items = nullptr;  // [num_work_items]
+  const MlaDecodeMergeItem* merge_items = nullptr;  // [num_merge_items]
+  int num_work_items = 0;
+  int num_merge_items = 0;
+  int heads_per_block = 0;  // the plan's
+  float* partial_out = nullptr;  // [partials, heads_per_block, kv_lora]
+  float* partial_lse = nullptr;  // [partials, heads_per_block], base 2
 };
 
 // kv_lora + qk_rope must be at most kMlaDecodeMaxLatent.

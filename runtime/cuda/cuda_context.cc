@@ -60,7 +60,9 @@ absl::StatusOr<std::unique_ptr<CudaContext>> CudaContext::Create(int device) {
   if (!stream.ok()) return stream.status();
   absl::StatusOr<CublasHandle> cublas = CublasHandle::Create(stream->get());
   if (!cublas.ok()) return cublas.status();
-  return std::unique_ptr<CudaContext>(new CudaContext(device, std::move(*stream), std::move(*cublas)));
+  int sms = 0;
+  MLA_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return std::unique_ptr<CudaContext>(new CudaContext(device, sms, std::move(*stream), std::move(*cublas)));
 }
 
 absl::Status CudaContext::Activate() const { return MLA_CUDA_STATUS(cudaSetDevice(device_)); }

@@ -81,6 +81,7 @@ class CudaContext {
   static absl::StatusOr<std::unique_ptr<CudaContext>> Create(int device);
 
   int device() const { return device_; }
+  int sm_count() const { return sm_count_; }  // streaming multiprocessors of the device
   cudaStream_t stream() const { return stream_.get(); }
   cublasHandle_t cublas() const { return cublas_.get(); }
 
@@ -94,10 +95,11 @@ class CudaContext {
   absl::Status Gemm(const GemmParams& p) const;
 
  private:
-  CudaContext(int device, Stream stream, CublasHandle cublas)
-      : device_(device), stream_(std::move(stream)), cublas_(std::move(cublas)) {}
+  CudaContext(int device, int sm_count, Stream stream, CublasHandle cublas)
+      : device_(device), sm_count_(sm_count), stream_(std::move(stream)), cublas_(std::move(cublas)) {}
 
   int device_;
+  int sm_count_;
   Stream stream_;
   CublasHandle cublas_;  // declared after the stream: destroyed before it
 };

@@ -55,6 +55,14 @@ struct CudaModel::StepPlan {
   size_t kv_seq = 0;     // [naive_kv]: plan-order sequence of each gathered latent
   size_t kv_pos = 0;     // [naive_kv]: its position
   size_t out_rows = 0;   // [logit_rows]: the row of each logits row, batch order
+  // The decode attention's work partition (kernels/cuda/mla_decode_plan.h),
+  // planned here once for all layers; empty where the simple kernel runs.
+  size_t decode_items = 0;   // MlaDecodeWorkItem[num_decode_items]
+  size_t decode_merges = 0;  // MlaDecodeMergeItem[num_decode_merges]
+  int num_decode_items = 0;
+  int num_decode_merges = 0;
+  int decode_heads_per_block = 0;
+  int64_t decode_partials = 0;
   std::vector<int32_t> meta;
 };
 
@@ -76,6 +84,8 @@ struct CudaModel::Workspace {
   bf16* q_pe = nullptr;      // [decode_seqs, heads, qk_rope]
   bf16* q_lat = nullptr;     // [decode_seqs, heads, kv_lora]
   bf16* o_lat = nullptr;     // [decode_seqs, heads, kv_lora]
+  float* decode_partial = nullptr;      // [decode_partials, heads_per_block, kv_lora]
+  float* decode_partial_lse = nullptr;  // [decode_partials, heads_per_block]
   bf16* gate_up = nullptr;   // [mlp rows, 2 * inter], the largest MLP of the step
   bf16* act = nullptr;       // [mlp rows, inter]
   float* router = nullptr;   // [rows, n_routed_experts]
@@ -93,6 +103,16 @@ namespace {
 
 // One launcher call: its cudaError_t as a Status naming the launcher.
 #define MLA_LAUNCH(launcher, params) MLA_CUDA_RETURN_IF_ERROR(launcher(params, ctx_->stream()))
+
+// Appends structs of int32 fields to the int32 meta array; returns their offset.
+template <typename T>
+size_t AppendPod(std::vector<int32_t>& meta, const std::vector<T>& items) {
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) % sizeof(int32_t) == 0 && alignof(T) <= 4);
+  const size_t offset = meta.size();
+  meta.resize(offset + items.size() * sizeof(T) / sizeof(int32_t));
+  if (!items.empty()) std::memcpy(meta.data() + offset, items.data(), items.size() * sizeof(T));
+  return offset;
+}
 
 absl::Status CheckLimits(const ModelConfig& c, const CudaModelOptions& o) {
   if (o.attention_path == AttentionPath::kAbsorbed) {
@@ -275,6 +295,18 @@ CudaModel::StepPlan CudaModel::Plan(std::span<const SequenceStep> batch, int64_t
       m[p.kv_lens + (i - p.naive_seqs)] = static_cast<int32_t>(len);
     }
   }
+  if (p.decode_seqs > 0 && MlaDecodeUsesTensorCores(static_cast<int>(config_.kv_lora_rank),
+                                                    static_cast<int>(config_.qk_rope_head_dim))) {
+    const std::vector<int32_t> kv_lens(m.begin() + static_cast<ptrdiff_t>(p.kv_lens),
+                                       m.begin() + static_cast<ptrdiff_t>(p.kv_lens + p.decode_seqs));
+    const MlaDecodePlan dp = PlanMlaDecode(kv_lens, static_cast<int>(weights_.local_heads), ctx_->sm_count());
+    p.num_decode_items = static_cast<int>(dp.items.size());
+    p.num_decode_merges = static_cast<int>(dp.merges.size());
+    p.decode_heads_per_block = dp.heads_per_block;
+    p.decode_partials = dp.num_partials;
+    p.decode_items = AppendPod(m, dp.items);
+    p.decode_merges = AppendPod(m, dp.merges);
+  }
   std::vector<int32_t> out_rows;
   for (size_t b = 0; b < batch.size(); ++b) {
     const int64_t n = static_cast<int64_t>(batch[b].tokens.size());
@@ -330,6 +362,8 @@ absl::Status CudaModel::Layout(const StepPlan& plan, Workspace& ws) {
   add(ws.q_pe, d * heads * c.qk_rope_head_dim * b);
   add(ws.q_lat, d * heads * kvl * b);
   add(ws.o_lat, d * heads * kvl * b);
+  add(ws.decode_partial, plan.decode_partials * plan.decode_heads_per_block * kvl * f);
+  add(ws.decode_partial_lse, plan.decode_partials * plan.decode_heads_per_block * f);
   add(ws.gate_up, 2 * mlp_elems * b);
   add(ws.act, mlp_elems * b);
   if (any_moe) {
@@ -610,6 +644,15 @@ absl::Status CudaModel::Attention(int64_t layer, const StepPlan& plan, const Wor
     dp.block_size = static_cast<int>(cache.block_size());
     dp.max_blocks_per_seq = static_cast<int>(plan.max_blocks);
     dp.scale = softmax_scale_;
+    if (plan.num_decode_items > 0) {
+      dp.work_items = reinterpret_cast<const MlaDecodeWorkItem*>(meta + plan.decode_items);
+      dp.num_work_items = plan.num_decode_items;
+      dp.merge_items = reinterpret_cast<const MlaDecodeMergeItem*>(meta + plan.decode_merges);
+      dp.num_merge_items = plan.num_decode_merges;
+      dp.heads_per_block = plan.decode_heads_per_block;
+      dp.partial_out = ws.decode_partial;
+      dp.partial_lse = ws.decode_partial_lse;
+    }
     MLA_LAUNCH(LaunchMlaDecode, dp);
     // Head h: out[r, h, :] = W_UV_h o_lat[r, h, :], W_UV_h = kv_b rows [h * kvw + nope, (h + 1) * kvw).
     g = GemmParams{};

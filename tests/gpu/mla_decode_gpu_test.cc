@@ -1,19 +1,25 @@
-// Absorbed-form MLA decode over the paged BF16 latent cache against
-// cpu::MlaAbsorbedAttention (one query per sequence, reading the same BF16
-// cache through a PagedLatentView). Spare blocks and the rows past each
+// Absorbed-form MLA decode over the paged BF16 latent cache, the simple and
+// the tensor-core split-KV kernel, against cpu::MlaAbsorbedAttention (one
+// query per sequence, reading the same BF16 cache through a PagedLatentView). Spare blocks and the rows past each
 // sequence's length are NaN and the table padding is out of range, so any
 // stray read shows up (as NaN in the output, or as a fault).
-// Tolerance: rtol 1e-2 for the BF16 output (2^-9 relative), atol 2e-5: FP32
-// scores, softmax and sums on both sides, in a different order.
+// Tolerance: rtol 1e-2 for the BF16 output (at most 2^-8 relative), atol 2e-5:
+// FP32 scores, softmax and sums on both sides, in a different order. The
+// tensor-core kernel's own bounds are below (kMmaAtol, kMmaSeqRelL2).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
-#include <sstream>
+#include <algorithm>
+#include <cmath>
 #include <ostream>
+#include <span>
+#include <sstream>
+#include <string>
 #include <vector>
 
 #include "kernels/cpu/attention.h"
 #include "kernels/cuda/mla_decode.cuh"
+#include "kernels/cuda/mla_decode_plan.h"
 #include "tests/gpu/gpu_test_util.h"
 #include "tests/gpu/paged_batch.h"
 
@@ -24,6 +30,34 @@ using gpu_test::DeviceBuffer;
 using gpu_test::SeqShape;
 
 constexpr double kRtol = 1e-2, kAtol = 2e-5;
+// The tensor-core kernel's softmax weights p_i / l are BF16 before P V: each
+// off by at most 2^-8 relative, so with values in [-1, 1] an output moves by
+// at most 2^-8 * sum_i p_i / l = 2^-8 absolute (more than kAtol allows where
+// an output is near 0). That bound alone would hide one dropped position of a
+// long context (about 1/len), so each sequence's whole output must also lie
+// within 4e-3 relative L2 of the reference. A NumPy emulation of the kernel's
+// rounding (64-position tiles, base-2 online softmax, BF16 weights and output)
+// gave at most 2.4e-3 over contexts 1 to 4096 at 16 x 512 + 64 and 8 x 96 + 16,
+// and 1.1e-3 at most beyond rtol elementwise; one dropped position of 4096
+// adds about 4.5e-3 (independent of the rounding: about 5e-3 in all).
+constexpr double kMmaAtol = 1.0 / 256, kMmaSeqRelL2 = 4e-3;
+
+::testing::AssertionResult SeqRelL2Within(std::span<const float> got, std::span<const float> want, int64_t seqs,
+                                          double bound) {
+  const size_t per_seq = want.size() / static_cast<size_t>(seqs);
+  for (int64_t s = 0; s < seqs; ++s) {
+    double err = 0.0, ref = 0.0;
+    for (size_t i = s * per_seq; i < (s + 1) * per_seq; ++i) {
+      err += (static_cast<double>(got[i]) - want[i]) * (static_cast<double>(got[i]) - want[i]);
+      ref += static_cast<double>(want[i]) * want[i];
+    }
+    if (ref == 0.0 ? err != 0.0 : !(std::sqrt(err / ref) <= bound)) {
+      return ::testing::AssertionFailure() << "sequence " << s << ": relative L2 error " << std::sqrt(err / ref)
+                                           << " (bound " << bound << ")";
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
 
 struct DecodeCase {
   int heads, kv_lora, rope;
@@ -93,26 +127,61 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
 
   DeviceBuffer<uint16_t> d_cache(cache), d_q_lat(q_lat), d_q_pe(q_pe), d_out(want.size());
   DeviceBuffer<int32_t> d_tables(b.tables), d_lens(kv_lens);
-  MLA_ASSERT_CUDA(d_out.Poison());
-  cuda::MlaDecodeParams p;
-  p.q_latent = d_q_lat.bf16();
-  p.q_pe = d_q_pe.bf16();
-  p.cache = d_cache.bf16();
-  p.block_tables = d_tables.get();
-  p.kv_lens = d_lens.get();
-  p.out_latent = d_out.bf16();
-  p.num_seqs = seqs;
-  p.num_heads = c.heads;
-  p.kv_lora = c.kv_lora;
-  p.qk_rope = c.rope;
-  p.block_size = static_cast<int>(b.block_size);
-  p.max_blocks_per_seq = static_cast<int>(b.max_blocks);
-  p.scale = scale;
-  MLA_ASSERT_CUDA(cuda::LaunchMlaDecode(p, nullptr));
-  MLA_ASSERT_CUDA(cudaDeviceSynchronize());
-  std::vector<uint16_t> got;
-  MLA_ASSERT_CUDA(d_out.Download(got));
-  EXPECT_TRUE(gpu_test::AllClose(gpu_test::ToFloats(got), want, kRtol, kAtol));
+  int device_sms = 0;
+  MLA_ASSERT_CUDA(cudaDeviceGetAttribute(&device_sms, cudaDevAttrMultiProcessorCount, 0));
+  // The simple kernel (no plan), then the tensor-core kernel (where the shape
+  // allows; otherwise the launcher falls back to the simple one) under plans
+  // for one SM (no split), the device's SMs (the production plan) and 2^20
+  // SMs (every sequence split into single tiles: the merge at its widest).
+  const bool mma = cuda::MlaDecodeUsesTensorCores(c.kv_lora, c.rope);
+  for (const int sms : {0, 1, device_sms, 1 << 20}) {
+    SCOPED_TRACE(sms == 0 ? std::string("simple kernel") : "plan for " + std::to_string(sms) + " SMs");
+    cuda::MlaDecodeParams p;
+    p.q_latent = d_q_lat.bf16();
+    p.q_pe = d_q_pe.bf16();
+    p.cache = d_cache.bf16();
+    p.block_tables = d_tables.get();
+    p.kv_lens = d_lens.get();
+    p.out_latent = d_out.bf16();
+    p.num_seqs = seqs;
+    p.num_heads = c.heads;
+    p.kv_lora = c.kv_lora;
+    p.qk_rope = c.rope;
+    p.block_size = static_cast<int>(b.block_size);
+    p.max_blocks_per_seq = static_cast<int>(b.max_blocks);
+    p.scale = scale;
+    const cuda::MlaDecodePlan plan = cuda::PlanMlaDecode(kv_lens, c.heads, std::max(sms, 1));
+    ASSERT_LE(plan.num_partials, cuda::MlaDecodeMaxPartials(std::max(sms, 1)));
+    // Unused partial slots are NaN (poisoned): the merge must read only its own.
+    DeviceBuffer<cuda::MlaDecodeWorkItem> d_items(plan.items);
+    DeviceBuffer<cuda::MlaDecodeMergeItem> d_merges(plan.merges);
+    const size_t slots = static_cast<size_t>(plan.num_partials) + 1;
+    DeviceBuffer<float> d_part(slots * plan.heads_per_block * c.kv_lora), d_lse(slots * plan.heads_per_block);
+    MLA_ASSERT_CUDA(d_part.Poison());
+    MLA_ASSERT_CUDA(d_lse.Poison());
+    if (sms > 0) {
+      p.work_items = d_items.get();
+      p.num_work_items = static_cast<int>(plan.items.size());
+      p.merge_items = d_merges.get();
+      p.num_merge_items = static_cast<int>(plan.merges.size());
+      p.heads_per_block = plan.heads_per_block;
+      p.partial_out = d_part.get();
+      p.partial_lse = d_lse.get();
+    }
+    if (sms > 1 && !mma) continue;  // the simple kernel again: once is enough
+    MLA_ASSERT_CUDA(d_out.Poison());
+    MLA_ASSERT_CUDA(cuda::LaunchMlaDecode(p, nullptr));
+    MLA_ASSERT_CUDA(cudaDeviceSynchronize());
+    std::vector<uint16_t> got;
+    MLA_ASSERT_CUDA(d_out.Download(got));
+    const std::vector<float> gotf = gpu_test::ToFloats(got);
+    if (sms > 0 && mma) {
+      EXPECT_TRUE(gpu_test::AllClose(gotf, want, kRtol, kMmaAtol));
+      EXPECT_TRUE(SeqRelL2Within(gotf, want, seqs, kMmaSeqRelL2));
+    } else {
+      EXPECT_TRUE(gpu_test::AllClose(gotf, want, kRtol, kAtol));
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -124,7 +193,14 @@ INSTANTIATE_TEST_SUITE_P(
         DecodeCase{16, 512, 64, 1.0f, {200, 2}},
         // Small and odd dims: heads not a multiple of the block's 8, latent % 8 != 0 (scalar loads).
         DecodeCase{16, 64, 16, 0.3f, {0, 1, 63, 64, 65, 200}}, DecodeCase{3, 36, 6, 0.5f, {1, 64, 65, 130}},
-        DecodeCase{5, 32, 0, 0.2f, {7, 70}}, DecodeCase{128, 512, 64, 0.0f, {0}}));
+        DecodeCase{5, 32, 0, 0.2f, {7, 70}}, DecodeCase{128, 512, 64, 0.0f, {0}},
+        // Tensor-core head groups: 32 heads (one group of two MMA tiles), 20 (a
+        // part-filled group), 64 (two groups sharing each cache range).
+        DecodeCase{32, 512, 64, 0.0f, {1, 64, 700}}, DecodeCase{20, 512, 64, 0.0f, {65, 2048}},
+        DecodeCase{64, 512, 64, 0.0f, {130, 0, 1000}},
+        // The golden fixtures' attention: 8 heads, kv_lora 160 + rope 16 (latent % 32 == 16:
+        // the last score k-step alone) and V2-Lite's 96 + 16.
+        DecodeCase{8, 160, 16, 0.25f, {1, 5, 64, 129}}, DecodeCase{8, 96, 16, 0.25f, {17, 300}}));
 
 }  // namespace
 }  // namespace mla

@@ -1,0 +1,73 @@
+#include "kernels/cuda/mla_decode_plan.h"
+
+#include <algorithm>
+
+namespace mla::cuda {
+namespace {
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+bool MlaDecodeUsesTensorCores(int kv_lora, int qk_rope) {
+  return kv_lora > 0 && qk_rope >= 0 && kv_lora <= 512 && kv_lora % 8 == 0 && (kv_lora + qk_rope) % 16 == 0 &&
+         kv_lora + qk_rope <= 640;
+}
+
+int MlaDecodeHeadsPerBlock(int num_heads) { return num_heads <= 16 ? 16 : 32; }
+
+// A split (sequence, head group) has tiles > per_item and gets
+// ceil(tiles / per_item) < 2 * tiles / per_item items; per_item >=
+// total / num_sms, so all split items together are fewer than 2 * num_sms.
+int64_t MlaDecodeMaxPartials(int num_sms) { return 2 * static_cast<int64_t>(std::max(num_sms, 1)); }
+
+MlaDecodePlan PlanMlaDecode(std::span<const int32_t> kv_lens, int num_heads, int num_sms) {
+  MlaDecodePlan plan;
+  plan.heads_per_block = MlaDecodeHeadsPerBlock(num_heads);
+  const int64_t groups = CeilDiv(std::max(num_heads, 1), plan.heads_per_block);
+  const int64_t tile = kMlaDecodeTileTokens;
+  int64_t total = 0;  // tiles over all (sequence, head group) pairs
+  for (int32_t len : kv_lens) total += groups * CeilDiv(std::max(len, 0), tile);
+  // Tiles per item: one wave of num_sms items covers everything.
+  const int64_t per_item = std::max<int64_t>(1, CeilDiv(total, std::max(num_sms, 1)));
+
+  for (size_t s = 0; s < kv_lens.size(); ++s) {
+    const int64_t len = std::max(kv_lens[s], 0);
+    const int64_t tiles = CeilDiv(len, tile);
+    const int64_t splits = std::max<int64_t>(1, CeilDiv(tiles, per_item));
+    // Even split in whole tiles: the first (tiles % splits) items get one more.
+    const int64_t base = tiles / splits, extra = tiles % splits;
+    const int32_t first = plan.num_partials;
+    // Head groups of one range are adjacent in launch order, so they run
+    // together and the groups after the first find the cache tiles in L2.
+    int64_t begin_tile = 0;
+    for (int64_t k = 0; k < splits; ++k) {
+      const int64_t n = base + (k < extra ? 1 : 0);
+      const int64_t kv_begin = begin_tile * tile, kv_end = std::min(len, (begin_tile + n) * tile);
+      begin_tile += n;
+      for (int64_t g = 0; g < groups; ++g) {
+        MlaDecodeWorkItem item;
+        item.seq = static_cast<int32_t>(s);
+        item.head_begin = static_cast<int32_t>(g * plan.heads_per_block);
+        item.kv_begin = static_cast<int32_t>(kv_begin);
+        item.kv_end = static_cast<int32_t>(kv_end);
+        item.partial = splits > 1 ? static_cast<int32_t>(first + g * splits + k) : -1;
+        plan.items.push_back(item);
+      }
+    }
+    if (splits > 1) {
+      for (int64_t g = 0; g < groups; ++g) {
+        MlaDecodeMergeItem merge;
+        merge.seq = static_cast<int32_t>(s);
+        merge.head_begin = static_cast<int32_t>(g * plan.heads_per_block);
+        merge.first_partial = static_cast<int32_t>(first + g * splits);
+        merge.num_partials = static_cast<int32_t>(splits);
+        plan.merges.push_back(merge);
+      }
+      plan.num_partials += static_cast<int32_t>(groups * splits);
+    }
+  }
+  return plan;
+}
+
+}  // namespace mla::cuda

@@ -1,0 +1,67 @@
+// The work partition of the split-KV decode attention (mla_decode.cuh),
+// planned once per step on the host from the sequences' lengths, so that the
+// device side is a fixed list of work items (and a step can later be captured
+// as a CUDA graph: only the uploaded items change).
+//
+// A work item is one thread block: a group of heads_per_block heads of one
+// sequence over a contiguous range of its cached positions. A (sequence, head
+// group) whose range is split over several items writes one partial result
+// per item (FP32 output normalised by its own softmax sum, plus the base-2
+// log-sum-exp); a merge item then combines them. Plain C++: built without CUDA
+// and tested on the CPU (tests/unit/mla_decode_plan_test.cc).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace mla::cuda {
+
+// Cached positions per pipeline stage of the kernel; items start at multiples
+// of it (so with 64-token pages a tile is one page).
+inline constexpr int kMlaDecodeTileTokens = 64;
+
+struct MlaDecodeWorkItem {
+  int32_t seq = 0;
+  int32_t head_begin = 0;  // heads [head_begin, head_begin + heads_per_block), clipped to num_heads
+  int32_t kv_begin = 0;    // cached positions [kv_begin, kv_end); empty only for a kv_len 0 sequence
+  int32_t kv_end = 0;
+  int32_t partial = -1;    // -1: the whole sequence, written to out_latent; else its partial slot
+};
+
+struct MlaDecodeMergeItem {
+  int32_t seq = 0;
+  int32_t head_begin = 0;
+  int32_t first_partial = 0;  // slots [first_partial, first_partial + num_partials)
+  int32_t num_partials = 0;
+};
+
+struct MlaDecodePlan {
+  int heads_per_block = 16;
+  std::vector<MlaDecodeWorkItem> items;    // one per thread block, in launch order
+  std::vector<MlaDecodeMergeItem> merges;  // one per split (sequence, head group)
+  int32_t num_partials = 0;
+};
+
+// Shapes the tensor-core kernel takes: whole MMA tiles over the latent
+// (kv_lora + qk_rope a multiple of 16), whole 8-column output tiles, at most
+// 512 latent values per query (8 warps x 64 output columns) and at most 640
+// cached values per position (two 64-row stages and 32 query rows fit the 227
+// KiB of shared memory). Other shapes run the simple kernel, needing no plan.
+bool MlaDecodeUsesTensorCores(int kv_lora, int qk_rope);
+
+// Heads per work item: one 16-row MMA tile up to 16 heads, two above (the
+// cache tile in shared memory then serves 32 heads).
+int MlaDecodeHeadsPerBlock(int num_heads);
+
+// The most partial slots any plan for `num_sms` uses: size the workspace
+// (partial_out: slots x heads_per_block x kv_lora floats; partial_lse: slots x
+// heads_per_block floats) with it once.
+int64_t MlaDecodeMaxPartials(int num_sms);
+
+// kv_lens: per sequence, the cached positions it attends to (>= 0).
+// num_sms: thread blocks that run at once (the kernel runs one per SM); the
+// plan aims at one wave of about that many items.
+MlaDecodePlan PlanMlaDecode(std::span<const int32_t> kv_lens, int num_heads, int num_sms);
+
+}  // namespace mla::cuda
