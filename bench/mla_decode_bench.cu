@@ -1,0 +1,342 @@
+// The whole absorbed MLA decode attention on one GPU, per (batch, context,
+// heads): q_lat = q_nope W_UK per head (cuBLAS, strided batch over heads),
+// attention over the paged BF16 latent cache (LaunchMlaDecode: the
+// tensor-core split-KV kernel under the step's plan), out = o_lat W_UV^T per
+// head (cuBLAS). DeepSeek-V3 dims: kv_lora 512, rope 64, nope 128, v 128;
+// 64-token pages in shuffled order. The same computation and conventions as
+// ../shared/bench/mla_decode_torch_baseline.py (run beside it by
+// tests/gpu/run.sh): median of 20 runs timed with CUDA events after 3
+// warm-ups; GB/s = latent-cache bytes (batch x context x 576 x 2) / time; copy
+// GB/s = (read + written) bytes of a 2 GiB device-to-device copy / time.
+//
+// Per shape it also times, in the same run: the attention kernel alone, the
+// simple kernel (the earlier decode, no tensor cores, no split) in the same
+// pipeline, and checks the tensor-core output against the simple kernel's.
+// The plan is made on the host once per step (for all layers) and is not in
+// the timed region; its host time is printed.
+//
+//   mla-bench-decode [--shapes 1x4096x128,16x4096x128,...] [--iters 20] [--json]
+//
+// Prints one JSON object per shape (with --json, only those) and a table.
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/mla_decode.cuh"
+#include "kernels/cuda/mla_decode_plan.h"
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+using mla::cuda::MlaDecodeMergeItem;
+using mla::cuda::MlaDecodeParams;
+using mla::cuda::MlaDecodePlan;
+using mla::cuda::MlaDecodeWorkItem;
+
+constexpr int kLatent = 512, kRope = 64, kNope = 128, kV = 128, kBlock = 64;
+constexpr const char* kDefaultShapes = "1x4096x128,16x4096x128,64x4096x16,128x4096x16,64x8192x128";
+
+#define CHECK_CUDA(expr)                                                                              \
+  do {                                                                                                \
+    const cudaError_t err_ = (expr);                                                                  \
+    if (err_ != cudaSuccess) {                                                                        \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(err_));   \
+      std::exit(1);                                                                                   \
+    }                                                                                                 \
+  } while (0)
+#define CHECK_CUBLAS(expr)                                                                   \
+  do {                                                                                       \
+    const cublasStatus_t st_ = (expr);                                                       \
+    if (st_ != CUBLAS_STATUS_SUCCESS) {                                                      \
+      std::fprintf(stderr, "%s:%d: %s: cuBLAS status %d\n", __FILE__, __LINE__, #expr, st_); \
+      std::exit(1);                                                                          \
+    }                                                                                        \
+  } while (0)
+
+// Uniform values in [-amp, amp) from a counter hash, written as BF16 on the device
+// (the 600 MB caches would take seconds to make on the host).
+__global__ void FillRandom(bf16* x, int64_t n, uint64_t seed, float amp) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    uint64_t z = seed + static_cast<uint64_t>(i) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    x[i] = __float2bfloat16_rn(amp * (static_cast<float>(z >> 40) * 0x1.0p-23f - 1.0f));
+  }
+}
+
+template <typename T>
+T* DeviceAlloc(size_t n) {
+  void* p = nullptr;
+  CHECK_CUDA(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
+  return static_cast<T*>(p);
+}
+
+template <typename T>
+T* Upload(const std::vector<T>& host) {
+  T* d = DeviceAlloc<T>(host.size());
+  if (!host.empty()) CHECK_CUDA(cudaMemcpy(d, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return d;
+}
+
+void Fill(bf16* x, int64_t n, uint64_t seed, float amp) {
+  FillRandom<<<1024, 256>>>(x, n, seed, amp);
+  CHECK_CUDA(cudaGetLastError());
+}
+
+// Median milliseconds of `iters` runs of fn, each between two events, after 3 warm-ups.
+double MedianMs(const std::function<void()>& fn, int iters) {
+  for (int i = 0; i < 3; ++i) fn();
+  CHECK_CUDA(cudaDeviceSynchronize());
+  cudaEvent_t start, stop;
+  CHECK_CUDA(cudaEventCreate(&start));
+  CHECK_CUDA(cudaEventCreate(&stop));
+  std::vector<float> ms;
+  for (int i = 0; i < iters; ++i) {
+    CHECK_CUDA(cudaEventRecord(start));
+    fn();
+    CHECK_CUDA(cudaEventRecord(stop));
+    CHECK_CUDA(cudaEventSynchronize(stop));
+    float t = 0.0f;
+    CHECK_CUDA(cudaEventElapsedTime(&t, start, stop));
+    ms.push_back(t);
+  }
+  CHECK_CUDA(cudaEventDestroy(start));
+  CHECK_CUDA(cudaEventDestroy(stop));
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+double CopyGbps(int iters) {
+  const size_t n = size_t{1} << 30;  // BF16 elements: 2 GiB
+  bf16* x = DeviceAlloc<bf16>(n);
+  bf16* y = DeviceAlloc<bf16>(n);
+  Fill(x, static_cast<int64_t>(n), 1, 1.0f);
+  const double ms = MedianMs([&] { CHECK_CUDA(cudaMemcpyAsync(y, x, n * sizeof(bf16), cudaMemcpyDeviceToDevice)); },
+                             iters);
+  CHECK_CUDA(cudaFree(x));
+  CHECK_CUDA(cudaFree(y));
+  return 2.0 * n * sizeof(bf16) / ms / 1e6;
+}
+
+struct Shape {
+  int batch, context, heads;
+};
+
+struct Row {
+  Shape shape;
+  double ms = 0, attn_ms = 0, simple_ms = 0, plan_us = 0, max_abs = 0, rel_l2 = 0;
+  int items = 0, merges = 0;
+};
+
+Row RunShape(const Shape& s, cublasHandle_t blas, int sms, int iters) {
+  const int B = s.batch, L = s.context, H = s.heads, lat = kLatent + kRope;
+  const int blocks_per_seq = (L + kBlock - 1) / kBlock;
+  const int64_t num_blocks = static_cast<int64_t>(B) * blocks_per_seq;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(kNope + kRope));
+
+  bf16* cache = DeviceAlloc<bf16>(num_blocks * kBlock * lat);
+  bf16* w_uk = DeviceAlloc<bf16>(static_cast<size_t>(H) * kNope * kLatent);  // [H, 128, 512]
+  bf16* w_uv = DeviceAlloc<bf16>(static_cast<size_t>(H) * kV * kLatent);     // [H, 128, 512]
+  bf16* q_nope = DeviceAlloc<bf16>(static_cast<size_t>(B) * H * kNope);
+  bf16* q_pe = DeviceAlloc<bf16>(static_cast<size_t>(B) * H * kRope);
+  bf16* q_lat = DeviceAlloc<bf16>(static_cast<size_t>(B) * H * kLatent);
+  bf16* o_lat = DeviceAlloc<bf16>(static_cast<size_t>(B) * H * kLatent);
+  bf16* o_ref = DeviceAlloc<bf16>(static_cast<size_t>(B) * H * kLatent);
+  bf16* out = DeviceAlloc<bf16>(static_cast<size_t>(B) * H * kV);
+  Fill(cache, num_blocks * kBlock * lat, 2, 1.7f);  // about unit variance, as torch.randn
+  Fill(w_uk, static_cast<int64_t>(H) * kNope * kLatent, 3, 1.7f / std::sqrt(static_cast<float>(kLatent)));
+  Fill(w_uv, static_cast<int64_t>(H) * kV * kLatent, 4, 1.7f / std::sqrt(static_cast<float>(kLatent)));
+  Fill(q_nope, static_cast<int64_t>(B) * H * kNope, 5, 1.7f);
+  Fill(q_pe, static_cast<int64_t>(B) * H * kRope, 6, 1.7f);
+
+  // Pages in shuffled order, as a long-running server's allocator leaves them.
+  std::vector<int32_t> pool(static_cast<size_t>(num_blocks));
+  std::iota(pool.begin(), pool.end(), 0);
+  std::shuffle(pool.begin(), pool.end(), std::mt19937_64(7));
+  int32_t* tables = Upload(pool);  // [B, blocks_per_seq]
+  const std::vector<int32_t> lens(static_cast<size_t>(B), L);
+  int32_t* kv_lens = Upload(lens);
+
+  const auto t0 = std::chrono::steady_clock::now();
+  const MlaDecodePlan plan = mla::cuda::PlanMlaDecode(lens, H, sms);
+  const double plan_us =
+      std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+  MlaDecodeWorkItem* items = Upload(plan.items);
+  MlaDecodeMergeItem* merges = Upload(plan.merges);
+  const size_t slots = static_cast<size_t>(std::max(plan.num_partials, 1));
+  float* partial = DeviceAlloc<float>(slots * plan.heads_per_block * kLatent);
+  float* partial_lse = DeviceAlloc<float>(slots * plan.heads_per_block);
+
+  MlaDecodeParams p;
+  p.q_latent = q_lat;
+  p.q_pe = q_pe;
+  p.cache = cache;
+  p.block_tables = tables;
+  p.kv_lens = kv_lens;
+  p.out_latent = o_lat;
+  p.num_seqs = B;
+  p.num_heads = H;
+  p.kv_lora = kLatent;
+  p.qk_rope = kRope;
+  p.block_size = kBlock;
+  p.max_blocks_per_seq = blocks_per_seq;
+  p.scale = scale;
+  p.work_items = items;
+  p.num_work_items = static_cast<int>(plan.items.size());
+  p.merge_items = merges;
+  p.num_merge_items = static_cast<int>(plan.merges.size());
+  p.heads_per_block = plan.heads_per_block;
+  p.partial_out = partial;
+  p.partial_lse = partial_lse;
+  MlaDecodeParams simple = p;
+  simple.work_items = nullptr;  // no plan: the simple kernel
+  simple.out_latent = o_ref;
+
+  const float one = 1.0f, zero = 0.0f;
+  auto absorb = [&] {  // q_lat[b, h, :] = q_nope[b, h, :] W_UK[h]   (column-major: 512 x B per head)
+    CHECK_CUBLAS(cublasGemmStridedBatchedEx(blas, CUBLAS_OP_N, CUBLAS_OP_N, kLatent, B, kNope, &one, w_uk,
+                                            CUDA_R_16BF, kLatent, static_cast<int64_t>(kNope) * kLatent, q_nope,
+                                            CUDA_R_16BF, H * kNope, kNope, &zero, q_lat, CUDA_R_16BF, H * kLatent,
+                                            kLatent, H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  };
+  auto unabsorb = [&](const bf16* o) {  // out[b, h, :] = W_UV[h] o[b, h, :]
+    CHECK_CUBLAS(cublasGemmStridedBatchedEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, kV, B, kLatent, &one, w_uv, CUDA_R_16BF,
+                                            kLatent, static_cast<int64_t>(kV) * kLatent, o, CUDA_R_16BF,
+                                            H * kLatent, kLatent, &zero, out, CUDA_R_16BF, H * kV, kV, H,
+                                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  };
+  auto attend = [&](const MlaDecodeParams& q) { CHECK_CUDA(mla::cuda::LaunchMlaDecode(q, nullptr)); };
+
+  Row row;
+  row.shape = s;
+  row.plan_us = plan_us;
+  row.items = static_cast<int>(plan.items.size());
+  row.merges = static_cast<int>(plan.merges.size());
+  row.ms = MedianMs([&] { absorb(); attend(p); unabsorb(o_lat); }, iters);
+  row.attn_ms = MedianMs([&] { attend(p); }, iters);
+  row.simple_ms = MedianMs([&] { absorb(); attend(simple); unabsorb(o_ref); }, iters);
+
+  // The tensor-core output against the simple kernel's (FP32 softmax weights there).
+  absorb();
+  attend(p);
+  attend(simple);
+  CHECK_CUDA(cudaDeviceSynchronize());
+  const size_t n = static_cast<size_t>(B) * H * kLatent;
+  std::vector<bf16> got(n), ref(n);
+  CHECK_CUDA(cudaMemcpy(got.data(), o_lat, n * sizeof(bf16), cudaMemcpyDeviceToHost));
+  CHECK_CUDA(cudaMemcpy(ref.data(), o_ref, n * sizeof(bf16), cudaMemcpyDeviceToHost));
+  double err = 0, norm = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double g = __bfloat162float(got[i]), r = __bfloat162float(ref[i]);
+    row.max_abs = std::max(row.max_abs, std::isnan(g) ? INFINITY : std::fabs(g - r));
+    err += (g - r) * (g - r);
+    norm += r * r;
+  }
+  row.rel_l2 = norm > 0 ? std::sqrt(err / norm) : std::sqrt(err);
+
+  for (void* ptr : std::initializer_list<void*>{cache, w_uk, w_uv, q_nope, q_pe, q_lat, o_lat, o_ref, out, tables,
+                                                kv_lens, items, merges, partial, partial_lse}) {
+    CHECK_CUDA(cudaFree(ptr));
+  }
+  return row;
+}
+
+std::vector<Shape> ParseShapes(const std::string& text) {
+  std::vector<Shape> shapes;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t end = std::min(text.find(',', start), text.size());
+    const std::string item = text.substr(start, end - start);
+    Shape s{};
+    if (std::sscanf(item.c_str(), "%dx%dx%d", &s.batch, &s.context, &s.heads) != 3 || s.batch <= 0 ||
+        s.context <= 0 || s.heads <= 0) {
+      std::fprintf(stderr, "mla-bench-decode: bad shape '%s' (expected BATCHxCONTEXTxHEADS, e.g. 64x4096x16)\n",
+                   item.c_str());
+      std::exit(2);
+    }
+    shapes.push_back(s);
+    start = end + 1;
+  }
+  return shapes;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string shapes_text = kDefaultShapes;
+  int iters = 20;
+  bool json_only = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--shapes" && i + 1 < argc) {
+      shapes_text = argv[++i];
+    } else if (a == "--iters" && i + 1 < argc) {
+      iters = std::max(1, std::atoi(argv[++i]));
+    } else if (a == "--json") {
+      json_only = true;
+    } else {
+      std::fprintf(stderr, "usage: mla-bench-decode [--shapes BxLxH,...] [--iters N] [--json]\n");
+      return 2;
+    }
+  }
+  const std::vector<Shape> shapes = ParseShapes(shapes_text);
+  int device = 0, sms = 0;
+  CHECK_CUDA(cudaGetDevice(&device));
+  CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  cudaDeviceProp prop{};
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, device));
+  cublasHandle_t blas;
+  CHECK_CUBLAS(cublasCreate(&blas));
+  const double copy_gbps = CopyGbps(iters);
+
+  std::vector<Row> rows;
+  for (const Shape& s : shapes) {
+    const Row r = RunShape(s, blas, sms, iters);
+    const double bytes = static_cast<double>(s.batch) * s.context * (kLatent + kRope) * 2;
+    const double flops = 2.0 * s.batch * s.heads *
+                         (static_cast<double>(kNope) * kLatent + static_cast<double>(s.context) * (kLatent + kRope) +
+                          static_cast<double>(s.context) * kLatent + static_cast<double>(kLatent) * kV);
+    std::printf(
+        "{\"batch\": %d, \"context\": %d, \"heads\": %d, \"ms\": %.4f, \"cache_gbps\": %.1f, \"tflops\": %.2f, "
+        "\"copy_gbps\": %.1f, \"attn_ms\": %.4f, \"attn_gbps\": %.1f, \"simple_ms\": %.4f, \"items\": %d, "
+        "\"merges\": %d, \"plan_us\": %.1f, \"max_abs_vs_simple\": %.3g, \"rel_l2_vs_simple\": %.3g}\n",
+        s.batch, s.context, s.heads, r.ms, bytes / r.ms / 1e6, flops / r.ms / 1e9, copy_gbps, r.attn_ms,
+        bytes / r.attn_ms / 1e6, r.simple_ms, r.items, r.merges, r.plan_us, r.max_abs, r.rel_l2);
+    std::fflush(stdout);
+    rows.push_back(r);
+  }
+  cublasDestroy(blas);
+  if (json_only) return 0;
+  std::printf("\n%s, %d SMs; copy %.0f GB/s (read + written)\n", prop.name, sms, copy_gbps);
+  std::printf("%-14s %9s %8s %7s %6s %9s %8s %10s %7s %9s\n", "BxLxH", "ms", "GB/s", "%copy", "TF/s", "attn ms",
+              "simple x", "items/merg", "plan us", "rel L2");
+  for (const Row& r : rows) {
+    const double bytes = static_cast<double>(r.shape.batch) * r.shape.context * (kLatent + kRope) * 2;
+    const double flops =
+        2.0 * r.shape.batch * r.shape.heads *
+        (static_cast<double>(kNope) * kLatent + static_cast<double>(r.shape.context) * (kLatent + kRope) +
+         static_cast<double>(r.shape.context) * kLatent + static_cast<double>(kLatent) * kV);
+    const std::string name =
+        std::to_string(r.shape.batch) + "x" + std::to_string(r.shape.context) + "x" + std::to_string(r.shape.heads);
+    const std::string im = std::to_string(r.items) + "/" + std::to_string(r.merges);
+    std::printf("%-14s %9.4f %8.0f %6.1f%% %6.1f %9.4f %7.2fx %10s %7.1f %9.2g\n", name.c_str(), r.ms,
+                bytes / r.ms / 1e6, 100.0 * bytes / r.ms / 1e6 / copy_gbps, flops / r.ms / 1e9, r.attn_ms,
+                r.simple_ms / r.ms, im.c_str(), r.plan_us, r.rel_l2);
+  }
+  return 0;
+}
