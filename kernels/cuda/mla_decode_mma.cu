@@ -10,6 +10,7 @@ using bf16 = __nv_bfloat16;
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
+constexpr int kTokenGroups = 4;  // of 16 positions per tile; two warps (k halves) each
 constexpr int kTile = kMlaDecodeTileTokens;  // cached positions per stage
 // Shared-memory rows are padded by 8 BF16 (16 bytes): with latent % 16 == 0
 // the row pitch is an odd number of 16-byte units, so the 8 row addresses of
@@ -22,15 +23,20 @@ constexpr size_t kMaxSharedBytes = 227 * 1024;  // opt-in limit per block on sm_
 // One work item (MlaDecodeWorkItem) per block: 16 * MT heads of one sequence
 // over its cached positions [kv_begin, kv_end), in tiles of 64 positions,
 // double-buffered with cp.async. Per tile:
-//   S = Q K^T   [16 MT heads x 64 positions]: warp w computes positions
-//               8w..8w+7 over the whole latent (K = the cached rows, kv_lora
-//               and rope parts alike); Q lives in shared memory.
-//   online softmax in base 2: row maxima across the warps through shared
-//               memory; each warp keeps the softmax sum of its own positions.
+//   S = Q K^T   [16 MT heads x 64 positions]: warp w takes positions
+//               16 (w % 4) + [0, 16) over half (w / 4) of the latent's
+//               k-steps (K = the cached rows, kv_lora and rope parts alike),
+//               and the upper half hands its partial sums over through shared
+//               memory. So each Q fragment, read from shared memory, serves
+//               two MMAs: Q re-reads, not the MMAs, bound a tile at 128
+//               heads.
+//   online softmax in base 2: row maxima across the token groups through
+//               shared memory; the lower half's warps keep the softmax sums
+//               of their positions.
 //   O += P V    [16 MT x kv_lora]: P (BF16) through shared memory, V = the
 //               kv_lora columns of the same cached rows; warp w owns output
 //               columns [64w, 64w + 64) (fewer for small kv_lora).
-// Three barriers per tile. Positions past kv_end are zero-filled in shared
+// Four barriers per tile. Positions past kv_end are zero-filled in shared
 // memory (never read from the cache: NaN there must not reach 0 * NaN) and
 // score -inf. The result goes to out_latent (BF16) for a whole sequence, or
 // to its partial slot (FP32, normalised, plus the base-2 log-sum-exp).
@@ -43,11 +49,13 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
   bf16* q_s = reinterpret_cast<bf16*>(smem_raw);           // [kRows, stride]
   bf16* kv_s = q_s + kRows * stride;                        // [2, kTile, stride]
   bf16* p_s = kv_s + 2 * kTile * stride;                    // [kRows, kPStride]
-  float* red = reinterpret_cast<float*>(p_s + kRows * kPStride);  // [kWarps, kRows]
+  float* red = reinterpret_cast<float*>(p_s + kRows * kPStride);  // [kTokenGroups, kRows]
+  float* sx = red + kTokenGroups * kRows;  // [kTokenGroups, MT * 8 scores, 32 lanes]
 
   const MlaDecodeWorkItem item = p.work_items[blockIdx.x];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
+  const int tg = warp % kTokenGroups, kh = warp / kTokenGroups;  // token group, k half
   const int heads_here = min(kRows, p.num_heads - item.head_begin);
   const int chunks = latent / 8;  // 16-byte pieces of a row
   const int kv_chunks = p.kv_lora / 8;
@@ -100,11 +108,13 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
     for (int i = 0; i < kMaxColTiles; ++i) acc[mt][i][0] = acc[mt][i][1] = acc[mt][i][2] = acc[mt][i][3] = 0.0f;
   }
   const float scale_log2 = p.scale * 1.4426950408889634f;  // scores in log2 units: exp2 below
+  const int k_steps = latent / 16, k_half = (k_steps + 1) / 2;
+  const int ks_begin = kh == 0 ? 0 : k_half, ks_end = kh == 0 ? k_half : k_steps;
 
   // ldmatrix row addresses of this lane (see warp_mma.cuh): A tiles (Q, P) by
   // row (lane & 15) and column half (lane >> 4); K for the scores by position
-  // (lane & 7) and 8-column step (lane >> 3); V by position (lane & 15) and
-  // column half (lane >> 4).
+  // (lane & 7) + 8 (lane >> 4) and column half ((lane >> 3) & 1); V by
+  // position (lane & 15) and column half (lane >> 4).
   const int a_r = (lane & 7) + ((lane >> 3) & 1) * 8, a_c = (lane >> 4) * 8;
   const bf16* q_lane = q_s + a_r * stride + a_c;
   const bf16* p_lane = p_s + a_r * kPStride + a_c;
@@ -118,57 +128,74 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
     CpAsyncCommit();
     const bf16* kv = kv_s + stage * kTile * stride;
 
-    // S for positions t0 + 8 warp + [0, 8).
-    float s[MT][4];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) s[mt][0] = s[mt][1] = s[mt][2] = s[mt][3] = 0.0f;
-    const bf16* k_lane = kv + (warp * 8 + (lane & 7)) * stride + (lane >> 3) * 8;
-    int k0 = 0;
-#pragma unroll 2
-    for (; k0 + 32 <= latent; k0 += 32) {  // two MMA k-steps per x4 load of K
-      uint32_t b[4];
-      LdMatrixX4(b, SharedAddress(k_lane + k0));
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        uint32_t a[4];
-        LdMatrixX4(a, SharedAddress(q_lane + mt * 16 * stride + k0));
-        MmaBf16(s[mt], a, b[0], b[1]);
-        LdMatrixX4(a, SharedAddress(q_lane + mt * 16 * stride + k0 + 16));
-        MmaBf16(s[mt], a, b[2], b[3]);
-      }
-    }
-    if (k0 < latent) {  // one k-step left (latent % 32 == 16); lanes 0..15 address the x2
-      uint32_t b0, b1;
-      LdMatrixX2(b0, b1, SharedAddress(kv + (warp * 8 + (lane & 7)) * stride + ((lane >> 3) & 1) * 8 + k0));
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        uint32_t a[4];
-        LdMatrixX4(a, SharedAddress(q_lane + mt * 16 * stride + k0));
-        MmaBf16(s[mt], a, b0, b1);
-      }
-    }
-
-    // Scale, mask, and this warp's row maxima (over the 4 lanes of a row).
-    const int pos = t0 + warp * 8 + 2 * t;  // of s[.][0] and s[.][2]; +1 for [1] and [3]
+    // S for positions t0 + 16 tg + [0, 16) (two MMA n-tiles), over this
+    // warp's half of the latent's k-steps. Each x4 load of K serves both
+    // n-tiles: matrices (n-tile 0, k lo), (0, k hi), (1, k lo), (1, k hi).
+    float s[MT][2][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[mt][e] = pos + (e & 1) < item.kv_end ? s[mt][e] * scale_log2 : -INFINITY;
-      float mx0 = fmaxf(s[mt][0], s[mt][1]), mx1 = fmaxf(s[mt][2], s[mt][3]);
+      for (int n = 0; n < 2; ++n) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
+    }
+    const bf16* k_lane = kv + (tg * 16 + (lane & 7) + (lane >> 4) * 8) * stride + ((lane >> 3) & 1) * 8;
+#pragma unroll 2
+    for (int ks = ks_begin; ks < ks_end; ++ks) {
+      uint32_t b[4];
+      LdMatrixX4(b, SharedAddress(k_lane + ks * 16));
 #pragma unroll
-      for (int o = 1; o <= 2; o <<= 1) {
-        mx0 = fmaxf(mx0, __shfl_xor_sync(kFullMask, mx0, o));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(kFullMask, mx1, o));
+      for (int mt = 0; mt < MT; ++mt) {
+        uint32_t a[4];
+        LdMatrixX4(a, SharedAddress(q_lane + mt * 16 * stride + ks * 16));
+        MmaBf16(s[mt][0], a, b[0], b[1]);
+        MmaBf16(s[mt][1], a, b[2], b[3]);
       }
-      if (t == 0) {
-        red[warp * kRows + mt * 16 + g] = mx0;
-        red[warp * kRows + mt * 16 + g + 8] = mx1;
+    }
+    // The upper k-half's warps hand their partial scores to the lower half's
+    // (same token group); from here on only those hold S.
+    if (kh == 1) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) sx[(tg * MT * 8 + (mt * 2 + n) * 4 + e) * 32 + lane] = s[mt][n][e];
+        }
       }
     }
     __syncthreads();
 
-    // Tile maxima (every tile holds a valid position: finite), rescale factors,
-    // P = 2^(s - m) into shared memory as BF16 and this warp's softmax sums.
+    // Scale, mask, and the token group's row maxima (over the 4 lanes of a row).
+    if (kh == 0) {
+      const int pos = t0 + tg * 16 + 2 * t;  // of s[.][n][0] and [2], plus 8 n; +1 for [1] and [3]
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float v = s[mt][n][e] + sx[(tg * MT * 8 + (mt * 2 + n) * 4 + e) * 32 + lane];
+            s[mt][n][e] = pos + 8 * n + (e & 1) < item.kv_end ? v * scale_log2 : -INFINITY;
+          }
+          mx0 = fmaxf(mx0, fmaxf(s[mt][n][0], s[mt][n][1]));
+          mx1 = fmaxf(mx1, fmaxf(s[mt][n][2], s[mt][n][3]));
+        }
+#pragma unroll
+        for (int o = 1; o <= 2; o <<= 1) {
+          mx0 = fmaxf(mx0, __shfl_xor_sync(kFullMask, mx0, o));
+          mx1 = fmaxf(mx1, __shfl_xor_sync(kFullMask, mx1, o));
+        }
+        if (t == 0) {
+          red[tg * kRows + mt * 16 + g] = mx0;
+          red[tg * kRows + mt * 16 + g + 8] = mx1;
+        }
+      }
+    }
+    __syncthreads();
+
+    // Tile maxima (every tile holds a valid position: finite) and rescale
+    // factors in every warp; P = 2^(s - m) into shared memory as BF16 and the
+    // softmax sums of each token group in the lower half's warps.
     float corr[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
@@ -177,24 +204,31 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
         const int row = mt * 16 + g + 8 * h;
         float mx = red[row];
 #pragma unroll
-        for (int w = 1; w < kWarps; ++w) mx = fmaxf(mx, red[w * kRows + row]);
+        for (int w = 1; w < kTokenGroups; ++w) mx = fmaxf(mx, red[w * kRows + row]);
         const float m_new = fmaxf(m_run[mt][h], mx);
         corr[mt][h] = exp2f(m_run[mt][h] - m_new);  // 0 on the first tile (m_run -inf)
         m_run[mt][h] = m_new;
       }
-      const float p0 = exp2f(s[mt][0] - m_run[mt][0]), p1 = exp2f(s[mt][1] - m_run[mt][0]);
-      const float p2 = exp2f(s[mt][2] - m_run[mt][1]), p3 = exp2f(s[mt][3] - m_run[mt][1]);
-      float sum0 = p0 + p1, sum1 = p2 + p3;
+      if (kh == 0) {
+        float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
-      for (int o = 1; o <= 2; o <<= 1) {
-        sum0 += __shfl_xor_sync(kFullMask, sum0, o);
-        sum1 += __shfl_xor_sync(kFullMask, sum1, o);
+        for (int n = 0; n < 2; ++n) {
+          const float p0 = exp2f(s[mt][n][0] - m_run[mt][0]), p1 = exp2f(s[mt][n][1] - m_run[mt][0]);
+          const float p2 = exp2f(s[mt][n][2] - m_run[mt][1]), p3 = exp2f(s[mt][n][3] - m_run[mt][1]);
+          sum0 += p0 + p1;
+          sum1 += p2 + p3;
+          bf16* prow = p_s + (mt * 16 + g) * kPStride + tg * 16 + n * 8 + 2 * t;
+          *reinterpret_cast<uint32_t*>(prow) = PackBf16(p0, p1);
+          *reinterpret_cast<uint32_t*>(prow + 8 * kPStride) = PackBf16(p2, p3);
+        }
+#pragma unroll
+        for (int o = 1; o <= 2; o <<= 1) {
+          sum0 += __shfl_xor_sync(kFullMask, sum0, o);
+          sum1 += __shfl_xor_sync(kFullMask, sum1, o);
+        }
+        l_run[mt][0] = l_run[mt][0] * corr[mt][0] + sum0;
+        l_run[mt][1] = l_run[mt][1] * corr[mt][1] + sum1;
       }
-      l_run[mt][0] = l_run[mt][0] * corr[mt][0] + sum0;
-      l_run[mt][1] = l_run[mt][1] * corr[mt][1] + sum1;
-      bf16* prow = p_s + (mt * 16 + g) * kPStride + warp * 8 + 2 * t;
-      *reinterpret_cast<uint32_t*>(prow) = PackBf16(p0, p1);
-      *reinterpret_cast<uint32_t*>(prow + 8 * kPStride) = PackBf16(p2, p3);
 #pragma unroll
       for (int i = 0; i < kMaxColTiles; ++i) {
         acc[mt][i][0] *= corr[mt][0];
@@ -234,13 +268,13 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
   }
   CpAsyncWait<0>();  // an empty item still has Q in flight
 
-  // Softmax sums over the warps (each summed its own positions).
+  // Softmax sums over the token groups (the lower half's warps hold them).
   __syncthreads();  // every warp is past its last read of red
-  if (t == 0) {
+  if (kh == 0 && t == 0) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
-      red[warp * kRows + mt * 16 + g] = l_run[mt][0];
-      red[warp * kRows + mt * 16 + g + 8] = l_run[mt][1];
+      red[tg * kRows + mt * 16 + g] = l_run[mt][0];
+      red[tg * kRows + mt * 16 + g + 8] = l_run[mt][1];
     }
   }
   __syncthreads();
@@ -252,7 +286,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
       if (row >= heads_here) continue;
       float l = 0.0f;
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) l += red[w * kRows + row];
+      for (int w = 0; w < kTokenGroups; ++w) l += red[w * kRows + row];
       const float inv = l > 0.0f ? 1.0f / l : 0.0f;  // l == 0 only for kv_len 0: zeros
       if (item.partial < 0) {
         bf16* o = p.out_latent + (static_cast<int64_t>(item.seq) * p.num_heads + item.head_begin + row) * p.kv_lora;
@@ -338,7 +372,8 @@ cudaError_t Launch(const MlaDecodeParams& p, size_t smem, cudaStream_t stream) {
 size_t MlaDecodeMmaSharedBytes(int latent, int heads_per_block) {
   const size_t stride = static_cast<size_t>(latent) + kPad;
   const size_t rows = static_cast<size_t>(heads_per_block);
-  return sizeof(bf16) * (rows * stride + 2 * kTile * stride + rows * kPStride) + sizeof(float) * kWarps * rows;
+  return sizeof(bf16) * (rows * stride + 2 * kTile * stride + rows * kPStride) +
+         sizeof(float) * (kTokenGroups * rows + kTokenGroups * (rows / 16) * 8 * 32);
 }
 
 cudaError_t LaunchMlaDecodeMma(const MlaDecodeParams& p, cudaStream_t stream) {
