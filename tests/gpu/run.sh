@@ -1,24 +1,35 @@
 #!/usr/bin/env bash
-# Runs the GPU kernel tests (the ctest label `gpu`: every *_gpu_test binary) and
-# prints a table last: test, result, passed/failed/skipped cases, seconds.
-# (Counts come from gtest's XML report; a crash or timeout leaves them 0.)
+# Runs the GPU kernel tests (the ctest label `gpu`: every *_gpu_test binary), then
+# the launcher check (launcher_check.sh beside this script: mla-launch --backend
+# cuda --tp 1 serving the golden fixture, one greedy generation, SIGTERM), then
+# the decode-attention benchmark (mla-bench-decode) beside the PyTorch baseline
+# (mla_decode_torch_baseline.py) on the same card, and prints the benchmark's
+# tables and then the tests' table last: test, result, passed/failed/skipped
+# cases, seconds. The benchmark never fails the run.
+# (Counts come from gtest's XML report; a crash or timeout leaves them 0. The
+# launcher check is one row, its one case counted in the column of its result.)
 #
 #   tests/gpu/run.sh [DIR] [-- GTEST_ARGS...]
 #
 # DIR is a build tree (binaries in DIR/bin) or a folder made by tests/gpu/pack.sh
-# (DIR/bin, DIR/lib: put on LD_LIBRARY_PATH). Default: the folder holding this
+# (DIR/bin, DIR/lib: put on LD_LIBRARY_PATH; its compressed files are unpacked
+# into a temporary copy first, see stage_packed.sh). Default: the folder holding this
 # script when it has a bin/ (a packed copy, e.g. `bash .gpu/run.sh`), else ./build.
 # Environment:
 #   MLA_GPU_TEST_TIMEOUT  seconds per binary (default 900)
+#   MLA_LAUNCHER_CHECK_TIMEOUT  seconds for the launcher check (default 600; its own waits are shorter)
 #   MLA_GPU_SANITIZE=1    run each binary under compute-sanitizer (memcheck)
 #   MLA_GPU_LOG_DIR       where the full logs and XML reports go (default: a temp dir); when $OUT is
 #                         set (the device runner), they are also packed into $OUT/gpu-test-logs.tar.gz
 #   MLA_GPU_TEST_SEED     base seed of the random inputs (printed by failing cases)
 #   MLA_GPU_REQUIRED      1 (the default where nvidia-smi sees a GPU): no device is a failure, not a skip
 #   MLA_TEST_DATA_DIR     the golden fixtures' tests/data (default: the repository's, found from here)
+#   MLA_GPU_BENCH=0       skip the decode benchmark (default: run it where mla-bench-decode is in DIR/bin)
+#   MLA_TORCH_BASELINE    the PyTorch baseline script (default: DIR/bench/, else ../shared/bench/ of the repo)
 # Exit status: 0 when nothing failed (skipped is not failed), 1 otherwise, 2 on usage errors.
 set -uo pipefail
 
+machine_ld_path=${LD_LIBRARY_PATH:-}  # for python3 (PyTorch): without the packed Debian libraries
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 if [[ $# -gt 0 && $1 != -- ]]; then
   dir=$1
@@ -30,6 +41,15 @@ else
 fi
 [[ ${1:-} == -- ]] && shift
 dir=$(cd "$dir" 2>/dev/null && pwd) || { echo "run.sh: no folder $dir" >&2; exit 2; }
+# A packed folder's compressed files (see stage_packed.sh) are unpacked into a
+# temporary copy, removed on exit; everything below runs from it.
+source "$here/stage_packed.sh" || exit 2
+staged=$(stage_packed "$dir") || { echo "run.sh: cannot unpack $dir" >&2; exit 2; }
+if [[ $staged != "$dir" ]]; then
+  trap 'rm -rf "$staged"' EXIT
+  echo "run.sh: unpacked $dir into $staged"
+  dir=$staged
+fi
 [[ -d $dir/lib ]] && export LD_LIBRARY_PATH="$dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # The golden fixtures travel with the working tree, not in the packed folder: the
 # repository's tests/data, found from a packed folder at the repo root (.gpu/),
@@ -59,7 +79,8 @@ use_machine_lib() {  # NAME
     echo "run.sh: $1 not found on this machine (tests that need it will fail to start)" >&2
   fi
 }
-use_machine_lib libcublas.so.13  # the CUDA model (cuda_model_gpu_test); libcublasLt.so.13 sits beside it
+use_machine_lib libcublas.so.13  # the CUDA model (cuda_model_gpu_test, mla-worker); libcublasLt.so.13 sits beside it
+use_machine_lib libnccl.so.2     # nccl_communicator_gpu_test, mla-worker (NCCL even for --tp 1)
 mapfile -t tests < <(find "$dir/bin" -maxdepth 1 -type f -name '*_gpu_test' -perm -u+x 2>/dev/null | sort)
 if (( ${#tests[@]} == 0 )); then
   echo "run.sh: no *_gpu_test binaries in $dir/bin (build them, or pack with tests/gpu/pack.sh)" >&2
@@ -120,6 +141,59 @@ for t in "${tests[@]}"; do
   tail -n 60 "$logs/$name.log"
   table+=("$(printf '%-24s %-8s %6s %6s %7s %8s' "$name" "$result" "$passed" "$failed" "$skipped" "$secs")")
 done
+
+# The launcher check: one row. Its last line says the verdict; its exit status
+# decides a failure (a crash or a timeout leaves no verdict line).
+check=$here/launcher_check.sh
+if [[ -f $check ]]; then
+  name=launcher_cuda_tp1
+  log=$logs/launcher_check.log
+  start=$(date +%s.%N)
+  MLA_GPU_LOG_DIR=$logs timeout "${MLA_LAUNCHER_CHECK_TIMEOUT:-600}" bash "$check" "$dir" >"$log" 2>&1
+  rc=$?
+  secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+  read -r _ verdict_name verdict _ < <(grep -E '^launcher_check: [a-z0-9_]+ (PASSED|FAILED|SKIPPED) ' "$log" | tail -n 1)
+  name=${verdict_name:-$name}
+  if (( rc == 124 || rc == 137 )); then
+    result=TIMEOUT
+  elif (( rc != 0 )); then
+    result=FAILED
+  elif [[ ${verdict:-} == SKIPPED || ${verdict:-} == PASSED ]]; then
+    result=$verdict
+  else
+    result=FAILED  # exit 0 without a verdict: not a pass
+  fi
+  [[ $result == FAILED || $result == TIMEOUT ]] && status=1
+  echo "-- $name: $result (rc $rc, ${secs}s)"
+  tail -n 60 "$log"
+  passed=0 failed=0 skipped=0
+  case $result in PASSED) passed=1 ;; SKIPPED) skipped=1 ;; *) failed=1 ;; esac
+  table+=("$(printf '%-24s %-8s %6s %6s %7s %8s' "$name" "$result" "$passed" "$failed" "$skipped" "$secs")")
+fi
+
+# The decode benchmark (issue 6), its PyTorch baseline, and the two joined.
+bench=$dir/bin/mla-bench-decode
+if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
+  echo
+  echo "== decode benchmark: $bench"
+  timeout 600 "$bench" 2>&1 | tee "$logs/decode_bench.jsonl" || echo "run.sh: mla-bench-decode failed (rc $?)"
+  baseline=${MLA_TORCH_BASELINE:-}
+  for b in "$dir/bench/mla_decode_torch_baseline.py" "$here/../../../shared/bench/mla_decode_torch_baseline.py"; do
+    [[ -z $baseline && -f $b ]] && baseline=$b
+  done
+  compare=$dir/bench/decode_bench_compare.py
+  [[ -f $compare ]] || compare=$here/../../bench/decode_bench_compare.py
+  if [[ -n $baseline ]]; then
+    echo "== PyTorch baseline: $baseline"
+    LD_LIBRARY_PATH=$machine_ld_path timeout 600 python3 "$baseline" 2>&1 | tee "$logs/decode_torch.jsonl" ||
+      echo "run.sh: the PyTorch baseline failed (rc $?)"
+    echo "== decode benchmark against the PyTorch baseline (same card, same call)"
+    LD_LIBRARY_PATH=$machine_ld_path python3 "$compare" "$logs/decode_bench.jsonl" "$logs/decode_torch.jsonl" ||
+      echo "run.sh: the comparison failed"
+  else
+    echo "run.sh: no PyTorch baseline script (MLA_TORCH_BASELINE): the benchmark ran alone"
+  fi
+fi
 
 if [[ -n ${OUT:-} && -d ${OUT:-} ]]; then
   tar czf "$OUT/gpu-test-logs.tar.gz" -C "$logs" . && echo "logs: \$OUT/gpu-test-logs.tar.gz"
