@@ -1,5 +1,7 @@
 #include "kernels/cuda/mla_decode_mma.cuh"
 
+#include <atomic>
+
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/warp_mma.cuh"
 
@@ -357,11 +359,27 @@ __global__ void __launch_bounds__(kMergeThreads) MlaDecodeMergeKernel(MlaDecodeP
   }
 }
 
+constexpr int kMaxDevices = 64;
+
+// Opts the kernel into kMaxSharedBytes of dynamic shared memory, once per
+// device (the attribute belongs to the current device; setting it twice from
+// two threads is harmless).
+template <int MT>
+cudaError_t OptIntoSharedMemory() {
+  static std::atomic<bool> done[kMaxDevices];
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  if (device >= 0 && device < kMaxDevices && done[device].load(std::memory_order_acquire)) return cudaSuccess;
+  err = cudaFuncSetAttribute(MlaDecodeMmaKernel<MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(kMaxSharedBytes));
+  if (err == cudaSuccess && device >= 0 && device < kMaxDevices) done[device].store(true, std::memory_order_release);
+  return err;
+}
+
 template <int MT>
 cudaError_t Launch(const MlaDecodeParams& p, size_t smem, cudaStream_t stream) {
-  // Set on every launch: the attribute belongs to the current device.
-  cudaError_t err = cudaFuncSetAttribute(MlaDecodeMmaKernel<MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem));
+  const cudaError_t err = OptIntoSharedMemory<MT>();
   if (err != cudaSuccess) return err;
   MlaDecodeMmaKernel<MT><<<p.num_work_items, kThreads, smem, stream>>>(p);
   return cudaGetLastError();
