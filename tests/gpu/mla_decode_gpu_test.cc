@@ -200,7 +200,15 @@ INSTANTIATE_TEST_SUITE_P(
         DecodeCase{64, 512, 64, 0.0f, {130, 0, 1000}},
         // The golden fixtures' attention: 8 heads, kv_lora 160 + rope 16 (latent % 32 == 16:
         // the last score k-step alone) and V2-Lite's 96 + 16.
-        DecodeCase{8, 160, 16, 0.25f, {1, 5, 64, 129}}, DecodeCase{8, 96, 16, 0.25f, {17, 300}}));
+        DecodeCase{8, 160, 16, 0.25f, {1, 5, 64, 129}}, DecodeCase{8, 96, 16, 0.25f, {17, 300}}),
+    // Names for --gtest_filter (tests/gpu/run.sh runs a few under racecheck by name).
+    [](const ::testing::TestParamInfo<DecodeCase>& info) {
+      const DecodeCase& c = info.param;
+      std::ostringstream name;
+      name << "h" << c.heads << "_kv" << c.kv_lora << "_rope" << c.rope << "_len"
+           << (c.kv_lens.empty() ? 0 : c.kv_lens.front()) << "_seqs" << c.kv_lens.size();
+      return name.str();
+    });
 
 }  // namespace
 }  // namespace mla

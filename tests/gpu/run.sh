@@ -19,6 +19,7 @@
 #   MLA_GPU_TEST_TIMEOUT  seconds per binary (default 900)
 #   MLA_LAUNCHER_CHECK_TIMEOUT  seconds for the launcher check (default 600; its own waits are shorter)
 #   MLA_GPU_SANITIZE=1    run each binary under compute-sanitizer (memcheck)
+#   MLA_GPU_RACECHECK_FILTER  gtest filter of the decode cases run under racecheck (empty: none)
 #   MLA_GPU_LOG_DIR       where the full logs and XML reports go (default: a temp dir); when $OUT is
 #                         set (the device runner), they are also packed into $OUT/gpu-test-logs.tar.gz
 #   MLA_GPU_TEST_SEED     base seed of the random inputs (printed by failing cases)
@@ -107,20 +108,19 @@ count() {  # count ATTRIBUTE-OR-RESULT XML: from gtest's XML report
 
 table=()
 status=0
-for t in "${tests[@]}"; do
-  name=$(basename "$t")
-  xml=$logs/$name.xml
+sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+# run_gtest NAME [PREFIX... --] BINARY ARGS...: one row of the table from the
+# binary's XML report (PREFIX: a tool that runs the binary, e.g. compute-sanitizer).
+run_gtest() {
+  local name=$1 xml=$logs/$1.xml
+  shift
   rm -f "$xml"
-  cmd=("$t" --gtest_brief=1 "--gtest_output=xml:$xml" "$@")
-  if [[ ${MLA_GPU_SANITIZE:-0} == 1 ]]; then
-    sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-    cmd=("$sanitizer" --tool memcheck --error-exitcode 99 "${cmd[@]}")
-  fi
+  local cmd=("$@" --gtest_brief=1 "--gtest_output=xml:$xml")
+  local start rc secs total=0 failed=0 skipped=0 passed result
   start=$(date +%s.%N)
   timeout "${MLA_GPU_TEST_TIMEOUT:-900}" "${cmd[@]}" >"$logs/$name.log" 2>&1
   rc=$?
   secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
-  total=0 failed=0 skipped=0
   if [[ -s $xml ]]; then  # none when the binary crashed or timed out
     total=$(count tests "$xml") failed=$(( $(count failures "$xml") + $(count errors "$xml") ))
     skipped=$(count skipped "$xml")
@@ -140,7 +140,24 @@ for t in "${tests[@]}"; do
   # Brief mode prints only failures and the summary; cap what a broken binary floods.
   tail -n 60 "$logs/$name.log"
   table+=("$(printf '%-24s %-8s %6s %6s %7s %8s' "$name" "$result" "$passed" "$failed" "$skipped" "$secs")")
+}
+
+for t in "${tests[@]}"; do
+  if [[ ${MLA_GPU_SANITIZE:-0} == 1 ]]; then
+    run_gtest "$(basename "$t")" "$sanitizer" --tool memcheck --error-exitcode 99 "$t" "$@"
+  else
+    run_gtest "$(basename "$t")" "$t" "$@"
+  fi
 done
+
+# Shared-memory hazards of the tensor-core decode kernel (its barriers and
+# cp.async stages): a few small cases under compute-sanitizer's racecheck, one
+# row. MLA_GPU_RACECHECK_FILTER= (empty) skips it.
+race_filter=${MLA_GPU_RACECHECK_FILTER-'*h8_kv160_rope16*:*h32_kv512_rope64_len1_*:*h16_kv512_rope64_len200_*'}
+if [[ -n $race_filter && -x $dir/bin/mla_decode_gpu_test && -x $sanitizer ]]; then
+  run_gtest mla_decode_racecheck "$sanitizer" --tool racecheck --racecheck-report hazard --error-exitcode 99 \
+    "$dir/bin/mla_decode_gpu_test" "--gtest_filter=$race_filter"
+fi
 
 # The launcher check: one row. Its last line says the verdict; its exit status
 # decides a failure (a crash or a timeout leaves no verdict line).
