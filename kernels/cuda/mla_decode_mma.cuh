@@ -11,11 +11,6 @@
 
 namespace mla::cuda::detail {
 
-// Dynamic shared memory of one work item (bytes): the query rows, two stages
-// of kMlaDecodeTileTokens cache rows, the BF16 probabilities and the
-// cross-warp row statistics.
-size_t MlaDecodeMmaSharedBytes(int latent, int heads_per_block);
-
 // Requires MlaDecodeUsesTensorCores(kv_lora, qk_rope), a plan for num_heads
 // (heads_per_block = MlaDecodeHeadsPerBlock(num_heads)), and 16-byte aligned
 // q_latent, q_pe and cache.

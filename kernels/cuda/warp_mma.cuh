@@ -1,6 +1,8 @@
 // Warp-level tensor-core and async-copy primitives (PTX, sm_80 and later):
-// BF16 mma.sync m16n8k16 with FP32 accumulators, ldmatrix, cp.async.
-// Included only by .cu files.
+// BF16 mma.sync m16n8k16 with FP32 accumulators, ldmatrix, cp.async, and the
+// dynamic shared-memory declaration. Compiled by nvcc for the device; in a
+// host build (tests/emu/cuda_emu.h, which runs kernel sources on the CPU) the
+// emulator has defined the same names first and only PackBf16 comes from here.
 //
 // Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16"), with
 // g = lane / 4 and t = lane % 4:
@@ -18,6 +20,12 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+
+// The block's dynamic shared memory, as `unsigned char name[]`, 16-byte aligned.
+#define MLA_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
 
 namespace mla::cuda::detail {
 
@@ -78,9 +86,17 @@ __device__ __forceinline__ void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
+}  // namespace mla::cuda::detail
+
+#endif  // __CUDACC__
+
+namespace mla::cuda::detail {
+
+__host__ __device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x = lo (lower address)
-  return *reinterpret_cast<const uint32_t*>(&v);
+  uint32_t bits;
+  memcpy(&bits, &v, sizeof(bits));
+  return bits;
 }
 
 }  // namespace mla::cuda::detail

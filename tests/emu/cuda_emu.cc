@@ -1,0 +1,307 @@
+#include "tests/emu/cuda_emu.h"
+
+#include <ucontext.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <memory>
+#include <vector>
+
+namespace mla::emu {
+namespace {
+
+constexpr size_t kStackBytes = 256 * 1024;  // per fiber: kernel frames are a few KiB
+
+struct Copy {
+  unsigned char* dst;
+  const unsigned char* src;
+  int src_bytes;
+};
+
+struct Fiber {
+  ucontext_t ctx;
+  std::unique_ptr<char[]> stack;
+  Dim3 tid;
+  bool done = false;
+  std::vector<Copy> pending;              // cp.async not yet committed
+  std::deque<std::vector<Copy>> groups;   // committed, not yet landed
+};
+
+struct Barrier {
+  int arrived = 0;
+  uint64_t phase = 0;
+};
+
+struct Warp {
+  Barrier barrier;
+  uint32_t words[32][8];
+};
+
+struct Block {
+  std::vector<Fiber> fibers;
+  std::vector<Warp> warps;
+  Barrier block_barrier;
+  ucontext_t main_ctx;
+  int current = 0;
+  int live = 0;
+  uint64_t progress = 0;  // barrier arrivals and fiber exits
+  const std::function<void()>* kernel = nullptr;
+  std::vector<unsigned char> shared;
+};
+
+Block* g_block = nullptr;
+Dim3 g_block_idx, g_block_dim, g_grid_dim;
+
+[[noreturn]] void Fail(const char* what) {
+  std::fprintf(stderr, "cuda_emu: %s (block %u,%u thread %u)\n", what, g_block_idx.x, g_block_idx.y,
+               g_block ? g_block->fibers[g_block->current].tid.x : 0u);
+  std::abort();
+}
+
+// Switches to the next live fiber after the current one (round robin).
+void Yield() {
+  Block& b = *g_block;
+  const int n = static_cast<int>(b.fibers.size()), me = b.current;
+  for (int k = 1; k <= n; ++k) {
+    const int next = (me + k) % n;
+    if (!b.fibers[next].done) {
+      if (next == me) return;
+      b.current = next;
+      swapcontext(&b.fibers[me].ctx, &b.fibers[next].ctx);
+      return;
+    }
+  }
+}
+
+// Waits until `participants` fibers have arrived. A waiting fiber that gets
+// the processor back twice around the block with no arrival or exit anywhere
+// in between is in a deadlock: every live fiber waits.
+void Arrive(Barrier& bar, int participants) {
+  Block& b = *g_block;
+  ++b.progress;
+  const uint64_t phase = bar.phase;
+  if (++bar.arrived == participants) {
+    bar.arrived = 0;
+    ++bar.phase;
+    return;
+  }
+  const long stall_limit = 2 * static_cast<long>(b.fibers.size());
+  long stalled = 0;
+  uint64_t seen = b.progress;
+  while (bar.phase == phase) {
+    Yield();
+    if (b.progress != seen) {
+      seen = b.progress;
+      stalled = 0;
+    } else if (++stalled > stall_limit) {
+      Fail("a barrier can never complete (a thread exited early or diverged at a barrier)");
+    }
+  }
+}
+
+void FiberEntry() {
+  Block& b = *g_block;
+  (*b.kernel)();
+  Fiber& me = b.fibers[b.current];
+  if (!me.pending.empty() || !me.groups.empty()) {
+    // The hardware lands them anyway; a kernel that reads them later must wait.
+    CpAsyncWaitGroups(0);
+    for (const Copy& c : me.pending) {
+      std::memset(c.dst, 0, 16);
+      std::memcpy(c.dst, c.src, static_cast<size_t>(c.src_bytes));
+    }
+  }
+  me.done = true;
+  --b.live;
+  ++b.progress;
+  if (b.live == 0) {
+    setcontext(&b.main_ctx);
+  }
+  Yield();  // never returns here: this fiber is done
+  Fail("a finished fiber was resumed");
+}
+
+void Land(const std::vector<Copy>& group) {
+  for (const Copy& c : group) {
+    std::memset(c.dst, 0, 16);  // src_bytes < 16 zero-fills the rest
+    std::memcpy(c.dst, c.src, static_cast<size_t>(c.src_bytes));
+  }
+}
+
+}  // namespace
+
+Dim3& ThreadIdx() { return g_block->fibers[g_block->current].tid; }
+Dim3& BlockIdx() { return g_block_idx; }
+Dim3& BlockDim() { return g_block_dim; }
+Dim3& GridDim() { return g_grid_dim; }
+
+void SyncThreads() { Arrive(g_block->block_barrier, static_cast<int>(g_block->fibers.size())); }
+
+void WarpGather(const uint32_t* words, int n, uint32_t (*all)[8]) {
+  Block& b = *g_block;
+  const unsigned t = ThreadIdx().x;
+  Warp& w = b.warps[t / 32];
+  std::memcpy(w.words[t % 32], words, sizeof(uint32_t) * static_cast<size_t>(n));
+  Arrive(w.barrier, 32);  // everyone has published
+  std::memcpy(all, w.words, sizeof(w.words));
+  Arrive(w.barrier, 32);  // everyone has read: the words may be reused
+}
+
+unsigned char* SharedBase() { return g_block->shared.data(); }
+
+void CpAsyncQueue(unsigned char* dst, const void* src, int src_bytes) {
+  if (src_bytes < 0 || src_bytes > 16) Fail("cp.async with a source size outside [0, 16]");
+  if (dst < g_block->shared.data() || dst + 16 > g_block->shared.data() + g_block->shared.size()) {
+    Fail("cp.async outside the block's shared memory");
+  }
+  if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || (src_bytes > 0 && reinterpret_cast<uintptr_t>(src) % 16 != 0)) {
+    Fail("cp.async of 16 bytes not 16-byte aligned");
+  }
+  g_block->fibers[g_block->current].pending.push_back({dst, static_cast<const unsigned char*>(src), src_bytes});
+}
+
+void CpAsyncCommitGroup() {
+  Fiber& f = g_block->fibers[g_block->current];
+  f.groups.push_back(std::move(f.pending));
+  f.pending.clear();
+}
+
+void CpAsyncWaitGroups(int keep) {
+  Fiber& f = g_block->fibers[g_block->current];
+  while (static_cast<int>(f.groups.size()) > keep) {
+    Land(f.groups.front());
+    f.groups.pop_front();
+  }
+}
+
+namespace {
+
+// One block: a fiber per thread from the kernel's start, run until all are
+// done. Apart from LaunchGrid's loops: swapcontext returns twice, so no local
+// of the caller may live in a register across it.
+[[gnu::noinline]] void RunBlock(Block& b, Dim3 idx, size_t shared_bytes) {
+  g_block_idx = idx;
+  b.shared.assign(shared_bytes + 16, 0xff);  // poison: NaN as BF16 and FP32
+  b.block_barrier = Barrier{};
+  for (Warp& w : b.warps) w.barrier = Barrier{};
+  const int threads = static_cast<int>(b.fibers.size());
+  for (int i = 0; i < threads; ++i) {
+    Fiber& f = b.fibers[static_cast<size_t>(i)];
+    f.tid = Dim3{static_cast<unsigned>(i), 0, 0};
+    f.done = false;
+    f.pending.clear();
+    f.groups.clear();
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = f.stack.get();
+    f.ctx.uc_stack.ss_size = kStackBytes;
+    f.ctx.uc_link = nullptr;
+    makecontext(&f.ctx, FiberEntry, 0);
+  }
+  b.live = threads;
+  b.current = 0;
+  swapcontext(&b.main_ctx, &b.fibers[0].ctx);  // back when every fiber is done
+}
+
+}  // namespace
+
+void LaunchGrid(Dim3 grid, int threads, size_t shared_bytes, const std::function<void()>& kernel) {
+  if (threads <= 0 || threads % 32 != 0) Fail("threads per block must be a positive multiple of 32");
+  g_grid_dim = grid;
+  g_block_dim = Dim3{static_cast<unsigned>(threads), 1, 1};
+  Block b;
+  b.fibers.resize(static_cast<size_t>(threads));
+  b.warps.resize(static_cast<size_t>(threads / 32));
+  for (Fiber& f : b.fibers) f.stack.reset(new char[kStackBytes]);
+  b.kernel = &kernel;
+  g_block = &b;
+  for (unsigned z = 0; z < grid.z; ++z) {
+    for (unsigned y = 0; y < grid.y; ++y) {
+      for (unsigned x = 0; x < grid.x; ++x) RunBlock(b, Dim3{x, y, z}, shared_bytes);
+    }
+  }
+  g_block = nullptr;
+}
+
+}  // namespace mla::emu
+
+namespace mla::cuda::detail {
+namespace {
+
+uint16_t Half(uint32_t word, int which) { return static_cast<uint16_t>(which == 0 ? word & 0xffff : word >> 16); }
+
+float Bf16ToFloat(uint16_t bits) {
+  const uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+uint16_t LoadBf16(uint32_t addr) {
+  uint16_t v;
+  std::memcpy(&v, ::mla::emu::SharedBase() + addr, sizeof(v));
+  return v;
+}
+
+uint32_t Pack(uint16_t lo, uint16_t hi) { return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16); }
+
+// ldmatrix: matrix i's row r starts at the address lane 8i + r gave. Without
+// .trans, lane l gets row l / 4, elements 2 (l % 4) and + 1; with .trans, the
+// same of the transposed matrix: column l / 4, rows 2 (l % 4) and + 1.
+void LdMatrix(uint32_t* r, int count, bool trans, uint32_t addr) {
+  uint32_t all[32][8];
+  const uint32_t mine[1] = {addr};
+  ::mla::emu::WarpGather(mine, 1, all);
+  const int lane = static_cast<int>(::mla::emu::ThreadIdx().x & 31);
+  for (int i = 0; i < count; ++i) {
+    if (!trans) {
+      const uint32_t row = all[8 * i + lane / 4][0];
+      r[i] = Pack(LoadBf16(row + 4 * (lane % 4)), LoadBf16(row + 4 * (lane % 4) + 2));
+    } else {
+      const uint32_t row0 = all[8 * i + 2 * (lane % 4)][0], row1 = all[8 * i + 2 * (lane % 4) + 1][0];
+      r[i] = Pack(LoadBf16(row0 + 2 * (lane / 4)), LoadBf16(row1 + 2 * (lane / 4)));
+    }
+  }
+}
+
+}  // namespace
+
+// mma.m16n8k16 .row.col BF16 -> FP32 (PTX ISA fragment layouts; g = lane / 4,
+// t = lane % 4): A(r, k) sits in lane (r % 8) * 4 + (k % 8) / 2, register
+// (r >= 8) + 2 (k >= 8), half k % 2; B(k, n) in lane n * 4 + (k % 8) / 2,
+// register b0 for k < 8 else b1, half k % 2; lane (g, t) holds D(g, 2t),
+// D(g, 2t + 1), D(g + 8, 2t), D(g + 8, 2t + 1). Products are exact in FP32
+// (8-bit significands); the sum runs over k in order.
+void MmaBf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  uint32_t all[32][8];
+  const uint32_t mine[6] = {a[0], a[1], a[2], a[3], b0, b1};
+  ::mla::emu::WarpGather(mine, 6, all);
+  auto A = [&](int r, int k) {
+    return Bf16ToFloat(Half(all[(r % 8) * 4 + (k % 8) / 2][(r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], k % 2));
+  };
+  auto B = [&](int k, int n) { return Bf16ToFloat(Half(all[n * 4 + (k % 8) / 2][k >= 8 ? 5 : 4], k % 2)); };
+  const int lane = static_cast<int>(::mla::emu::ThreadIdx().x & 31), g = lane / 4, t = lane % 4;
+  for (int e = 0; e < 4; ++e) {
+    const int row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e % 2);
+    float sum = d[e];
+    for (int k = 0; k < 16; ++k) sum += A(row, k) * B(k, col);
+    d[e] = sum;
+  }
+}
+
+void LdMatrixX4(uint32_t (&r)[4], uint32_t addr) { LdMatrix(r, 4, false, addr); }
+void LdMatrixX2(uint32_t& r0, uint32_t& r1, uint32_t addr) {
+  uint32_t r[2];
+  LdMatrix(r, 2, false, addr);
+  r0 = r[0];
+  r1 = r[1];
+}
+void LdMatrixX4Trans(uint32_t (&r)[4], uint32_t addr) { LdMatrix(r, 4, true, addr); }
+void LdMatrixX2Trans(uint32_t& r0, uint32_t& r1, uint32_t addr) {
+  uint32_t r[2];
+  LdMatrix(r, 2, true, addr);
+  r0 = r[0];
+  r1 = r[1];
+}
+
+}  // namespace mla::cuda::detail

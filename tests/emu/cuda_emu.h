@@ -1,0 +1,116 @@
+// Runs CUDA kernel sources on the CPU, for tests on machines without a GPU.
+//
+// Include this first, then a kernel header (e.g. mla_decode_mma_kernel.cuh),
+// and run a kernel with mla::emu::LaunchGrid. Each CUDA thread of a block is a
+// fiber (ucontext) on the calling thread; blocks run one after another. Every
+// block barrier and every warp-collective operation (shuffles, ldmatrix,
+// mma.sync) switches fibers until all its participants have arrived, so
+// kernels written for lock-step warps run unchanged. What is modelled:
+//   - __syncthreads, __shfl_xor_sync, threadIdx/blockIdx/blockDim/gridDim;
+//   - dynamic shared memory (MLA_DYNAMIC_SHARED), filled with 0xFF (NaN as
+//     BF16 and FP32) at each block's start, so reads of unwritten shared
+//     memory show up; __shared__ arrays are static (blocks never overlap);
+//   - mma.sync m16n8k16 BF16 -> FP32, ldmatrix (.x2/.x4, .trans) with the
+//     fragment layouts of the PTX ISA, written out here independently of the
+//     kernels (warp_mma.cuh documents the same layouts);
+//   - cp.async as deferred copies: a group lands only when a wait_group
+//     releases it (the latest the hardware may land it), so reading a stage
+//     before waiting for it reads poison.
+// Not modelled: timing, memory-model races beyond the above, warp divergence
+// inside collectives (every lane must call them, as the kernels here do).
+// A barrier that can never complete (a thread exited, or a divergent
+// __syncthreads) aborts with a message instead of hanging.
+#pragma once
+
+#if defined(__CUDACC__)
+#error "tests/emu/cuda_emu.h is for host builds of kernel sources"
+#endif
+
+// Before the CUDA headers: they define these only where undefined.
+#define __shared__ static
+#define __launch_bounds__(...)
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+
+using std::max;  // device code calls min/max unqualified
+using std::min;
+
+namespace mla::emu {
+
+struct Dim3 {
+  unsigned x = 1, y = 1, z = 1;
+};
+
+Dim3& ThreadIdx();
+Dim3& BlockIdx();
+Dim3& BlockDim();
+Dim3& GridDim();
+void SyncThreads();
+// Warp collective: every lane publishes n <= 8 words; all[l] receives lane l's.
+void WarpGather(const uint32_t* words, int n, uint32_t (*all)[8]);
+unsigned char* SharedBase();
+void CpAsyncQueue(unsigned char* dst, const void* src, int src_bytes);
+void CpAsyncCommitGroup();
+void CpAsyncWaitGroups(int keep);
+
+// Runs `kernel` for every block of `grid` with `threads` threads each (1-D
+// blocks), `shared_bytes` of dynamic shared memory per block.
+void LaunchGrid(Dim3 grid, int threads, size_t shared_bytes, const std::function<void()>& kernel);
+
+template <typename T>
+T ShuffleXor(T v, int mask) {
+  static_assert(sizeof(T) <= 8);
+  uint32_t words[2] = {0, 0}, all[32][8];
+  std::memcpy(words, &v, sizeof(T));
+  WarpGather(words, 2, all);
+  T r;
+  std::memcpy(&r, all[(ThreadIdx().x & 31) ^ static_cast<unsigned>(mask)], sizeof(T));
+  return r;
+}
+
+}  // namespace mla::emu
+
+#define threadIdx (::mla::emu::ThreadIdx())
+#define blockIdx (::mla::emu::BlockIdx())
+#define blockDim (::mla::emu::BlockDim())
+#define gridDim (::mla::emu::GridDim())
+#define MLA_DYNAMIC_SHARED(name) unsigned char* name = ::mla::emu::SharedBase()
+
+inline void __syncthreads() { ::mla::emu::SyncThreads(); }
+
+template <typename T>
+T __shfl_xor_sync(unsigned /*mask: every lane, as in the kernels*/, T v, int lane_mask) {
+  return ::mla::emu::ShuffleXor(v, lane_mask);
+}
+
+// The primitives of kernels/cuda/warp_mma.cuh.
+namespace mla::cuda::detail {
+
+inline uint32_t SharedAddress(const void* p) {
+  return static_cast<uint32_t>(static_cast<const unsigned char*>(p) - ::mla::emu::SharedBase());
+}
+
+void MmaBf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+void LdMatrixX4(uint32_t (&r)[4], uint32_t addr);
+void LdMatrixX2(uint32_t& r0, uint32_t& r1, uint32_t addr);
+void LdMatrixX4Trans(uint32_t (&r)[4], uint32_t addr);
+void LdMatrixX2Trans(uint32_t& r0, uint32_t& r1, uint32_t addr);
+
+inline void CpAsync16(uint32_t dst, const void* src, int src_bytes) {
+  ::mla::emu::CpAsyncQueue(::mla::emu::SharedBase() + dst, src, src_bytes);
+}
+inline void CpAsyncCommit() { ::mla::emu::CpAsyncCommitGroup(); }
+template <int N>
+void CpAsyncWait() {
+  ::mla::emu::CpAsyncWaitGroups(N);
+}
+
+}  // namespace mla::cuda::detail
