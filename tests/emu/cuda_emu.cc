@@ -51,6 +51,7 @@ struct Block {
 };
 
 Block* g_block = nullptr;
+Schedule g_schedule = Schedule::kForward;
 Dim3 g_block_idx, g_block_dim, g_grid_dim;
 
 [[noreturn]] void Fail(const char* what) {
@@ -63,8 +64,9 @@ Dim3 g_block_idx, g_block_dim, g_grid_dim;
 void Yield() {
   Block& b = *g_block;
   const int n = static_cast<int>(b.fibers.size()), me = b.current;
+  const int step = g_schedule == Schedule::kForward ? 1 : n - 1;
   for (int k = 1; k <= n; ++k) {
-    const int next = (me + k) % n;
+    const int next = (me + k * step) % n;
     if (!b.fibers[next].done) {
       if (next == me) return;
       b.current = next;
@@ -130,6 +132,8 @@ void Land(const std::vector<Copy>& group) {
 }
 
 }  // namespace
+
+void SetSchedule(Schedule s) { g_schedule = s; }
 
 Dim3& ThreadIdx() { return g_block->fibers[g_block->current].tid; }
 Dim3& BlockIdx() { return g_block_idx; }
@@ -199,8 +203,8 @@ namespace {
     makecontext(&f.ctx, FiberEntry, 0);
   }
   b.live = threads;
-  b.current = 0;
-  swapcontext(&b.main_ctx, &b.fibers[0].ctx);  // back when every fiber is done
+  b.current = g_schedule == Schedule::kForward ? 0 : threads - 1;
+  swapcontext(&b.main_ctx, &b.fibers[static_cast<size_t>(b.current)].ctx);  // back when every fiber is done
 }
 
 }  // namespace

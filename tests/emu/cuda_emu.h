@@ -61,6 +61,12 @@ void CpAsyncQueue(unsigned char* dst, const void* src, int src_bytes);
 void CpAsyncCommitGroup();
 void CpAsyncWaitGroups(int keep);
 
+// The order in which fibers get the processor: threads 0, 1, ... or the
+// reverse. A kernel missing a barrier may pass under one order and read
+// poison or stale data under the other; tests run both.
+enum class Schedule { kForward, kReverse };
+void SetSchedule(Schedule s);
+
 // Runs `kernel` for every block of `grid` with `threads` threads each (1-D
 // blocks), `shared_bytes` of dynamic shared memory per block.
 void LaunchGrid(Dim3 grid, int threads, size_t shared_bytes, const std::function<void()>& kernel);

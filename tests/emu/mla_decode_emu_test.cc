@@ -4,8 +4,10 @@
 // masking, the host plan and the log-sum-exp merge, without a GPU. Inputs as in
 // tests/gpu/mla_decode_gpu_test.cc: NaN in spare blocks and past each
 // sequence's length, out-of-range table padding, poisoned partial slots and
-// outputs. Contexts stay short (the emulator switches fibers at every warp
-// collective: about 20 ms per 64-position tile at kv_lora 512).
+// outputs. Each case runs under plans for 1, 3 and 2^20 SMs, the last also
+// with the fibers scheduled in reverse (a missing barrier tends to show under
+// one order or the other). Contexts stay short: the emulator switches fibers
+// at every warp collective.
 //
 // Tolerance (the same bounds as the GPU test, which explains them): every
 // output within 2^-8 + 1e-2 |want|, and each sequence within 4e-3 relative L2.
@@ -130,8 +132,12 @@ TEST_P(MlaDecodeEmuTest, MatchesCpuAbsorbed) {
   }
 
   std::vector<int32_t> kv_lens(c.kv_lens.begin(), c.kv_lens.end());
-  for (const int sms : {1, 3, 1 << 20}) {
-    SCOPED_TRACE(::testing::Message() << "plan for " << sms << " SMs");
+  for (const int run : {0, 1, 2, 3}) {
+    // Plans for 1 SM (no split), 3 SMs and 2^20 SMs (every tile its own item),
+    // the last also with the fibers scheduled in reverse order.
+    const int sms = std::vector<int>{1, 3, 1 << 20, 1 << 20}[run];
+    emu::SetSchedule(run == 3 ? emu::Schedule::kReverse : emu::Schedule::kForward);
+    SCOPED_TRACE(::testing::Message() << "plan for " << sms << " SMs" << (run == 3 ? ", reverse schedule" : ""));
     const cuda::MlaDecodePlan plan = cuda::PlanMlaDecode(kv_lens, c.heads, sms);
     const size_t slots = static_cast<size_t>(plan.num_partials) + 1;
     std::vector<float> partial(slots * plan.heads_per_block * c.kv_lora, std::numeric_limits<float>::quiet_NaN());
@@ -180,6 +186,7 @@ TEST_P(MlaDecodeEmuTest, MatchesCpuAbsorbed) {
       EXPECT_LE(rel, kSeqRelL2) << "sequence " << s << " (kv_len " << c.kv_lens[s] << ")";
     }
   }
+  emu::SetSchedule(emu::Schedule::kForward);
 }
 
 INSTANTIATE_TEST_SUITE_P(
