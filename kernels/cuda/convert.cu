@@ -1,6 +1,7 @@
 #include "kernels/cuda/convert.cuh"
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace mla::cuda {
 namespace {
@@ -21,7 +22,7 @@ cudaError_t LaunchBf16ToF32(const Bf16ToF32Params& p, cudaStream_t stream) {
   if (p.n < 0) return cudaErrorInvalidValue;
   if (p.n == 0) return cudaSuccess;
   const int64_t blocks = detail::CeilDiv(p.n, kThreads);
-  Bf16ToF32Kernel<<<static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks), kThreads, 0, stream>>>(p);
+  detail::LaunchKernel(Bf16ToF32Kernel, static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks), kThreads, 0, stream, p);
   return cudaGetLastError();
 }
 

@@ -7,6 +7,12 @@
 
 #include <cstdint>
 
+#if defined(__CUDACC__)
+// The block's dynamic shared memory, as `unsigned char name[]`, 16-byte
+// aligned. (A host build of the kernels, tests/emu/cuda_emu.h, defines its own.)
+#define MLA_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
 namespace mla::cuda::detail {
 
 constexpr unsigned kFullMask = 0xffffffffu;

@@ -1,6 +1,7 @@
 #include "kernels/cuda/embedding.cuh"
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace mla::cuda {
 namespace {
@@ -34,9 +35,9 @@ cudaError_t LaunchEmbedding(const EmbeddingParams& p, cudaStream_t stream) {
   const bool vec = p.hidden % 8 == 0 && detail::Aligned16(p.table) && detail::Aligned16(p.out);
   const dim3 grid(static_cast<unsigned>(p.num_tokens));
   if (vec) {
-    EmbeddingKernel<true><<<grid, kThreads, 0, stream>>>(p);
+    detail::LaunchKernel(EmbeddingKernel<true>, grid, kThreads, 0, stream, p);
   } else {
-    EmbeddingKernel<false><<<grid, kThreads, 0, stream>>>(p);
+    detail::LaunchKernel(EmbeddingKernel<false>, grid, kThreads, 0, stream, p);
   }
   return cudaGetLastError();
 }

@@ -1,6 +1,7 @@
 #include "kernels/cuda/latent_cache.cuh"
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace mla::cuda {
 namespace {
@@ -39,9 +40,9 @@ cudaError_t LaunchLatentAppend(const LatentAppendParams& p, cudaStream_t stream)
                    detail::Aligned16(p.cache);
   const dim3 grid(static_cast<unsigned>(p.num_tokens));
   if (vec) {
-    LatentAppendKernel<true><<<grid, kThreads, 0, stream>>>(p);
+    detail::LaunchKernel(LatentAppendKernel<true>, grid, kThreads, 0, stream, p);
   } else {
-    LatentAppendKernel<false><<<grid, kThreads, 0, stream>>>(p);
+    detail::LaunchKernel(LatentAppendKernel<false>, grid, kThreads, 0, stream, p);
   }
   return cudaGetLastError();
 }

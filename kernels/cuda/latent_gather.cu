@@ -1,6 +1,7 @@
 #include "kernels/cuda/latent_gather.cuh"
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace mla::cuda {
 namespace {
@@ -44,9 +45,9 @@ cudaError_t LaunchLatentGather(const LatentGatherParams& p, cudaStream_t stream)
   const bool vec = p.latent_dim % 8 == 0 && detail::Aligned16(p.cache) && detail::Aligned16(p.out);
   const dim3 grid(static_cast<unsigned>(p.num_rows));
   if (vec) {
-    LatentGatherKernel<true><<<grid, kThreads, 0, stream>>>(p);
+    detail::LaunchKernel(LatentGatherKernel<true>, grid, kThreads, 0, stream, p);
   } else {
-    LatentGatherKernel<false><<<grid, kThreads, 0, stream>>>(p);
+    detail::LaunchKernel(LatentGatherKernel<false>, grid, kThreads, 0, stream, p);
   }
   return cudaGetLastError();
 }

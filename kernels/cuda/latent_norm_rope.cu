@@ -1,6 +1,7 @@
 #include "kernels/cuda/latent_norm_rope.cuh"
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace mla::cuda {
 namespace {
@@ -47,7 +48,7 @@ cudaError_t LaunchLatentNormRope(const LatentNormRopeParams& p, cudaStream_t str
     return cudaErrorInvalidValue;
   }
   if (p.num_tokens == 0) return cudaSuccess;
-  LatentNormRopeKernel<<<static_cast<unsigned>(p.num_tokens), kThreads, 0, stream>>>(p);
+  detail::LaunchKernel(LatentNormRopeKernel, static_cast<unsigned>(p.num_tokens), kThreads, 0, stream, p);
   return cudaGetLastError();
 }
 

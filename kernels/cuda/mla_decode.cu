@@ -1,6 +1,7 @@
 #include "kernels/cuda/mla_decode.cuh"
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/mla_decode_mma.cuh"
 
 namespace mla::cuda {
@@ -19,7 +20,7 @@ constexpr int kTile = 16;  // cached tokens per shared-memory stage
 // (kv_lora + qk_rope <= 32N). kVec: 16-byte cache loads (latent % 8 == 0).
 template <int N, bool kVec>
 __global__ void __launch_bounds__(kWarps * 32) MlaDecodeKernel(MlaDecodeParams p) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  MLA_DYNAMIC_SHARED(smem_raw);
   __nv_bfloat16* tile = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kTile, latent]
   const int lane = threadIdx.x & 31;
   const int h = blockIdx.y * kWarps + (threadIdx.x >> 5);
@@ -109,9 +110,9 @@ cudaError_t Launch(const MlaDecodeParams& p, cudaStream_t stream) {
   const size_t smem = sizeof(__nv_bfloat16) * kTile * static_cast<size_t>(latent);  // <= 24 KiB
   const bool vec = latent % 8 == 0 && detail::Aligned16(p.cache);
   if (vec) {
-    MlaDecodeKernel<N, true><<<grid, kWarps * 32, smem, stream>>>(p);
+    detail::LaunchKernel(MlaDecodeKernel<N, true>, grid, kWarps * 32, smem, stream, p);
   } else {
-    MlaDecodeKernel<N, false><<<grid, kWarps * 32, smem, stream>>>(p);
+    detail::LaunchKernel(MlaDecodeKernel<N, false>, grid, kWarps * 32, smem, stream, p);
   }
   return cudaGetLastError();
 }

@@ -2,6 +2,7 @@
 
 #include <atomic>
 
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/mla_decode_mma_kernel.cuh"
 
 namespace mla::cuda::detail {
@@ -26,7 +27,8 @@ cudaError_t OptIntoSharedMemory() {
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
   if (device >= 0 && device < kMaxDevices && done[device].load(std::memory_order_acquire)) return cudaSuccess;
-  err = cudaFuncSetAttribute(MlaDecodeMmaKernel<MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  err = cudaFuncSetAttribute(reinterpret_cast<const void*>(&MlaDecodeMmaKernel<MT>),
+                             cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(kMaxSharedBytes));
   if (err == cudaSuccess && device >= 0 && device < kMaxDevices) done[device].store(true, std::memory_order_release);
   return err;
@@ -36,7 +38,7 @@ template <int MT>
 cudaError_t Launch(const MlaDecodeParams& p, size_t smem, cudaStream_t stream) {
   const cudaError_t err = OptIntoSharedMemory<MT>();
   if (err != cudaSuccess) return err;
-  MlaDecodeMmaKernel<MT><<<p.num_work_items, kThreads, smem, stream>>>(p);
+  detail::LaunchKernel(MlaDecodeMmaKernel<MT>, p.num_work_items, kThreads, smem, stream, p);
   return cudaGetLastError();
 }
 
@@ -53,7 +55,7 @@ cudaError_t LaunchMlaDecodeMma(const MlaDecodeParams& p, cudaStream_t stream) {
   cudaError_t err = p.heads_per_block == 16 ? Launch<1>(p, smem, stream) : Launch<2>(p, smem, stream);
   if (err != cudaSuccess || p.num_merge_items == 0) return err;
   const dim3 grid(static_cast<unsigned>(p.num_merge_items), static_cast<unsigned>(p.heads_per_block));
-  MlaDecodeMergeKernel<<<grid, kMergeThreads, 0, stream>>>(p);
+  detail::LaunchKernel(MlaDecodeMergeKernel, grid, kMergeThreads, 0, stream, p);
   return cudaGetLastError();
 }
 

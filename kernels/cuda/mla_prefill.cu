@@ -1,6 +1,7 @@
 #include "kernels/cuda/mla_prefill.cuh"
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace mla::cuda {
 namespace {
@@ -84,7 +85,7 @@ __global__ void __launch_bounds__(kWarps * 32) MlaPrefillKernel(MlaPrefillParams
 template <int N>
 cudaError_t Launch(const MlaPrefillParams& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(p.total_q), static_cast<unsigned>(detail::CeilDiv(p.num_heads, kWarps)));
-  MlaPrefillKernel<N><<<grid, kWarps * 32, 0, stream>>>(p);
+  detail::LaunchKernel(MlaPrefillKernel<N>, grid, kWarps * 32, 0, stream, p);
   return cudaGetLastError();
 }
 

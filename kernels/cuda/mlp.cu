@@ -1,6 +1,7 @@
 #include "kernels/cuda/mlp.cuh"
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace mla::cuda {
 namespace {
@@ -40,14 +41,14 @@ unsigned Blocks(int64_t n) {
 cudaError_t LaunchSiluMul(const SiluMulParams& p, cudaStream_t stream) {
   if (p.rows < 0 || p.inter < 0) return cudaErrorInvalidValue;
   if (p.rows == 0 || p.inter == 0) return cudaSuccess;
-  SiluMulKernel<<<Blocks(p.rows * p.inter), kThreads, 0, stream>>>(p);
+  detail::LaunchKernel(SiluMulKernel, Blocks(p.rows * p.inter), kThreads, 0, stream, p);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchAddInPlace(const AddParams& p, cudaStream_t stream) {
   if (p.n < 0) return cudaErrorInvalidValue;
   if (p.n == 0) return cudaSuccess;
-  AddKernel<<<Blocks(p.n), kThreads, 0, stream>>>(p);
+  detail::LaunchKernel(AddKernel, Blocks(p.n), kThreads, 0, stream, p);
   return cudaGetLastError();
 }
 

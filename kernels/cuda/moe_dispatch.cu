@@ -1,6 +1,7 @@
 #include "kernels/cuda/moe_dispatch.cuh"
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace mla::cuda {
 namespace {
@@ -37,7 +38,7 @@ cudaError_t LaunchGatherRows(const GatherRowsParams& p, cudaStream_t stream) {
     return cudaErrorInvalidValue;
   }
   if (p.num_rows == 0 || p.dim == 0) return cudaSuccess;
-  GatherRowsKernel<<<static_cast<unsigned>(p.num_rows), kThreads, 0, stream>>>(p);
+  detail::LaunchKernel(GatherRowsKernel, static_cast<unsigned>(p.num_rows), kThreads, 0, stream, p);
   return cudaGetLastError();
 }
 
@@ -47,7 +48,7 @@ cudaError_t LaunchMoeCombine(const MoeCombineParams& p, cudaStream_t stream) {
     return cudaErrorInvalidValue;
   }
   if (p.num_tokens == 0 || p.dim == 0) return cudaSuccess;
-  MoeCombineKernel<<<static_cast<unsigned>(p.num_tokens), kThreads, 0, stream>>>(p);
+  detail::LaunchKernel(MoeCombineKernel, static_cast<unsigned>(p.num_tokens), kThreads, 0, stream, p);
   return cudaGetLastError();
 }
 

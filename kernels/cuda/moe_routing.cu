@@ -1,6 +1,7 @@
 #include "kernels/cuda/moe_routing.cuh"
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace mla::cuda {
 namespace {
@@ -50,7 +51,8 @@ __device__ void WarpTopK(const float* vals, int n, int k, int* taken, int* picke
 // One block per token, one thread per expert. Shared memory: scores, choice,
 // group scores, taken flags (experts then groups), picked ids.
 __global__ void MoeRoutingKernel(MoeRoutingParams p) {
-  extern __shared__ float smem[];
+  MLA_DYNAMIC_SHARED(smem_raw);
+  float* smem = reinterpret_cast<float*>(smem_raw);
   const int e = p.num_experts, groups = p.num_groups, per_group = e / groups;
   float* scores = smem;                                     // [e]
   float* choice = scores + e;                               // [e]
@@ -140,7 +142,7 @@ cudaError_t LaunchMoeRouting(const MoeRoutingParams& p, cudaStream_t stream) {
   const int picks = p.top_k > p.topk_groups ? p.top_k : p.topk_groups;
   const size_t smem = sizeof(float) * (2 * p.num_experts + p.num_groups) +
                       sizeof(int) * (p.num_experts + p.num_groups + picks);
-  MoeRoutingKernel<<<static_cast<unsigned>(p.num_tokens), threads, smem, stream>>>(p);
+  detail::LaunchKernel(MoeRoutingKernel, static_cast<unsigned>(p.num_tokens), threads, smem, stream, p);
   return cudaGetLastError();
 }
 

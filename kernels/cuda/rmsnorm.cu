@@ -1,6 +1,7 @@
 #include "kernels/cuda/rmsnorm.cuh"
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace mla::cuda {
 namespace {
@@ -47,9 +48,9 @@ cudaError_t LaunchRmsNorm(const RmsNormParams& p, cudaStream_t stream) {
   if (p.ldx < p.dim || p.ldo < p.dim || (p.residual != nullptr && p.ld_residual < p.dim)) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(p.rows));
   if (p.residual != nullptr) {
-    RmsNormKernel<true><<<grid, kThreads, 0, stream>>>(p);
+    detail::LaunchKernel(RmsNormKernel<true>, grid, kThreads, 0, stream, p);
   } else {
-    RmsNormKernel<false><<<grid, kThreads, 0, stream>>>(p);
+    detail::LaunchKernel(RmsNormKernel<false>, grid, kThreads, 0, stream, p);
   }
   return cudaGetLastError();
 }

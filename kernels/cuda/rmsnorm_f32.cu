@@ -1,6 +1,7 @@
 #include "kernels/cuda/rmsnorm_f32.cuh"
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace mla::cuda {
 namespace {
@@ -46,9 +47,9 @@ cudaError_t LaunchRmsNormF32(const RmsNormF32Params& p, cudaStream_t stream) {
   if (p.delta != nullptr && p.ld_delta < p.dim) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(p.rows));
   if (p.delta != nullptr) {
-    RmsNormF32Kernel<true><<<grid, kThreads, 0, stream>>>(p);
+    detail::LaunchKernel(RmsNormF32Kernel<true>, grid, kThreads, 0, stream, p);
   } else {
-    RmsNormF32Kernel<false><<<grid, kThreads, 0, stream>>>(p);
+    detail::LaunchKernel(RmsNormF32Kernel<false>, grid, kThreads, 0, stream, p);
   }
   return cudaGetLastError();
 }

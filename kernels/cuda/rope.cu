@@ -1,6 +1,7 @@
 #include "kernels/cuda/rope.cuh"
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace mla::cuda {
 namespace {
@@ -14,7 +15,8 @@ constexpr int kThreads = 128;
 // (head, pair) of q and the pairs of k. The explicit _rn operations keep the
 // compiler from fusing into FMAs, so the rotation rounds as the CPU op does.
 __global__ void __launch_bounds__(kThreads) RopeKernel(RopeParams p) {
-  extern __shared__ float cs[];  // [2, rope_dim / 2]: cos | sin
+  MLA_DYNAMIC_SHARED(cs_raw);
+  float* cs = reinterpret_cast<float*>(cs_raw);  // [2, rope_dim / 2]: cos | sin
   const int pairs = p.rope_dim / 2;
   const int64_t t = blockIdx.x;
   const float pos = static_cast<float>(p.positions[t]);
@@ -47,7 +49,7 @@ cudaError_t LaunchRope(const RopeParams& p, cudaStream_t stream) {
   }
   if (p.num_tokens == 0 || p.rope_dim == 0 || (p.q_pe == nullptr && p.k_pe == nullptr)) return cudaSuccess;
   const size_t smem = sizeof(float) * static_cast<size_t>(p.rope_dim);
-  RopeKernel<<<static_cast<unsigned>(p.num_tokens), kThreads, smem, stream>>>(p);
+  detail::LaunchKernel(RopeKernel, static_cast<unsigned>(p.num_tokens), kThreads, smem, stream, p);
   return cudaGetLastError();
 }
 

@@ -2,6 +2,7 @@
 
 #include "kernels/cuda/counter_uniform.cuh"
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace mla::cuda {
 namespace {
@@ -185,14 +186,14 @@ bool ValidShape(int64_t rows, int64_t vocab, int64_t ld) {
 cudaError_t LaunchArgmax(const ArgmaxParams& p, cudaStream_t stream) {
   if (!ValidShape(p.num_rows, p.vocab, p.ld) || (p.num_rows > 0 && p.vocab == 0)) return cudaErrorInvalidValue;
   if (p.num_rows == 0) return cudaSuccess;
-  ArgmaxKernel<<<static_cast<unsigned>(p.num_rows), kThreads, 0, stream>>>(p);
+  detail::LaunchKernel(ArgmaxKernel, static_cast<unsigned>(p.num_rows), kThreads, 0, stream, p);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchSample(const SampleParams& p, cudaStream_t stream) {
   if (!ValidShape(p.num_rows, p.vocab, p.ld) || (p.num_rows > 0 && p.vocab == 0)) return cudaErrorInvalidValue;
   if (p.num_rows == 0) return cudaSuccess;
-  SampleKernel<<<static_cast<unsigned>(p.num_rows), kThreads, 0, stream>>>(p);
+  detail::LaunchKernel(SampleKernel, static_cast<unsigned>(p.num_rows), kThreads, 0, stream, p);
   return cudaGetLastError();
 }
 
@@ -200,7 +201,7 @@ cudaError_t LaunchCounterUniform(const CounterUniformParams& p, cudaStream_t str
   if (p.n < 0) return cudaErrorInvalidValue;
   if (p.n == 0) return cudaSuccess;
   const int threads = 256;
-  CounterUniformKernel<<<static_cast<unsigned>(detail::CeilDiv(p.n, threads)), threads, 0, stream>>>(p);
+  detail::LaunchKernel(CounterUniformKernel, static_cast<unsigned>(detail::CeilDiv(p.n, threads)), threads, 0, stream, p);
   return cudaGetLastError();
 }
 

@@ -1,6 +1,5 @@
 // Warp-level tensor-core and async-copy primitives (PTX, sm_80 and later):
-// BF16 mma.sync m16n8k16 with FP32 accumulators, ldmatrix, cp.async, and the
-// dynamic shared-memory declaration. Compiled by nvcc for the device; in a
+// BF16 mma.sync m16n8k16 with FP32 accumulators, ldmatrix, cp.async. Compiled by nvcc for the device; in a
 // host build (tests/emu/cuda_emu.h, which runs kernel sources on the CPU) the
 // emulator has defined the same names first and only PackBf16 comes from here.
 //
@@ -23,9 +22,6 @@
 #include <cstring>
 
 #if defined(__CUDACC__)
-
-// The block's dynamic shared memory, as `unsigned char name[]`, 16-byte aligned.
-#define MLA_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
 
 namespace mla::cuda::detail {
 

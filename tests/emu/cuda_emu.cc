@@ -1,12 +1,39 @@
 #include "tests/emu/cuda_emu.h"
 
-#include <ucontext.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
 #include <memory>
 #include <vector>
+
+// Fiber switch (x86-64 System V): saves the callee-saved registers on the
+// current stack, stores the stack pointer in *from_sp, loads to_sp, restores
+// that fiber's registers and returns into it. No signal-mask syscall (as
+// swapcontext makes): the emulator switches millions of times per test.
+extern "C" void mla_emu_switch(void** from_sp, void* to_sp);
+asm(R"(
+  .text
+  .globl mla_emu_switch
+  .type mla_emu_switch, @function
+mla_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size mla_emu_switch, .-mla_emu_switch
+  .section .note.GNU-stack,"",@progbits
+)");
 
 namespace mla::emu {
 namespace {
@@ -20,7 +47,7 @@ struct Copy {
 };
 
 struct Fiber {
-  ucontext_t ctx;
+  void* sp = nullptr;  // saved stack pointer while switched out
   std::unique_ptr<char[]> stack;
   Dim3 tid;
   bool done = false;
@@ -42,7 +69,7 @@ struct Block {
   std::vector<Fiber> fibers;
   std::vector<Warp> warps;
   Barrier block_barrier;
-  ucontext_t main_ctx;
+  void* main_sp = nullptr;
   int current = 0;
   int live = 0;
   uint64_t progress = 0;  // barrier arrivals and fiber exits
@@ -70,7 +97,7 @@ void Yield() {
     if (!b.fibers[next].done) {
       if (next == me) return;
       b.current = next;
-      swapcontext(&b.fibers[me].ctx, &b.fibers[next].ctx);
+      mla_emu_switch(&b.fibers[me].sp, b.fibers[next].sp);
       return;
     }
   }
@@ -118,7 +145,8 @@ void FiberEntry() {
   --b.live;
   ++b.progress;
   if (b.live == 0) {
-    setcontext(&b.main_ctx);
+    void* unused;
+    mla_emu_switch(&unused, b.main_sp);  // never resumed
   }
   Yield();  // never returns here: this fiber is done
   Fail("a finished fiber was resumed");
@@ -142,14 +170,19 @@ Dim3& GridDim() { return g_grid_dim; }
 
 void SyncThreads() { Arrive(g_block->block_barrier, static_cast<int>(g_block->fibers.size())); }
 
-void WarpGather(const uint32_t* words, int n, uint32_t (*all)[8]) {
+void SyncWarp() { Arrive(g_block->warps[ThreadIdx().x / 32].barrier, 32); }
+
+const uint32_t (*WarpPublish(const uint32_t* words, int n))[8] {
   Block& b = *g_block;
   const unsigned t = ThreadIdx().x;
   Warp& w = b.warps[t / 32];
   std::memcpy(w.words[t % 32], words, sizeof(uint32_t) * static_cast<size_t>(n));
   Arrive(w.barrier, 32);  // everyone has published
-  std::memcpy(all, w.words, sizeof(w.words));
-  Arrive(w.barrier, 32);  // everyone has read: the words may be reused
+  return w.words;
+}
+
+void WarpRelease() {
+  Arrive(g_block->warps[ThreadIdx().x / 32].barrier, 32);  // everyone has read: the words may be reused
 }
 
 unsigned char* SharedBase() { return g_block->shared.data(); }
@@ -181,9 +214,20 @@ void CpAsyncWaitGroups(int keep) {
 
 namespace {
 
-// One block: a fiber per thread from the kernel's start, run until all are
-// done. Apart from LaunchGrid's loops: swapcontext returns twice, so no local
-// of the caller may live in a register across it.
+// A fresh fiber's stack, laid out as mla_emu_switch leaves a switched-out one:
+// six zero registers, then the return address FiberEntry, then a null fake
+// return address for FiberEntry itself (which never returns), so that
+// FiberEntry starts with rsp % 16 == 8 as after a call.
+void* InitialStack(char* stack) {
+  auto top = reinterpret_cast<uintptr_t>(stack + kStackBytes) & ~uintptr_t{15};
+  void** sp = reinterpret_cast<void**>(top);
+  *--sp = nullptr;
+  *--sp = reinterpret_cast<void*>(&FiberEntry);
+  for (int i = 0; i < 6; ++i) *--sp = nullptr;
+  return sp;
+}
+
+// One block: a fiber per thread from the kernel's start, run until all are done.
 [[gnu::noinline]] void RunBlock(Block& b, Dim3 idx, size_t shared_bytes) {
   g_block_idx = idx;
   b.shared.assign(shared_bytes + 16, 0xff);  // poison: NaN as BF16 and FP32
@@ -196,15 +240,11 @@ namespace {
     f.done = false;
     f.pending.clear();
     f.groups.clear();
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = f.stack.get();
-    f.ctx.uc_stack.ss_size = kStackBytes;
-    f.ctx.uc_link = nullptr;
-    makecontext(&f.ctx, FiberEntry, 0);
+    f.sp = InitialStack(f.stack.get());
   }
   b.live = threads;
   b.current = g_schedule == Schedule::kForward ? 0 : threads - 1;
-  swapcontext(&b.main_ctx, &b.fibers[static_cast<size_t>(b.current)].ctx);  // back when every fiber is done
+  mla_emu_switch(&b.main_sp, b.fibers[static_cast<size_t>(b.current)].sp);  // back when every fiber is done
 }
 
 }  // namespace
@@ -253,9 +293,8 @@ uint32_t Pack(uint16_t lo, uint16_t hi) { return static_cast<uint32_t>(lo) | (st
 // .trans, lane l gets row l / 4, elements 2 (l % 4) and + 1; with .trans, the
 // same of the transposed matrix: column l / 4, rows 2 (l % 4) and + 1.
 void LdMatrix(uint32_t* r, int count, bool trans, uint32_t addr) {
-  uint32_t all[32][8];
   const uint32_t mine[1] = {addr};
-  ::mla::emu::WarpGather(mine, 1, all);
+  const uint32_t(*all)[8] = ::mla::emu::WarpPublish(mine, 1);
   const int lane = static_cast<int>(::mla::emu::ThreadIdx().x & 31);
   for (int i = 0; i < count; ++i) {
     if (!trans) {
@@ -266,6 +305,7 @@ void LdMatrix(uint32_t* r, int count, bool trans, uint32_t addr) {
       r[i] = Pack(LoadBf16(row0 + 2 * (lane / 4)), LoadBf16(row1 + 2 * (lane / 4)));
     }
   }
+  ::mla::emu::WarpRelease();
 }
 
 }  // namespace
@@ -277,9 +317,8 @@ void LdMatrix(uint32_t* r, int count, bool trans, uint32_t addr) {
 // D(g, 2t + 1), D(g + 8, 2t), D(g + 8, 2t + 1). Products are exact in FP32
 // (8-bit significands); the sum runs over k in order.
 void MmaBf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  uint32_t all[32][8];
   const uint32_t mine[6] = {a[0], a[1], a[2], a[3], b0, b1};
-  ::mla::emu::WarpGather(mine, 6, all);
+  const uint32_t(*all)[8] = ::mla::emu::WarpPublish(mine, 6);
   auto A = [&](int r, int k) {
     return Bf16ToFloat(Half(all[(r % 8) * 4 + (k % 8) / 2][(r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], k % 2));
   };
@@ -291,6 +330,7 @@ void MmaBf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     for (int k = 0; k < 16; ++k) sum += A(row, k) * B(k, col);
     d[e] = sum;
   }
+  ::mla::emu::WarpRelease();
 }
 
 void LdMatrixX4(uint32_t (&r)[4], uint32_t addr) { LdMatrix(r, 4, false, addr); }

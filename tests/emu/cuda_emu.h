@@ -26,6 +26,9 @@
 #error "tests/emu/cuda_emu.h is for host builds of kernel sources"
 #endif
 
+// Tests built on the emulator may scale themselves down (see gpu_test_util.h).
+#define MLA_CUDA_EMULATED 1
+
 // Before the CUDA headers: they define these only where undefined.
 #define __shared__ static
 #define __launch_bounds__(...)
@@ -54,8 +57,14 @@ Dim3& BlockIdx();
 Dim3& BlockDim();
 Dim3& GridDim();
 void SyncThreads();
-// Warp collective: every lane publishes n <= 8 words; all[l] receives lane l's.
-void WarpGather(const uint32_t* words, int n, uint32_t (*all)[8]);
+void SyncWarp();
+// What the next cudaGetLastError returns (cuda_runtime_emu.cc): launch errors.
+void SetLastError(cudaError_t e);
+// Warp collective in two steps: every lane publishes n <= 8 words and gets the
+// warp's table (row l: lane l's words), readable until every lane has called
+// WarpRelease.
+const uint32_t (*WarpPublish(const uint32_t* words, int n))[8];
+void WarpRelease();
 unsigned char* SharedBase();
 void CpAsyncQueue(unsigned char* dst, const void* src, int src_bytes);
 void CpAsyncCommitGroup();
@@ -74,11 +83,12 @@ void LaunchGrid(Dim3 grid, int threads, size_t shared_bytes, const std::function
 template <typename T>
 T ShuffleXor(T v, int mask) {
   static_assert(sizeof(T) <= 8);
-  uint32_t words[2] = {0, 0}, all[32][8];
+  uint32_t words[2] = {0, 0};
   std::memcpy(words, &v, sizeof(T));
-  WarpGather(words, 2, all);
+  const uint32_t(*all)[8] = WarpPublish(words, 2);
   T r;
   std::memcpy(&r, all[(ThreadIdx().x & 31) ^ static_cast<unsigned>(mask)], sizeof(T));
+  WarpRelease();
   return r;
 }
 
@@ -91,6 +101,26 @@ T ShuffleXor(T v, int mask) {
 #define MLA_DYNAMIC_SHARED(name) unsigned char* name = ::mla::emu::SharedBase()
 
 inline void __syncthreads() { ::mla::emu::SyncThreads(); }
+inline void __syncwarp(unsigned /*mask*/ = 0xffffffffu) { ::mla::emu::SyncWarp(); }
+
+// IEEE single-precision operations without contraction (the host compiler
+// does not fuse them either: x86-64's baseline has no FMA).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline unsigned __float_as_uint(float f) {
+  unsigned u;
+  std::memcpy(&u, &f, sizeof(u));
+  return u;
+}
+// Fibers switch only at barriers and collectives: a read-modify-write is atomic.
+template <typename T>
+T atomicAdd(T* address, T value) {
+  const T old = *address;
+  *address = old + value;
+  return old;
+}
 
 template <typename T>
 T __shfl_xor_sync(unsigned /*mask: every lane, as in the kernels*/, T v, int lane_mask) {
@@ -117,6 +147,21 @@ inline void CpAsyncCommit() { ::mla::emu::CpAsyncCommitGroup(); }
 template <int N>
 void CpAsyncWait() {
   ::mla::emu::CpAsyncWaitGroups(N);
+}
+
+// kernels/cuda/launch.cuh's launcher: the grid runs to completion on the
+// calling thread (the stream is ignored: everything is synchronous).
+template <typename... Params, typename... Args>
+cudaError_t LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t,
+                         Args&&... args) {
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x == 0 || block.x % 32 != 0 || block.y != 1 ||
+      block.z != 1 || block.x > 1024 || shared_bytes > 227 * 1024) {
+    ::mla::emu::SetLastError(cudaErrorInvalidConfiguration);
+    return cudaErrorInvalidConfiguration;
+  }
+  ::mla::emu::LaunchGrid(::mla::emu::Dim3{grid.x, grid.y, grid.z}, static_cast<int>(block.x), shared_bytes,
+                         [&] { kernel(args...); });
+  return cudaSuccess;
 }
 
 }  // namespace mla::cuda::detail

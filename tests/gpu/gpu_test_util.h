@@ -36,6 +36,20 @@ bool GpuRequired();
     }                                                                                                \
   } while (0)
 
+// Built on the CPU emulator (tests/emu, the *_gpu_test_emu binaries), a case
+// whose work (a count the test defines) is above `limit` skips: the emulator
+// runs a kernel thousands of times slower than a GPU. On a GPU: nothing.
+#if defined(MLA_CUDA_EMULATED)
+#define MLA_SKIP_LARGE_FOR_EMULATOR(work, limit)                                                 \
+  do {                                                                                           \
+    if ((work) > (limit)) GTEST_SKIP() << "too large for the CPU emulator: " << (work) << " > " << (limit); \
+  } while (0)
+#else
+#define MLA_SKIP_LARGE_FOR_EMULATOR(work, limit) \
+  do {                                           \
+  } while (0)
+#endif
+
 #define MLA_ASSERT_CUDA(expr)                                                                   \
   do {                                                                                          \
     const cudaError_t mla_test_err_ = (expr);                                                   \

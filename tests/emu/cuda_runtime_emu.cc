@@ -1,0 +1,142 @@
+// The CUDA runtime calls that kernel launchers and the GPU tests make, for
+// binaries built on the emulator (tests/emu/cuda_emu.h) instead of cudart:
+// one device whose memory is host memory; everything is synchronous, so
+// streams and synchronisation are no-ops. Errors a real device would report
+// for bad arguments (null pointers, unknown device) are reported the same way.
+#include "tests/emu/cuda_emu.h"  // first: it must precede the CUDA headers
+
+#include <cuda_runtime_api.h>
+
+#include <cstdlib>
+#include <cstring>
+
+namespace {
+
+cudaError_t g_last_error = cudaSuccess;
+
+cudaError_t Record(cudaError_t e) {
+  if (e != cudaSuccess) g_last_error = e;
+  return e;
+}
+
+}  // namespace
+
+namespace mla::emu {
+void SetLastError(cudaError_t e) { Record(e); }
+}  // namespace mla::emu
+
+extern "C" {
+
+cudaError_t cudaMalloc(void** ptr, size_t size) {
+  if (ptr == nullptr) return Record(cudaErrorInvalidValue);
+  // 256-byte aligned like cudaMalloc; filled with a pattern, not zeros (device memory starts undefined).
+  const size_t bytes = (size + 255) / 256 * 256;
+  *ptr = bytes == 0 ? nullptr : std::aligned_alloc(256, bytes);
+  if (bytes != 0 && *ptr == nullptr) return Record(cudaErrorMemoryAllocation);
+  if (*ptr != nullptr) std::memset(*ptr, 0xa5, bytes);
+  return cudaSuccess;
+}
+
+cudaError_t cudaFree(void* ptr) {
+  std::free(ptr);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMallocHost(void** ptr, size_t size) { return cudaMalloc(ptr, size); }
+
+cudaError_t cudaFreeHost(void* ptr) { return cudaFree(ptr); }
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpyKind) {
+  if (count > 0 && (dst == nullptr || src == nullptr)) return Record(cudaErrorInvalidValue);
+  if (count > 0) std::memmove(dst, src, count);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind, cudaStream_t) {
+  return cudaMemcpy(dst, src, count, kind);
+}
+
+cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height,
+                              enum cudaMemcpyKind, cudaStream_t) {
+  if (width > dpitch || width > spitch) return Record(cudaErrorInvalidPitchValue);
+  for (size_t r = 0; r < height; ++r) {
+    std::memmove(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(src) + r * spitch, width);
+  }
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemset(void* ptr, int value, size_t count) {
+  if (count > 0 && ptr == nullptr) return Record(cudaErrorInvalidValue);
+  if (count > 0) std::memset(ptr, value, count);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t) { return cudaMemset(ptr, value, count); }
+
+cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+
+cudaError_t cudaGetLastError(void) {
+  const cudaError_t e = g_last_error;
+  g_last_error = cudaSuccess;
+  return e;
+}
+
+cudaError_t cudaPeekAtLastError(void) { return g_last_error; }
+
+const char* cudaGetErrorName(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidPitchValue: return "cudaErrorInvalidPitchValue";
+    default: return "cudaError (emulated)";
+  }
+}
+
+const char* cudaGetErrorString(cudaError_t error) { return cudaGetErrorName(error); }
+
+cudaError_t cudaGetDeviceCount(int* count) {
+  if (count == nullptr) return Record(cudaErrorInvalidValue);
+  *count = 1;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetDevice(int* device) {
+  if (device == nullptr) return Record(cudaErrorInvalidValue);
+  *device = 0;
+  return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : Record(cudaErrorInvalidDevice); }
+
+// An H100 SXM's figures where a caller asks (the SM count sizes decode plans).
+cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int device) {
+  if (value == nullptr) return Record(cudaErrorInvalidValue);
+  if (device != 0) return Record(cudaErrorInvalidDevice);
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *value = 132; break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = 227 * 1024; break;
+    case cudaDevAttrComputeCapabilityMajor: *value = 9; break;
+    case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
+    default: return Record(cudaErrorInvalidValue);
+  }
+  return cudaSuccess;
+}
+
+cudaError_t cudaFuncSetAttribute(const void* func, enum cudaFuncAttribute, int) {
+  return func == nullptr ? Record(cudaErrorInvalidDeviceFunction) : cudaSuccess;
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
+  if (stream == nullptr) return Record(cudaErrorInvalidValue);
+  static char token;  // any non-null handle: streams are not modelled
+  *stream = reinterpret_cast<cudaStream_t>(&token);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
+
+}  // extern "C"
