@@ -77,9 +77,10 @@ struct Block {
   std::vector<unsigned char> shared;
 };
 
-Block* g_block = nullptr;
-Schedule g_schedule = Schedule::kForward;
-Dim3 g_block_idx, g_block_dim, g_grid_dim;
+// Per host thread: each thread that launches runs its own grids.
+thread_local Block* g_block = nullptr;
+thread_local Schedule g_schedule = Schedule::kForward;
+thread_local Dim3 g_block_idx, g_block_dim, g_grid_dim;
 
 [[noreturn]] void Fail(const char* what) {
   std::fprintf(stderr, "cuda_emu: %s (block %u,%u thread %u)\n", what, g_block_idx.x, g_block_idx.y,

@@ -12,7 +12,7 @@
 
 namespace {
 
-cudaError_t g_last_error = cudaSuccess;
+thread_local cudaError_t g_last_error = cudaSuccess;  // per host thread, as in CUDA
 
 cudaError_t Record(cudaError_t e) {
   if (e != cudaSuccess) g_last_error = e;
@@ -75,6 +75,7 @@ cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t) { 
 
 cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
 
 cudaError_t cudaGetLastError(void) {
   const cudaError_t e = g_last_error;

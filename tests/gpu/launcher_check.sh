@@ -22,12 +22,22 @@
 #   MLA_GPU_LOG_DIR      where the launcher's and the client's output go (default: a temp dir)
 #   MLA_LAUNCHER_CHECK_BACKEND=cpu   (for testing this script) the same check on the CPU
 #                        backend, which needs no GPU: proves the script's logic on any machine
+#   MLA_LAUNCHER_CHECK_EMULATED=1    DIR holds an mla-worker built on the CUDA emulator
+#                        (build/emu, tests/emu): the CUDA backend on the CPU, no GPU
+#                        needed or looked for; steps are slow, so the step timeout is 2 min.
+#                        The row is then launcher_cuda_tp1_emulated.
 # Exit status: 0 passed or skipped, 1 failed, 2 usage errors.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 backend=${MLA_LAUNCHER_CHECK_BACKEND:-cuda}
+emulated=${MLA_LAUNCHER_CHECK_EMULATED:-0}
 name=launcher_${backend}_tp1
+extra_flags=()
+if [[ $emulated == 1 ]]; then
+  name=${name}_emulated
+  extra_flags=(--step-timeout-ms 120000)  # an emulated step of the fixture takes seconds
+fi
 case_name=short           # a fixture case whose first token has a clear margin (checked below)
 max_new_tokens=16         # every token the fixture recorded
 ready_timeout_s=180       # model load, CUDA context, NCCL init of a group of one: seconds, normally
@@ -63,7 +73,7 @@ for b in mla-launch mla-worker mla-coordinator mla-client; do
 done
 
 # No GPU: skip, unless one is required (run.sh requires it where nvidia-smi sees one).
-if [[ $backend == cuda ]]; then
+if [[ $backend == cuda && $emulated != 1 ]]; then
   if ! gpus=$(timeout 60 nvidia-smi -L 2>&1) || ! grep -q '^GPU ' <<<"$gpus"; then
     if [[ ${MLA_GPU_REQUIRED:-0} == 1 ]]; then
       die "MLA_GPU_REQUIRED=1 but nvidia-smi sees no GPU: ${gpus:-no nvidia-smi}"
@@ -147,7 +157,7 @@ client=("$bin/mla-client" --server "$server")  # an array, not a function: `time
 echo "launcher_check: mla-launch --backend $backend --tp 1 on $server, model $fixture, logs in $logs"
 start=$SECONDS
 setsid "$bin/mla-launch" --model "$fixture" --tp 1 --backend "$backend" --host 127.0.0.1 --port "$port" \
-  --shutdown-timeout-ms "$shutdown_timeout_ms" >"$launch_log" 2>&1 </dev/null &
+  --shutdown-timeout-ms "$shutdown_timeout_ms" "${extra_flags[@]}" >"$launch_log" 2>&1 </dev/null &
 launcher_pid=$!
 
 # Ready: SERVING on the Inference service (health on "" is liveness only).
