@@ -12,7 +12,7 @@
 // swapcontext makes): the emulator switches millions of times per test.
 extern "C" void mla_emu_switch(void** from_sp, void* to_sp);
 asm(R"(
-  .text
+  .pushsection .text
   .globl mla_emu_switch
   .type mla_emu_switch, @function
 mla_emu_switch:
@@ -32,7 +32,7 @@ mla_emu_switch:
   popq %rbp
   ret
   .size mla_emu_switch, .-mla_emu_switch
-  .section .note.GNU-stack,"",@progbits
+  .popsection
 )");
 
 namespace mla::emu {
@@ -82,11 +82,15 @@ thread_local Block* g_block = nullptr;
 thread_local Schedule g_schedule = Schedule::kForward;
 thread_local Dim3 g_block_idx, g_block_dim, g_grid_dim;
 
+}  // namespace
+
 [[noreturn]] void Fail(const char* what) {
   std::fprintf(stderr, "cuda_emu: %s (block %u,%u thread %u)\n", what, g_block_idx.x, g_block_idx.y,
                g_block ? g_block->fibers[g_block->current].tid.x : 0u);
   std::abort();
 }
+
+namespace {
 
 // Switches to the next live fiber after the current one (round robin).
 void Yield() {
@@ -187,6 +191,7 @@ void WarpRelease() {
 }
 
 unsigned char* SharedBase() { return g_block->shared.data(); }
+size_t SharedBytes() { return g_block->shared.size() - 16; }
 
 void CpAsyncQueue(unsigned char* dst, const void* src, int src_bytes) {
   if (src_bytes < 0 || src_bytes > 16) Fail("cp.async with a source size outside [0, 16]");
@@ -283,6 +288,7 @@ float Bf16ToFloat(uint16_t bits) {
 }
 
 uint16_t LoadBf16(uint32_t addr) {
+  if (addr + 2 > ::mla::emu::SharedBytes()) ::mla::emu::Fail("ldmatrix reads past the dynamic shared memory");
   uint16_t v;
   std::memcpy(&v, ::mla::emu::SharedBase() + addr, sizeof(v));
   return v;
@@ -294,6 +300,8 @@ uint32_t Pack(uint16_t lo, uint16_t hi) { return static_cast<uint32_t>(lo) | (st
 // .trans, lane l gets row l / 4, elements 2 (l % 4) and + 1; with .trans, the
 // same of the transposed matrix: column l / 4, rows 2 (l % 4) and + 1.
 void LdMatrix(uint32_t* r, int count, bool trans, uint32_t addr) {
+  const int lane_id = static_cast<int>(::mla::emu::ThreadIdx().x & 31);
+  if (lane_id < 8 * count && addr % 16 != 0) ::mla::emu::Fail("ldmatrix row address not 16-byte aligned");
   const uint32_t mine[1] = {addr};
   const uint32_t(*all)[8] = ::mla::emu::WarpPublish(mine, 1);
   const int lane = static_cast<int>(::mla::emu::ThreadIdx().x & 31);

@@ -66,6 +66,8 @@ void SetLastError(cudaError_t e);
 const uint32_t (*WarpPublish(const uint32_t* words, int n))[8];
 void WarpRelease();
 unsigned char* SharedBase();
+size_t SharedBytes();  // the dynamic shared memory's size (bounds checks)
+[[noreturn]] void Fail(const char* what);  // a kernel error: message and abort
 void CpAsyncQueue(unsigned char* dst, const void* src, int src_bytes);
 void CpAsyncCommitGroup();
 void CpAsyncWaitGroups(int keep);
