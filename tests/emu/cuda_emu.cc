@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <deque>
 #include <memory>
+#include <random>
 #include <vector>
 
 // Fiber switch (x86-64 System V): saves the callee-saved registers on the
@@ -80,6 +81,7 @@ struct Block {
 // Per host thread: each thread that launches runs its own grids.
 thread_local Block* g_block = nullptr;
 thread_local Schedule g_schedule = Schedule::kForward;
+thread_local std::mt19937_64 g_rng;
 thread_local Dim3 g_block_idx, g_block_dim, g_grid_dim;
 
 }  // namespace
@@ -96,9 +98,11 @@ namespace {
 void Yield() {
   Block& b = *g_block;
   const int n = static_cast<int>(b.fibers.size()), me = b.current;
-  const int step = g_schedule == Schedule::kForward ? 1 : n - 1;
+  const int step = g_schedule == Schedule::kReverse ? n - 1 : 1;
+  // Random: start the search for a live fiber at a random one.
+  const int from = g_schedule == Schedule::kRandom ? static_cast<int>(g_rng() % static_cast<uint64_t>(n)) : me;
   for (int k = 1; k <= n; ++k) {
-    const int next = (me + k * step) % n;
+    const int next = (from + k * step) % n;
     if (!b.fibers[next].done) {
       if (next == me) return;
       b.current = next;
@@ -166,7 +170,10 @@ void Land(const std::vector<Copy>& group) {
 
 }  // namespace
 
-void SetSchedule(Schedule s) { g_schedule = s; }
+void SetSchedule(Schedule s, uint64_t seed) {
+  g_schedule = s;
+  g_rng.seed(seed);
+}
 
 Dim3& ThreadIdx() { return g_block->fibers[g_block->current].tid; }
 Dim3& BlockIdx() { return g_block_idx; }

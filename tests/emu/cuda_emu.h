@@ -72,11 +72,12 @@ void CpAsyncQueue(unsigned char* dst, const void* src, int src_bytes);
 void CpAsyncCommitGroup();
 void CpAsyncWaitGroups(int keep);
 
-// The order in which fibers get the processor: threads 0, 1, ... or the
-// reverse. A kernel missing a barrier may pass under one order and read
-// poison or stale data under the other; tests run both.
-enum class Schedule { kForward, kReverse };
-void SetSchedule(Schedule s);
+// The order in which fibers get the processor: threads 0, 1, ..., the
+// reverse, or a seeded random pick at every switch. A kernel missing a barrier
+// may pass under one order and read poison or stale data under another; tests
+// run several.
+enum class Schedule { kForward, kReverse, kRandom };
+void SetSchedule(Schedule s, uint64_t seed = 0);
 
 // Runs `kernel` for every block of `grid` with `threads` threads each (1-D
 // blocks), `shared_bytes` of dynamic shared memory per block.

@@ -5,8 +5,8 @@
 // tests/gpu/mla_decode_gpu_test.cc: NaN in spare blocks and past each
 // sequence's length, out-of-range table padding, poisoned partial slots and
 // outputs. Each case runs under plans for 1, 3 and 2^20 SMs, the last also
-// with the fibers scheduled in reverse (a missing barrier tends to show under
-// one order or the other). Contexts stay short: the emulator switches fibers
+// with the fibers scheduled in reverse and in two seeded random orders (a
+// missing barrier tends to show under one order or another). Contexts stay short: the emulator switches fibers
 // at every warp collective.
 //
 // Tolerance (the same bounds as the GPU test, which explains them): every
@@ -132,12 +132,16 @@ TEST_P(MlaDecodeEmuTest, MatchesCpuAbsorbed) {
   }
 
   std::vector<int32_t> kv_lens(c.kv_lens.begin(), c.kv_lens.end());
-  for (const int run : {0, 1, 2, 3}) {
+  for (const int run : {0, 1, 2, 3, 4, 5}) {
     // Plans for 1 SM (no split), 3 SMs and 2^20 SMs (every tile its own item),
-    // the last also with the fibers scheduled in reverse order.
-    const int sms = std::vector<int>{1, 3, 1 << 20, 1 << 20}[run];
-    emu::SetSchedule(run == 3 ? emu::Schedule::kReverse : emu::Schedule::kForward);
-    SCOPED_TRACE(::testing::Message() << "plan for " << sms << " SMs" << (run == 3 ? ", reverse schedule" : ""));
+    // the last also with the fibers scheduled in reverse and in two random orders.
+    const int sms = std::vector<int>{1, 3, 1 << 20, 1 << 20, 1 << 20, 1 << 20}[run];
+    const emu::Schedule order = run < 3 ? emu::Schedule::kForward
+                                : run == 3 ? emu::Schedule::kReverse
+                                           : emu::Schedule::kRandom;
+    emu::SetSchedule(order, static_cast<uint64_t>(run));
+    SCOPED_TRACE(::testing::Message() << "plan for " << sms << " SMs, schedule " << static_cast<int>(order)
+                                      << " seed " << run);
     const cuda::MlaDecodePlan plan = cuda::PlanMlaDecode(kv_lens, c.heads, sms);
     const size_t slots = static_cast<size_t>(plan.num_partials) + 1;
     std::vector<float> partial(slots * plan.heads_per_block * c.kv_lora, std::numeric_limits<float>::quiet_NaN());
