@@ -1,6 +1,6 @@
 // The CUDA runtime calls that kernel launchers and the GPU tests make, for
 // binaries built on the emulator (tests/emu/cuda_emu.h) instead of cudart:
-// one device whose memory is host memory; everything is synchronous, so
+// devices whose memory is host memory (one, or MLA_EMU_DEVICE_COUNT); everything is synchronous, so
 // streams and synchronisation are no-ops. Errors a real device would report
 // for bad arguments (null pointers, unknown device) are reported the same way.
 #include "tests/emu/cuda_emu.h"  // first: it must precede the CUDA headers
@@ -13,6 +13,15 @@
 namespace {
 
 thread_local cudaError_t g_last_error = cudaSuccess;  // per host thread, as in CUDA
+thread_local int g_device = 0;
+
+// MLA_EMU_DEVICE_COUNT (1 to 16, default 1): as many emulated devices, e.g. one
+// per worker process of an emulated tensor-parallel group.
+int DeviceCount() {
+  const char* env = std::getenv("MLA_EMU_DEVICE_COUNT");
+  const int n = env != nullptr ? std::atoi(env) : 1;
+  return n >= 1 && n <= 16 ? n : 1;
+}
 
 cudaError_t Record(cudaError_t e) {
   if (e != cudaSuccess) g_last_error = e;
@@ -101,22 +110,26 @@ const char* cudaGetErrorString(cudaError_t error) { return cudaGetErrorName(erro
 
 cudaError_t cudaGetDeviceCount(int* count) {
   if (count == nullptr) return Record(cudaErrorInvalidValue);
-  *count = 1;
+  *count = DeviceCount();
   return cudaSuccess;
 }
 
 cudaError_t cudaGetDevice(int* device) {
   if (device == nullptr) return Record(cudaErrorInvalidValue);
-  *device = 0;
+  *device = g_device;
   return cudaSuccess;
 }
 
-cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : Record(cudaErrorInvalidDevice); }
+cudaError_t cudaSetDevice(int device) {
+  if (device < 0 || device >= DeviceCount()) return Record(cudaErrorInvalidDevice);
+  g_device = device;
+  return cudaSuccess;
+}
 
 // An H100 SXM's figures where a caller asks (the SM count sizes decode plans).
 cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int device) {
   if (value == nullptr) return Record(cudaErrorInvalidValue);
-  if (device != 0) return Record(cudaErrorInvalidDevice);
+  if (device < 0 || device >= DeviceCount()) return Record(cudaErrorInvalidDevice);
   switch (attr) {
     case cudaDevAttrMultiProcessorCount: *value = 132; break;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = 227 * 1024; break;

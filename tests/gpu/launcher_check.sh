@@ -22,6 +22,8 @@
 #   MLA_GPU_LOG_DIR      where the launcher's and the client's output go (default: a temp dir)
 #   MLA_LAUNCHER_CHECK_BACKEND=cpu   (for testing this script) the same check on the CPU
 #                        backend, which needs no GPU: proves the script's logic on any machine
+#   MLA_LAUNCHER_CHECK_TP=N          --tp N (default 1): ranks on GPUs 0..N-1 (N GPUs, or N
+#                        emulated devices: MLA_EMU_DEVICE_COUNT); the row is launcher_*_tpN
 #   MLA_LAUNCHER_CHECK_EMULATED=1    DIR holds an mla-worker built on the CUDA emulator
 #                        (build/emu, tests/emu): the CUDA backend on the CPU, no GPU
 #                        needed or looked for; steps are slow, so the step timeout is 2 min.
@@ -32,7 +34,9 @@ set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 backend=${MLA_LAUNCHER_CHECK_BACKEND:-cuda}
 emulated=${MLA_LAUNCHER_CHECK_EMULATED:-0}
-name=launcher_${backend}_tp1
+tp=${MLA_LAUNCHER_CHECK_TP:-1}
+[[ $tp =~ ^[1-8]$ ]] || { echo "launcher_check: MLA_LAUNCHER_CHECK_TP=$tp (expected 1 to 8)" >&2; exit 2; }
+name=launcher_${backend}_tp${tp}
 extra_flags=()
 if [[ $emulated == 1 ]]; then
   name=${name}_emulated
@@ -154,9 +158,9 @@ client=("$bin/mla-client" --server "$server")  # an array, not a function: `time
 # setsid: the launcher leads its own process group, which cleanup() ends as one
 # (its children also die with it: PR_SET_PDEATHSIG). Run from a script, the
 # background job is no group leader, so setsid execs in place: $! is the launcher.
-echo "launcher_check: mla-launch --backend $backend --tp 1 on $server, model $fixture, logs in $logs"
+echo "launcher_check: mla-launch --backend $backend --tp $tp on $server, model $fixture, logs in $logs"
 start=$SECONDS
-setsid "$bin/mla-launch" --model "$fixture" --tp 1 --backend "$backend" --host 127.0.0.1 --port "$port" \
+setsid "$bin/mla-launch" --model "$fixture" --tp "$tp" --backend "$backend" --host 127.0.0.1 --port "$port" \
   --shutdown-timeout-ms "$shutdown_timeout_ms" "${extra_flags[@]}" >"$launch_log" 2>&1 </dev/null &
 launcher_pid=$!
 
@@ -172,18 +176,20 @@ done
 ready_s=$((SECONDS - start))
 echo "launcher_check: SERVING after ${ready_s}s"
 
-# The group is what was asked for: one rank, on the backend asked for, the CUDA
-# one on GPU 0 (ModelInfo: backend, tp_size, ranks[].device "cpu" or "cuda:N").
+# The group is what was asked for: tp ranks, on the backend asked for, rank r
+# of the CUDA one on GPU r (ModelInfo: backend, tp_size, ranks[].device "cpu" or "cuda:N").
 info=$(timeout 30 "${client[@]}" info --timeout-ms 10000 2>&1) || die "mla-client info: $info"
 device=$(py -c '
 import json, sys
 i = json.loads(sys.argv[1])
-want = "cuda:0" if sys.argv[2] == "cuda" else "cpu"
+tp = int(sys.argv[3])
+want = [f"cuda:{r}" if sys.argv[2] == "cuda" else "cpu" for r in range(tp)]
 ranks = i.get("ranks", [])
-if i.get("backend") != sys.argv[2] or i.get("tp_size") != 1 or len(ranks) != 1 or ranks[0].get("device") != want:
-    sys.exit(f"expected backend {sys.argv[2]}, tp_size 1, one rank on {want}")
-print(want)' "$info" "$backend" 2>&1) || die "ModelInfo: $device; got $info"
-echo "launcher_check: ModelInfo: backend $backend, tp 1, rank 0 on $device"
+got = [r.get("device") for r in ranks]
+if i.get("backend") != sys.argv[2] or i.get("tp_size") != tp or got != want:
+    sys.exit(f"expected backend {sys.argv[2]}, tp_size {tp}, ranks on {want}")
+print(",".join(want))' "$info" "$backend" "$tp" 2>&1) || die "ModelInfo: $device; got $info"
+echo "launcher_check: ModelInfo: backend $backend, tp $tp, ranks on $device"
 
 # One greedy generation of every recorded token (ignoring EOS, as the fixture did).
 start=$SECONDS
@@ -267,4 +273,4 @@ done
 
 echo "---- last 15 lines of the launcher's log"
 tail -n 15 "$launch_log"
-verdict PASSED "${verdict_line#PASSED }; rank 0 on $device; ready ${ready_s}s, generate ${generate_s}s, exit 0 ${stop_s}s after SIGTERM"
+verdict PASSED "${verdict_line#PASSED }; ranks on $device; ready ${ready_s}s, generate ${generate_s}s, exit 0 ${stop_s}s after SIGTERM"
