@@ -15,9 +15,13 @@
 // The plan is made on the host once per step (for all layers) and is not in
 // the timed region; its host time is printed.
 //
-//   mla-bench-decode [--shapes 1x4096x128,16x4096x128,...] [--iters 20] [--json]
+//   mla-bench-decode [--shapes 1x4096x128,16x4096x128,...] [--iters 20] [--json] [--check]
+//                    [--copy-mib 2048]   (the copy measured for the bandwidth floor)
 //
 // Prints one JSON object per shape (with --json, only those) and a table.
+// --check: exit 1 when a shape's tensor-core output is off the simple
+// kernel's by more than 1e-2 relative L2 (the kernels' own tests allow 4e-3
+// against the CPU each). CI runs a small --check on the CUDA emulator.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -35,6 +39,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/mla_decode.cuh"
 #include "kernels/cuda/mla_decode_plan.h"
 
@@ -94,8 +99,8 @@ T* Upload(const std::vector<T>& host) {
 }
 
 void Fill(bf16* x, int64_t n, uint64_t seed, float amp) {
-  FillRandom<<<1024, 256>>>(x, n, seed, amp);
-  CHECK_CUDA(cudaGetLastError());
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(1024, std::max<int64_t>(1, (n + 255) / 256)));
+  CHECK_CUDA(mla::cuda::detail::LaunchKernel(FillRandom, blocks, 256, 0, nullptr, x, n, seed, amp));
 }
 
 // Median milliseconds of `iters` runs of fn, each between two events, after 3 warm-ups.
@@ -121,8 +126,8 @@ double MedianMs(const std::function<void()>& fn, int iters) {
   return ms[ms.size() / 2];
 }
 
-double CopyGbps(int iters) {
-  const size_t n = size_t{1} << 30;  // BF16 elements: 2 GiB
+double CopyGbps(int iters, size_t mib) {
+  const size_t n = (mib << 20) / sizeof(bf16);  // BF16 elements: 2 GiB by default
   bf16* x = DeviceAlloc<bf16>(n);
   bf16* y = DeviceAlloc<bf16>(n);
   Fill(x, static_cast<int64_t>(n), 1, 1.0f);
@@ -280,7 +285,8 @@ std::vector<Shape> ParseShapes(const std::string& text) {
 int main(int argc, char** argv) {
   std::string shapes_text = kDefaultShapes;
   int iters = 20;
-  bool json_only = false;
+  size_t copy_mib = 2048;
+  bool json_only = false, check = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--shapes" && i + 1 < argc) {
@@ -289,8 +295,12 @@ int main(int argc, char** argv) {
       iters = std::max(1, std::atoi(argv[++i]));
     } else if (a == "--json") {
       json_only = true;
+    } else if (a == "--check") {
+      check = true;
+    } else if (a == "--copy-mib" && i + 1 < argc) {
+      copy_mib = static_cast<size_t>(std::max(1, std::atoi(argv[++i])));
     } else {
-      std::fprintf(stderr, "usage: mla-bench-decode [--shapes BxLxH,...] [--iters N] [--json]\n");
+      std::fprintf(stderr, "usage: mla-bench-decode [--shapes BxLxH,...] [--iters N] [--json] [--check] [--copy-mib N]\n");
       return 2;
     }
   }
@@ -302,7 +312,7 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaGetDeviceProperties(&prop, device));
   cublasHandle_t blas;
   CHECK_CUBLAS(cublasCreate(&blas));
-  const double copy_gbps = CopyGbps(iters);
+  const double copy_gbps = CopyGbps(iters, copy_mib);
 
   std::vector<Row> rows;
   for (const Shape& s : shapes) {
@@ -321,7 +331,15 @@ int main(int argc, char** argv) {
     rows.push_back(r);
   }
   cublasDestroy(blas);
-  if (json_only) return 0;
+  int status = 0;
+  for (const Row& r : rows) {
+    if (check && !(r.rel_l2 <= 1e-2)) {
+      std::fprintf(stderr, "mla-bench-decode: %dx%dx%d: tensor-core output %.3g relative L2 off the simple kernel's\n",
+                   r.shape.batch, r.shape.context, r.shape.heads, r.rel_l2);
+      status = 1;
+    }
+  }
+  if (json_only) return status;
   std::printf("\n%s, %d SMs; copy %.0f GB/s (read + written)\n", prop.name, sms, copy_gbps);
   std::printf("%-14s %9s %8s %7s %6s %9s %8s %10s %7s %9s\n", "BxLxH", "ms", "GB/s", "%copy", "TF/s", "attn ms",
               "simple x", "items/merg", "plan us", "rel L2");
@@ -338,5 +356,5 @@ int main(int argc, char** argv) {
                 bytes / r.ms / 1e6, 100.0 * bytes / r.ms / 1e6 / copy_gbps, flops / r.ms / 1e9, r.attn_ms,
                 r.simple_ms / r.ms, im.c_str(), r.plan_us, r.rel_l2);
   }
-  return 0;
+  return status;
 }
