@@ -193,7 +193,8 @@ bench=$dir/bin/mla-bench-decode
 if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
   echo
   echo "== decode benchmark: $bench"
-  timeout 600 "$bench" 2>&1 | tee "$logs/decode_bench.jsonl" || echo "run.sh: mla-bench-decode failed (rc $?)"
+  # --check: exit 1 (reported here, the run goes on) where the two decode kernels disagree.
+  timeout 600 "$bench" --check 2>&1 | tee "$logs/decode_bench.jsonl" || echo "run.sh: mla-bench-decode failed (rc $?)"
   baseline=${MLA_TORCH_BASELINE:-}
   for b in "$dir/bench/mla_decode_torch_baseline.py" "$here/../../../shared/bench/mla_decode_torch_baseline.py"; do
     [[ -z $baseline && -f $b ]] && baseline=$b
