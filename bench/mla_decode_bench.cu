@@ -142,6 +142,15 @@ struct Shape {
   int batch, context, heads;
 };
 
+// Latent-cache bytes read, and the flops of the whole absorbed attention (the
+// baseline script's formula).
+double CacheBytes(const Shape& s) { return static_cast<double>(s.batch) * s.context * (kLatent + kRope) * 2; }
+double Flops(const Shape& s) {
+  return 2.0 * s.batch * s.heads *
+         (static_cast<double>(kNope) * kLatent + static_cast<double>(s.context) * (kLatent + kRope) +
+          static_cast<double>(s.context) * kLatent + static_cast<double>(kLatent) * kV);
+}
+
 struct Row {
   Shape shape;
   double ms = 0, attn_ms = 0, simple_ms = 0, plan_us = 0, max_abs = 0, rel_l2 = 0;
@@ -317,10 +326,7 @@ int main(int argc, char** argv) {
   std::vector<Row> rows;
   for (const Shape& s : shapes) {
     const Row r = RunShape(s, blas, sms, iters);
-    const double bytes = static_cast<double>(s.batch) * s.context * (kLatent + kRope) * 2;
-    const double flops = 2.0 * s.batch * s.heads *
-                         (static_cast<double>(kNope) * kLatent + static_cast<double>(s.context) * (kLatent + kRope) +
-                          static_cast<double>(s.context) * kLatent + static_cast<double>(kLatent) * kV);
+    const double bytes = CacheBytes(s), flops = Flops(s);
     std::printf(
         "{\"batch\": %d, \"context\": %d, \"heads\": %d, \"ms\": %.4f, \"cache_gbps\": %.1f, \"tflops\": %.2f, "
         "\"copy_gbps\": %.1f, \"attn_ms\": %.4f, \"attn_gbps\": %.1f, \"simple_ms\": %.4f, \"items\": %d, "
@@ -344,11 +350,7 @@ int main(int argc, char** argv) {
   std::printf("%-14s %9s %8s %7s %6s %9s %8s %10s %7s %9s\n", "BxLxH", "ms", "GB/s", "%copy", "TF/s", "attn ms",
               "simple x", "items/merg", "plan us", "rel L2");
   for (const Row& r : rows) {
-    const double bytes = static_cast<double>(r.shape.batch) * r.shape.context * (kLatent + kRope) * 2;
-    const double flops =
-        2.0 * r.shape.batch * r.shape.heads *
-        (static_cast<double>(kNope) * kLatent + static_cast<double>(r.shape.context) * (kLatent + kRope) +
-         static_cast<double>(r.shape.context) * kLatent + static_cast<double>(kLatent) * kV);
+    const double bytes = CacheBytes(r.shape), flops = Flops(r.shape);
     const std::string name =
         std::to_string(r.shape.batch) + "x" + std::to_string(r.shape.context) + "x" + std::to_string(r.shape.heads);
     const std::string im = std::to_string(r.items) + "/" + std::to_string(r.merges);

@@ -1,19 +1,378 @@
 #include "kernels/cuda/mla_decode_mma.cuh"
 
-#include <atomic>
+#include <cuda_bf16.h>
 
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/launch.cuh"
-#include "kernels/cuda/mla_decode_mma_kernel.cuh"
+#include "kernels/cuda/warp_mma.cuh"
 
 namespace mla::cuda::detail {
 namespace {
 
-using decode_mma::kMaxSharedBytes;
-using decode_mma::kMergeThreads;
-using decode_mma::kThreads;
-using decode_mma::MlaDecodeMergeKernel;
-using decode_mma::MlaDecodeMmaKernel;
-using decode_mma::MlaDecodeMmaSharedBytes;
+using bf16 = __nv_bfloat16;
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kTokenGroups = 4;  // of 16 positions per tile; two warps (k halves) each
+constexpr int kTile = kMlaDecodeTileTokens;  // cached positions per stage
+// Shared-memory rows are padded by 8 BF16 (16 bytes): with latent % 16 == 0
+// the row pitch is an odd number of 16-byte units, so the 8 row addresses of
+// an ldmatrix fall in different banks.
+constexpr int kPad = 8;
+constexpr int kPStride = kTile + kPad;  // BF16 per probability row
+constexpr int kMaxColTiles = 8;         // output tiles of 8 columns per warp: kv_lora <= 8 warps x 64
+constexpr size_t kMaxSharedBytes = 227 * 1024;  // opt-in limit per block on sm_90
+
+// Dynamic shared memory of one work item (bytes): the query rows, two stages
+// of kMlaDecodeTileTokens cache rows, the BF16 probabilities, the row
+// statistics and the score hand-over between k halves.
+size_t MlaDecodeMmaSharedBytes(int latent, int heads_per_block) {
+  const size_t stride = static_cast<size_t>(latent) + kPad;
+  const size_t rows = static_cast<size_t>(heads_per_block);
+  return sizeof(bf16) * (rows * stride + 2 * kTile * stride + rows * kPStride) +
+         sizeof(float) * (kTokenGroups * rows + kTokenGroups * (rows / 16) * 8 * 32);
+}
+
+// One work item (MlaDecodeWorkItem) per block: 16 * MT heads of one sequence
+// over its cached positions [kv_begin, kv_end), in tiles of 64 positions,
+// double-buffered with cp.async. Per tile:
+//   S = Q K^T   [16 MT heads x 64 positions]: warp w takes positions
+//               16 (w % 4) + [0, 16) over half (w / 4) of the latent's
+//               k-steps (K = the cached rows, kv_lora and rope parts alike),
+//               and the upper half hands its partial sums over through shared
+//               memory. So each Q fragment, read from shared memory, serves
+//               two MMAs: Q re-reads, not the MMAs, bound a tile at 128
+//               heads.
+//   online softmax in base 2: row maxima across the token groups through
+//               shared memory; the lower half's warps keep the softmax sums
+//               of their positions.
+//   O += P V    [16 MT x kv_lora]: P (BF16) through shared memory, V = the
+//               kv_lora columns of the same cached rows; warp w owns output
+//               columns [64w, 64w + 64) (fewer for small kv_lora).
+// Four barriers per tile. Positions past kv_end are zero-filled in shared
+// memory (never read from the cache: NaN there must not reach 0 * NaN) and
+// score -inf. The result goes to out_latent (BF16) for a whole sequence, or
+// to its partial slot (FP32, normalised, plus the base-2 log-sum-exp).
+template <int MT>
+__global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParams p) {
+  constexpr int kRows = 16 * MT;
+  MLA_DYNAMIC_SHARED(smem_raw);
+  const int latent = p.kv_lora + p.qk_rope;
+  const int stride = latent + kPad;  // BF16 per cached / query row in shared memory
+  bf16* q_s = reinterpret_cast<bf16*>(smem_raw);           // [kRows, stride]
+  bf16* kv_s = q_s + kRows * stride;                        // [2, kTile, stride]
+  bf16* p_s = kv_s + 2 * kTile * stride;                    // [kRows, kPStride]
+  float* red = reinterpret_cast<float*>(p_s + kRows * kPStride);  // [kTokenGroups, kRows]
+  float* sx = red + kTokenGroups * kRows;  // [kTokenGroups, MT * 8 scores, 32 lanes]
+
+  const MlaDecodeWorkItem item = p.work_items[blockIdx.x];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const int tg = warp % kTokenGroups, kh = warp / kTokenGroups;  // token group, k half
+  const int heads_here = min(kRows, p.num_heads - item.head_begin);
+  const int chunks = latent / 8;  // 16-byte pieces of a row
+  const int kv_chunks = p.kv_lora / 8;
+
+  // Q rows: q_latent then q_pe of each head; rows past the last head are zero.
+  for (int c = threadIdx.x; c < kRows * chunks; c += kThreads) {
+    const int r = c / chunks, k = c - r * chunks;
+    const bf16* src = p.q_latent;
+    int bytes = 0;
+    if (r < heads_here) {
+      const int64_t qh = static_cast<int64_t>(item.seq) * p.num_heads + item.head_begin + r;
+      src = k < kv_chunks ? p.q_latent + qh * p.kv_lora + k * 8 : p.q_pe + qh * p.qk_rope + (k - kv_chunks) * 8;
+      bytes = 16;
+    }
+    CpAsync16(SharedAddress(q_s + r * stride + k * 8), src, bytes);
+  }
+  const int32_t* table = p.block_tables + static_cast<int64_t>(item.seq) * p.max_blocks_per_seq;
+  // Warp w stages rows w, w + 8, ...: one table lookup per row, lanes over its pieces.
+  auto load_tile = [&](int t0, int stage) {
+    bf16* dst = kv_s + stage * kTile * stride;
+    for (int r = warp; r < kTile; r += kWarps) {
+      const int pos = t0 + r;
+      const bool valid = pos < item.kv_end;
+      const bf16* row = p.cache;
+      if (valid) {
+        const int64_t block = table[pos / p.block_size];
+        row = p.cache + (block * p.block_size + pos % p.block_size) * latent;
+      }
+      for (int k = lane; k < chunks; k += 32) {
+        CpAsync16(SharedAddress(dst + r * stride + k * 8), valid ? row + k * 8 : row, valid ? 16 : 0);
+      }
+    }
+  };
+  if (item.kv_begin < item.kv_end) load_tile(item.kv_begin, 0);
+  CpAsyncCommit();
+
+  // This warp's output column tiles: [col0, col0 + cols), 8 columns each.
+  const int per_warp = (kv_chunks + kWarps - 1) / kWarps;
+  const int col0 = warp * per_warp;
+  const int cols = max(0, min(per_warp, kv_chunks - col0));
+
+  // Per m-tile, rows g (index 0) and g + 8 (index 1) of this lane.
+  float m_run[MT][2], l_run[MT][2];
+  float acc[MT][kMaxColTiles][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    m_run[mt][0] = m_run[mt][1] = -INFINITY;
+    l_run[mt][0] = l_run[mt][1] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kMaxColTiles; ++i) acc[mt][i][0] = acc[mt][i][1] = acc[mt][i][2] = acc[mt][i][3] = 0.0f;
+  }
+  const float scale_log2 = p.scale * 1.4426950408889634f;  // scores in log2 units: exp2 below
+  const int k_steps = latent / 16, k_half = (k_steps + 1) / 2;
+  const int ks_begin = kh == 0 ? 0 : k_half, ks_end = kh == 0 ? k_half : k_steps;
+
+  // ldmatrix row addresses of this lane (see warp_mma.cuh): A tiles (Q, P) by
+  // row (lane & 15) and column half (lane >> 4); K for the scores by position
+  // (lane & 7) + 8 (lane >> 4) and column half ((lane >> 3) & 1); V by
+  // position (lane & 15) and column half (lane >> 4).
+  const int a_r = (lane & 7) + ((lane >> 3) & 1) * 8, a_c = (lane >> 4) * 8;
+  const bf16* q_lane = q_s + a_r * stride + a_c;
+  const bf16* p_lane = p_s + a_r * kPStride + a_c;
+
+  int stage = 0;
+  for (int t0 = item.kv_begin; t0 < item.kv_end; t0 += kTile, stage ^= 1) {
+    CpAsyncWait<0>();
+    // Tile t0 (and Q) are in; every warp is done with the other stage, p_s and red.
+    __syncthreads();
+    if (t0 + kTile < item.kv_end) load_tile(t0 + kTile, stage ^ 1);
+    CpAsyncCommit();
+    const bf16* kv = kv_s + stage * kTile * stride;
+
+    // S for positions t0 + 16 tg + [0, 16) (two MMA n-tiles), over this
+    // warp's half of the latent's k-steps. Each x4 load of K serves both
+    // n-tiles: matrices (n-tile 0, k lo), (0, k hi), (1, k lo), (1, k hi).
+    float s[MT][2][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int n = 0; n < 2; ++n) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
+    }
+    const bf16* k_lane = kv + (tg * 16 + (lane & 7) + (lane >> 4) * 8) * stride + ((lane >> 3) & 1) * 8;
+#pragma unroll 2
+    for (int ks = ks_begin; ks < ks_end; ++ks) {
+      uint32_t b[4];
+      LdMatrixX4(b, SharedAddress(k_lane + ks * 16));
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        uint32_t a[4];
+        LdMatrixX4(a, SharedAddress(q_lane + mt * 16 * stride + ks * 16));
+        MmaBf16(s[mt][0], a, b[0], b[1]);
+        MmaBf16(s[mt][1], a, b[2], b[3]);
+      }
+    }
+    // The upper k-half's warps hand their partial scores to the lower half's
+    // (same token group); from here on only those hold S.
+    if (kh == 1) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) sx[(tg * MT * 8 + (mt * 2 + n) * 4 + e) * 32 + lane] = s[mt][n][e];
+        }
+      }
+    }
+    __syncthreads();
+
+    // Scale, mask, and the token group's row maxima (over the 4 lanes of a row).
+    if (kh == 0) {
+      const int pos = t0 + tg * 16 + 2 * t;  // of s[.][n][0] and [2], plus 8 n; +1 for [1] and [3]
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float v = s[mt][n][e] + sx[(tg * MT * 8 + (mt * 2 + n) * 4 + e) * 32 + lane];
+            s[mt][n][e] = pos + 8 * n + (e & 1) < item.kv_end ? v * scale_log2 : -INFINITY;
+          }
+          mx0 = fmaxf(mx0, fmaxf(s[mt][n][0], s[mt][n][1]));
+          mx1 = fmaxf(mx1, fmaxf(s[mt][n][2], s[mt][n][3]));
+        }
+#pragma unroll
+        for (int o = 1; o <= 2; o <<= 1) {
+          mx0 = fmaxf(mx0, __shfl_xor_sync(kFullMask, mx0, o));
+          mx1 = fmaxf(mx1, __shfl_xor_sync(kFullMask, mx1, o));
+        }
+        if (t == 0) {
+          red[tg * kRows + mt * 16 + g] = mx0;
+          red[tg * kRows + mt * 16 + g + 8] = mx1;
+        }
+      }
+    }
+    __syncthreads();
+
+    // Tile maxima (every tile holds a valid position: finite) and rescale
+    // factors in every warp; P = 2^(s - m) into shared memory as BF16 and the
+    // softmax sums of each token group in the lower half's warps.
+    float corr[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = mt * 16 + g + 8 * h;
+        float mx = red[row];
+#pragma unroll
+        for (int w = 1; w < kTokenGroups; ++w) mx = fmaxf(mx, red[w * kRows + row]);
+        const float m_new = fmaxf(m_run[mt][h], mx);
+        corr[mt][h] = exp2f(m_run[mt][h] - m_new);  // 0 on the first tile (m_run -inf)
+        m_run[mt][h] = m_new;
+      }
+      if (kh == 0) {
+        float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+          const float p0 = exp2f(s[mt][n][0] - m_run[mt][0]), p1 = exp2f(s[mt][n][1] - m_run[mt][0]);
+          const float p2 = exp2f(s[mt][n][2] - m_run[mt][1]), p3 = exp2f(s[mt][n][3] - m_run[mt][1]);
+          sum0 += p0 + p1;
+          sum1 += p2 + p3;
+          bf16* prow = p_s + (mt * 16 + g) * kPStride + tg * 16 + n * 8 + 2 * t;
+          *reinterpret_cast<uint32_t*>(prow) = PackBf16(p0, p1);
+          *reinterpret_cast<uint32_t*>(prow + 8 * kPStride) = PackBf16(p2, p3);
+        }
+#pragma unroll
+        for (int o = 1; o <= 2; o <<= 1) {
+          sum0 += __shfl_xor_sync(kFullMask, sum0, o);
+          sum1 += __shfl_xor_sync(kFullMask, sum1, o);
+        }
+        l_run[mt][0] = l_run[mt][0] * corr[mt][0] + sum0;
+        l_run[mt][1] = l_run[mt][1] * corr[mt][1] + sum1;
+      }
+#pragma unroll
+      for (int i = 0; i < kMaxColTiles; ++i) {
+        acc[mt][i][0] *= corr[mt][0];
+        acc[mt][i][1] *= corr[mt][0];
+        acc[mt][i][2] *= corr[mt][1];
+        acc[mt][i][3] *= corr[mt][1];
+      }
+    }
+    __syncthreads();
+
+    // O += P V over this warp's columns, 16 positions per k-step.
+    const bf16* v_lane = kv + a_r * stride + col0 * 8 + a_c;
+#pragma unroll
+    for (int kk = 0; kk < kTile / 16; ++kk) {
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) LdMatrixX4(a[mt], SharedAddress(p_lane + mt * 16 * kPStride + kk * 16));
+#pragma unroll
+      for (int i = 0; i < kMaxColTiles; i += 2) {
+        const bf16* v = v_lane + kk * 16 * stride + i * 8;
+        if (i + 1 < cols) {  // column tiles i and i + 1 in one x4
+          uint32_t b[4];
+          LdMatrixX4Trans(b, SharedAddress(v));
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            MmaBf16(acc[mt][i], a[mt], b[0], b[1]);
+            MmaBf16(acc[mt][i + 1], a[mt], b[2], b[3]);
+          }
+        } else if (i < cols) {
+          uint32_t b0, b1;
+          LdMatrixX2Trans(b0, b1, SharedAddress(v));
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) MmaBf16(acc[mt][i], a[mt], b0, b1);
+        }
+      }
+    }
+  }
+  CpAsyncWait<0>();  // an empty item still has Q in flight
+
+  // Softmax sums over the token groups (the lower half's warps hold them).
+  __syncthreads();  // every warp is past its last read of red
+  if (kh == 0 && t == 0) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      red[tg * kRows + mt * 16 + g] = l_run[mt][0];
+      red[tg * kRows + mt * 16 + g + 8] = l_run[mt][1];
+    }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = mt * 16 + g + 8 * h;
+      if (row >= heads_here) continue;
+      float l = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kTokenGroups; ++w) l += red[w * kRows + row];
+      const float inv = l > 0.0f ? 1.0f / l : 0.0f;  // l == 0 only for kv_len 0: zeros
+      if (item.partial < 0) {
+        bf16* o = p.out_latent + (static_cast<int64_t>(item.seq) * p.num_heads + item.head_begin + row) * p.kv_lora;
+#pragma unroll
+        for (int i = 0; i < kMaxColTiles; ++i) {
+          if (i < cols) {
+            *reinterpret_cast<__nv_bfloat162*>(o + (col0 + i) * 8 + 2 * t) =
+                __floats2bfloat162_rn(acc[mt][i][2 * h] * inv, acc[mt][i][2 * h + 1] * inv);
+          }
+        }
+      } else {
+        const int64_t slot_row = static_cast<int64_t>(item.partial) * kRows + row;
+        float* o = p.partial_out + slot_row * p.kv_lora;
+#pragma unroll
+        for (int i = 0; i < kMaxColTiles; ++i) {
+          if (i < cols) {
+            *reinterpret_cast<float2*>(o + (col0 + i) * 8 + 2 * t) =
+                make_float2(acc[mt][i][2 * h] * inv, acc[mt][i][2 * h + 1] * inv);
+          }
+        }
+        if (warp == 0 && t == 0) p.partial_lse[slot_row] = m_run[mt][h] + log2f(l);
+      }
+    }
+  }
+}
+
+constexpr int kMergeThreads = 128;
+constexpr int kMergeChunk = 256;  // partial weights staged in shared memory at a time
+
+// One (split sequence, head) per block: out = sum_i 2^lse_i o_i / sum_i 2^lse_i
+// over its partial slots, in slot order (run-to-run stable).
+__global__ void __launch_bounds__(kMergeThreads) MlaDecodeMergeKernel(MlaDecodeParams p) {
+  __shared__ float w_s[kMergeChunk];
+  const MlaDecodeMergeItem m = p.merge_items[blockIdx.x];
+  const int row = blockIdx.y;
+  if (m.head_begin + row >= p.num_heads) return;  // uniform over the block
+  const int hpb = p.heads_per_block, n = m.num_partials;
+  const float* lse = p.partial_lse + static_cast<int64_t>(m.first_partial) * hpb + row;
+  float mx = -INFINITY;
+  for (int i = 0; i < n; ++i) mx = fmaxf(mx, lse[static_cast<int64_t>(i) * hpb]);
+  constexpr int kDims = 512 / kMergeThreads;  // kv_lora <= 512 on this path
+  float acc[kDims] = {};
+  float wsum = 0.0f;
+  for (int base = 0; base < n; base += kMergeChunk) {
+    const int count = min(kMergeChunk, n - base);
+    __syncthreads();  // the previous chunk's weights are consumed
+    for (int i = threadIdx.x; i < count; i += kMergeThreads) {
+      w_s[i] = exp2f(lse[static_cast<int64_t>(base + i) * hpb] - mx);
+    }
+    __syncthreads();
+    for (int i = 0; i < count; ++i) {
+      const float w = w_s[i];
+      wsum += w;
+      const float* src = p.partial_out + (static_cast<int64_t>(m.first_partial + base + i) * hpb + row) * p.kv_lora;
+#pragma unroll
+      for (int k = 0; k < kDims; ++k) {
+        const int d = threadIdx.x + k * kMergeThreads;
+        if (d < p.kv_lora) acc[k] = fmaf(w, src[d], acc[k]);
+      }
+    }
+  }
+  const float inv = 1.0f / wsum;  // >= 1: the largest weight is 2^0
+  bf16* o = p.out_latent + (static_cast<int64_t>(m.seq) * p.num_heads + m.head_begin + row) * p.kv_lora;
+#pragma unroll
+  for (int k = 0; k < kDims; ++k) {
+    const int d = threadIdx.x + k * kMergeThreads;
+    if (d < p.kv_lora) o[d] = ToBf16(acc[k] * inv);
+  }
+}
 
 constexpr int kMaxDevices = 64;
 

@@ -75,6 +75,22 @@ struct GemmParams {
   float beta = 0.0f;
 };
 
+// The common case: x [m, k] times a linear layer's weight [n, k] (as stored)
+// into out [m, n], every operand contiguous (ld k for x and W, n for out).
+inline GemmParams DenseGemm(int64_t m, int64_t n, int64_t k, const void* x, DType x_dtype, const void* w,
+                            DType w_dtype, void* out, DType out_dtype) {
+  GemmParams g;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.x = {x, x_dtype, k};
+  g.w = {w, w_dtype, k};
+  g.out = out;
+  g.out_dtype = out_dtype;
+  g.ldo = n;
+  return g;
+}
+
 class CudaContext {
  public:
   // Makes `device` current on this thread and creates the stream and handle.

@@ -477,17 +477,11 @@ absl::Status CudaModel::Attention(int64_t layer, const StepPlan& plan, const Wor
   const int32_t* meta = ws.meta;
 
   // Queries [t, heads, qk] (BF16) and latents [t, kv_lora | rope] (FP32 into the norm).
-  GemmParams g;
-  g.m = t;
-  g.x = {ws.h, DType::kBF16, hd};
+  const bf16* q_in = ws.h;  // what q_b projects: the normed hidden state, or the normed q_a output
+  int64_t q_in_dim = hd;
   if (c.q_lora_rank > 0) {
-    g.n = c.q_lora_rank;
-    g.k = hd;
-    g.w = {w.q_a, DType::kBF16, hd};
-    g.out = ws.qa32;
-    g.out_dtype = DType::kF32;
-    g.ldo = c.q_lora_rank;
-    MLA_RETURN_IF_ERROR(ctx_->Gemm(g));
+    MLA_RETURN_IF_ERROR(
+        ctx_->Gemm(DenseGemm(t, c.q_lora_rank, hd, ws.h, DType::kBF16, w.q_a, DType::kBF16, ws.qa32, DType::kF32)));
     RmsNormF32Params qn;
     qn.x = ws.qa32;
     qn.weight = w.q_a_norm;
@@ -497,28 +491,12 @@ absl::Status CudaModel::Attention(int64_t layer, const StepPlan& plan, const Wor
     qn.ldx = qn.ldo = c.q_lora_rank;
     qn.eps = eps;
     MLA_LAUNCH(LaunchRmsNormF32, qn);
-    g.x = {ws.qa, DType::kBF16, c.q_lora_rank};
-    g.k = c.q_lora_rank;
-  } else {
-    g.k = hd;
+    q_in = ws.qa;
+    q_in_dim = c.q_lora_rank;
   }
-  g.n = heads * qk;
-  g.w = {w.q_b, DType::kBF16, g.k};
-  g.out = ws.q;
-  g.out_dtype = DType::kBF16;
-  g.ldo = heads * qk;
-  MLA_RETURN_IF_ERROR(ctx_->Gemm(g));
-
-  g = GemmParams{};
-  g.m = t;
-  g.n = lat;
-  g.k = hd;
-  g.x = {ws.h, DType::kBF16, hd};
-  g.w = {w.kv_a, DType::kBF16, hd};
-  g.out = ws.kva32;
-  g.out_dtype = DType::kF32;
-  g.ldo = lat;
-  MLA_RETURN_IF_ERROR(ctx_->Gemm(g));
+  MLA_RETURN_IF_ERROR(
+      ctx_->Gemm(DenseGemm(t, heads * qk, q_in_dim, q_in, DType::kBF16, w.q_b, DType::kBF16, ws.q, DType::kBF16)));
+  MLA_RETURN_IF_ERROR(ctx_->Gemm(DenseGemm(t, lat, hd, ws.h, DType::kBF16, w.kv_a, DType::kBF16, ws.kva32, DType::kF32)));
 
   // kv_a_layernorm on c_kv and RoPE on k_pe, rounded once to BF16; RoPE on q_pe.
   LatentNormRopeParams ln;
@@ -577,7 +555,7 @@ absl::Status CudaModel::Attention(int64_t layer, const StepPlan& plan, const Wor
     gather.block_size = static_cast<int>(cache.block_size());
     gather.max_blocks_per_seq = static_cast<int>(plan.max_blocks);
     MLA_LAUNCH(LaunchLatentGather, gather);
-    g = GemmParams{};
+    GemmParams g;
     g.m = plan.naive_kv;
     g.n = heads * kvw;
     g.k = kvl;
@@ -617,7 +595,7 @@ absl::Status CudaModel::Attention(int64_t layer, const StepPlan& plan, const Wor
     }
     // Head h: q_lat[r, h, j] = sum_i q[r, h, i] * kv_b[h * kvw + i, j], i < nope:
     // kv_b's W_UK rows of head h read as a [k = nope, n = kv_lora] matrix.
-    g = GemmParams{};
+    GemmParams g;
     g.m = d;
     g.n = kvl;
     g.k = nope;
@@ -670,47 +648,22 @@ absl::Status CudaModel::Attention(int64_t layer, const StepPlan& plan, const Wor
   }
 
   // o_proj into the FP32 branch (this rank's heads: a partial sum under TP).
-  g = GemmParams{};
-  g.m = t;
-  g.n = hd;
-  g.k = heads * vd;
-  g.x = {ws.heads_out, DType::kBF16, heads * vd};
-  g.w = {w.o_proj, DType::kBF16, heads * vd};
-  g.out = ws.branch;
-  g.out_dtype = DType::kF32;
-  g.ldo = hd;
-  return ctx_->Gemm(g);
+  return ctx_->Gemm(
+      DenseGemm(t, hd, heads * vd, ws.heads_out, DType::kBF16, w.o_proj, DType::kBF16, ws.branch, DType::kF32));
 }
 
 // out[rows, hidden] (FP32) = down(silu(gate(x)) * up(x)), x [rows, hidden] BF16.
 absl::Status CudaModel::Mlp(const DeviceMlp& w, const bf16* x, int64_t rows, const Workspace& ws, float* out) {
   const int64_t hd = config_.hidden_size;
-  GemmParams g;
-  g.m = rows;
-  g.n = 2 * w.inter;
-  g.k = hd;
-  g.x = {x, DType::kBF16, hd};
-  g.w = {w.gate_up, DType::kBF16, hd};
-  g.out = ws.gate_up;
-  g.out_dtype = DType::kBF16;
-  g.ldo = 2 * w.inter;
-  MLA_RETURN_IF_ERROR(ctx_->Gemm(g));
+  MLA_RETURN_IF_ERROR(
+      ctx_->Gemm(DenseGemm(rows, 2 * w.inter, hd, x, DType::kBF16, w.gate_up, DType::kBF16, ws.gate_up, DType::kBF16)));
   SiluMulParams act;
   act.gate_up = ws.gate_up;
   act.out = ws.act;
   act.rows = rows;
   act.inter = w.inter;
   MLA_LAUNCH(LaunchSiluMul, act);
-  g = GemmParams{};
-  g.m = rows;
-  g.n = hd;
-  g.k = w.inter;
-  g.x = {ws.act, DType::kBF16, w.inter};
-  g.w = {w.down, DType::kBF16, w.inter};
-  g.out = out;
-  g.out_dtype = DType::kF32;
-  g.ldo = hd;
-  return ctx_->Gemm(g);
+  return ctx_->Gemm(DenseGemm(rows, hd, w.inter, ws.act, DType::kBF16, w.down, DType::kBF16, out, DType::kF32));
 }
 
 // Routed experts over the rows routed to each (only the experts used this
@@ -722,16 +675,9 @@ absl::Status CudaModel::Moe(const DeviceMoe& w, int64_t rows, const Workspace& w
   const int64_t hd = c.hidden_size, experts = c.n_routed_experts, k = c.num_experts_per_tok, slots = rows * k;
   const int64_t inter = w.experts.front().inter;
 
-  GemmParams g;  // FP32 router logits from FP32 inputs
-  g.m = rows;
-  g.n = experts;
-  g.k = hd;
-  g.x = {ws.h32, DType::kF32, hd};
-  g.w = {w.router, DType::kF32, hd};
-  g.out = ws.router;
-  g.out_dtype = DType::kF32;
-  g.ldo = experts;
-  MLA_RETURN_IF_ERROR(ctx_->Gemm(g));
+  // FP32 router logits from FP32 inputs.
+  MLA_RETURN_IF_ERROR(
+      ctx_->Gemm(DenseGemm(rows, experts, hd, ws.h32, DType::kF32, w.router, DType::kF32, ws.router, DType::kF32)));
   MoeRoutingParams rp;
   rp.logits = ws.router;
   rp.bias = w.router_bias;
@@ -788,16 +734,9 @@ absl::Status CudaModel::Moe(const DeviceMoe& w, int64_t rows, const Workspace& w
   for (int64_t e = 0; e < experts; ++e) {
     const int64_t r0 = begin[e], n = begin[e + 1] - r0;
     if (n == 0) continue;
-    g = GemmParams{};
-    g.m = n;
-    g.n = 2 * inter;
-    g.k = hd;
-    g.x = {ws.xs + r0 * hd, DType::kBF16, hd};
-    g.w = {w.experts[static_cast<size_t>(e)].gate_up, DType::kBF16, hd};
-    g.out = ws.gate_up + r0 * 2 * inter;
-    g.out_dtype = DType::kBF16;
-    g.ldo = 2 * inter;
-    MLA_RETURN_IF_ERROR(ctx_->Gemm(g));
+    MLA_RETURN_IF_ERROR(ctx_->Gemm(DenseGemm(n, 2 * inter, hd, ws.xs + r0 * hd, DType::kBF16,
+                                             w.experts[static_cast<size_t>(e)].gate_up, DType::kBF16,
+                                             ws.gate_up + r0 * 2 * inter, DType::kBF16)));
   }
   SiluMulParams act;
   act.gate_up = ws.gate_up;
@@ -808,16 +747,9 @@ absl::Status CudaModel::Moe(const DeviceMoe& w, int64_t rows, const Workspace& w
   for (int64_t e = 0; e < experts; ++e) {
     const int64_t r0 = begin[e], n = begin[e + 1] - r0;
     if (n == 0) continue;
-    g = GemmParams{};
-    g.m = n;
-    g.n = hd;
-    g.k = inter;
-    g.x = {ws.act + r0 * inter, DType::kBF16, inter};
-    g.w = {w.experts[static_cast<size_t>(e)].down, DType::kBF16, inter};
-    g.out = ws.ys + r0 * hd;
-    g.out_dtype = DType::kF32;
-    g.ldo = hd;
-    MLA_RETURN_IF_ERROR(ctx_->Gemm(g));
+    MLA_RETURN_IF_ERROR(ctx_->Gemm(DenseGemm(n, hd, inter, ws.act + r0 * inter, DType::kBF16,
+                                             w.experts[static_cast<size_t>(e)].down, DType::kBF16, ws.ys + r0 * hd,
+                                             DType::kF32)));
   }
   // The shared experts write the branch first; the combine adds the routed sum to it
   // (routed + shared, as the CPU: one FP32 addition either way round).
@@ -853,16 +785,8 @@ absl::StatusOr<std::vector<float>> CudaModel::Logits(const StepPlan& plan, const
   gr.ld_in = hd;
   gr.ldo = hd;
   MLA_LAUNCH(LaunchGatherRows, gr);
-  GemmParams g;
-  g.m = rows;
-  g.n = lv;
-  g.k = hd;
-  g.x = {ws.sel, DType::kBF16, hd};
-  g.w = {weights_.lm_head, DType::kBF16, hd};
-  g.out = ws.logits;
-  g.out_dtype = DType::kF32;
-  g.ldo = lv;
-  MLA_RETURN_IF_ERROR(ctx_->Gemm(g));
+  MLA_RETURN_IF_ERROR(
+      ctx_->Gemm(DenseGemm(rows, lv, hd, ws.sel, DType::kBF16, weights_.lm_head, DType::kBF16, ws.logits, DType::kF32)));
   const size_t local = static_cast<size_t>(rows * lv);
   if (ranks() == 1) {
     std::vector<float> logits(local);

@@ -10,6 +10,8 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/float_convert.h"
+
 namespace {
 
 struct Handle {
@@ -17,21 +19,15 @@ struct Handle {
 };
 
 float Load(const void* base, cudaDataType type, int64_t index) {
-  if (type == CUDA_R_32F) return static_cast<const float*>(base)[index];
-  uint16_t bits;
-  std::memcpy(&bits, static_cast<const uint16_t*>(base) + index, sizeof(bits));
-  const uint32_t u = static_cast<uint32_t>(bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
+  return type == CUDA_R_32F ? static_cast<const float*>(base)[index]
+                            : mla::cpu::Bf16ToFloat(static_cast<const uint16_t*>(base)[index]);
 }
 
 void Store(void* base, cudaDataType type, int64_t index, float v) {
   if (type == CUDA_R_32F) {
     static_cast<float*>(base)[index] = v;
   } else {
-    const __nv_bfloat16 b = __float2bfloat16_rn(v);
-    std::memcpy(static_cast<uint16_t*>(base) + index, &b, sizeof(uint16_t));
+    static_cast<uint16_t*>(base)[index] = mla::cpu::FloatToBf16(v);
   }
 }
 

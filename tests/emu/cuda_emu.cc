@@ -7,6 +7,8 @@
 #include <random>
 #include <vector>
 
+#include "kernels/cpu/float_convert.h"
+
 // Fiber switch (x86-64 System V): saves the callee-saved registers on the
 // current stack, stores the stack pointer in *from_sp, loads to_sp, restores
 // that fiber's registers and returns into it. No signal-mask syscall (as
@@ -138,18 +140,20 @@ void Arrive(Barrier& bar, int participants) {
   }
 }
 
+void Land(const std::vector<Copy>& group) {
+  for (const Copy& c : group) {
+    std::memset(c.dst, 0, 16);  // src_bytes < 16 zero-fills the rest
+    std::memcpy(c.dst, c.src, static_cast<size_t>(c.src_bytes));
+  }
+}
+
 void FiberEntry() {
   Block& b = *g_block;
   (*b.kernel)();
   Fiber& me = b.fibers[b.current];
-  if (!me.pending.empty() || !me.groups.empty()) {
-    // The hardware lands them anyway; a kernel that reads them later must wait.
-    CpAsyncWaitGroups(0);
-    for (const Copy& c : me.pending) {
-      std::memset(c.dst, 0, 16);
-      std::memcpy(c.dst, c.src, static_cast<size_t>(c.src_bytes));
-    }
-  }
+  // The hardware lands a finished thread's copies anyway.
+  CpAsyncWaitGroups(0);
+  Land(me.pending);
   me.done = true;
   --b.live;
   ++b.progress;
@@ -159,13 +163,6 @@ void FiberEntry() {
   }
   Yield();  // never returns here: this fiber is done
   Fail("a finished fiber was resumed");
-}
-
-void Land(const std::vector<Copy>& group) {
-  for (const Copy& c : group) {
-    std::memset(c.dst, 0, 16);  // src_bytes < 16 zero-fills the rest
-    std::memcpy(c.dst, c.src, static_cast<size_t>(c.src_bytes));
-  }
 }
 
 }  // namespace
@@ -287,13 +284,6 @@ namespace {
 
 uint16_t Half(uint32_t word, int which) { return static_cast<uint16_t>(which == 0 ? word & 0xffff : word >> 16); }
 
-float Bf16ToFloat(uint16_t bits) {
-  const uint32_t u = static_cast<uint32_t>(bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
-
 uint16_t LoadBf16(uint32_t addr) {
   if (addr + 2 > ::mla::emu::SharedBytes()) ::mla::emu::Fail("ldmatrix reads past the dynamic shared memory");
   uint16_t v;
@@ -336,9 +326,9 @@ void MmaBf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   const uint32_t mine[6] = {a[0], a[1], a[2], a[3], b0, b1};
   const uint32_t(*all)[8] = ::mla::emu::WarpPublish(mine, 6);
   auto A = [&](int r, int k) {
-    return Bf16ToFloat(Half(all[(r % 8) * 4 + (k % 8) / 2][(r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], k % 2));
+    return cpu::Bf16ToFloat(Half(all[(r % 8) * 4 + (k % 8) / 2][(r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], k % 2));
   };
-  auto B = [&](int k, int n) { return Bf16ToFloat(Half(all[n * 4 + (k % 8) / 2][k >= 8 ? 5 : 4], k % 2)); };
+  auto B = [&](int k, int n) { return cpu::Bf16ToFloat(Half(all[n * 4 + (k % 8) / 2][k >= 8 ? 5 : 4], k % 2)); };
   const int lane = static_cast<int>(::mla::emu::ThreadIdx().x & 31), g = lane / 4, t = lane % 4;
   for (int e = 0; e < 4; ++e) {
     const int row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e % 2);

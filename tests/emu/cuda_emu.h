@@ -1,8 +1,10 @@
 // Runs CUDA kernel sources on the CPU, for tests on machines without a GPU.
 //
-// Include this first, then a kernel header (e.g. mla_decode_mma_kernel.cuh),
-// and run a kernel with mla::emu::LaunchGrid. Each CUDA thread of a block is a
-// fiber (ucontext) on the calling thread; blocks run one after another. Every
+// It comes before everything else in a host build of CUDA sources
+// (tests/emu/CMakeLists.txt force-includes it); kernels then run through
+// kernels/cuda/launch.cuh's LaunchKernel, defined here, or mla::emu::LaunchGrid.
+// Each CUDA thread of a block is a fiber on the calling thread (x86-64 only:
+// the switch is a few lines of asm); blocks run one after another. Every
 // block barrier and every warp-collective operation (shuffles, ldmatrix,
 // mma.sync) switches fibers until all its participants have arrived, so
 // kernels written for lock-step warps run unchanged. What is modelled:

@@ -15,6 +15,7 @@
 #include <span>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu/attention.h"
@@ -134,11 +135,23 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
   MLA_ASSERT_CUDA(cudaDeviceGetAttribute(&device_sms, cudaDevAttrMultiProcessorCount, 0));
   // The simple kernel (no plan), then the tensor-core kernel (where the shape
   // allows; otherwise the launcher falls back to the simple one) under plans
-  // for one SM (no split), the device's SMs (the production plan) and 2^20
-  // SMs (every sequence split into single tiles: the merge at its widest).
+  // for one SM (no split), 3 SMs, the device's SMs (the production plan) and
+  // 2^20 SMs (every sequence split into single tiles: the merge at its widest).
+  // On the CPU emulator (tests/emu) the widest plan also runs with the fibers
+  // in reverse and in two seeded random orders: a missing barrier tends to
+  // show under one order or another. (order: 0 forward, 1 reverse, 2+ random.)
   const bool mma = cuda::MlaDecodeUsesTensorCores(c.kv_lora, c.rope);
-  for (const int sms : {0, 1, device_sms, 1 << 20}) {
-    SCOPED_TRACE(sms == 0 ? std::string("simple kernel") : "plan for " + std::to_string(sms) + " SMs");
+  std::vector<std::pair<int, int>> runs = {{0, 0}, {1, 0}, {3, 0}, {device_sms, 0}, {1 << 20, 0}};
+#if defined(MLA_CUDA_EMULATED)
+  runs.insert(runs.end(), {{1 << 20, 1}, {1 << 20, 2}, {1 << 20, 3}});
+#endif
+  for (const auto& [sms, order] : runs) {
+#if defined(MLA_CUDA_EMULATED)
+    emu::SetSchedule(order == 0 ? emu::Schedule::kForward : order == 1 ? emu::Schedule::kReverse : emu::Schedule::kRandom,
+                     static_cast<uint64_t>(order));
+#endif
+    SCOPED_TRACE(sms == 0 ? std::string("simple kernel")
+                          : "plan for " + std::to_string(sms) + " SMs, fiber order " + std::to_string(order));
     cuda::MlaDecodeParams p;
     p.q_latent = d_q_lat.bf16();
     p.q_pe = d_q_pe.bf16();
@@ -185,6 +198,9 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
       EXPECT_TRUE(gpu_test::AllClose(gotf, want, kRtol, kAtol));
     }
   }
+#if defined(MLA_CUDA_EMULATED)
+  emu::SetSchedule(emu::Schedule::kForward);
+#endif
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -203,7 +219,13 @@ INSTANTIATE_TEST_SUITE_P(
         DecodeCase{64, 512, 64, 0.0f, {130, 0, 1000}},
         // The golden fixtures' attention: 8 heads, kv_lora 160 + rope 16 (latent % 32 == 16:
         // the last score k-step alone) and V2-Lite's 96 + 16.
-        DecodeCase{8, 160, 16, 0.25f, {1, 5, 64, 129}}, DecodeCase{8, 96, 16, 0.25f, {17, 300}}),
+        DecodeCase{8, 160, 16, 0.25f, {1, 5, 64, 129}}, DecodeCase{8, 96, 16, 0.25f, {17, 300}},
+        // Short enough for the emulator's extra fiber orders: DeepSeek-V3's latent at 16
+        // heads with a partial tile; 20 heads with kv_lora 64 (warps 1..7 one output tile,
+        // 5 k-steps split 3 + 2); two head groups of 32 over latent 160; the fixtures'
+        // 8 x (160 + 16) with an empty sequence.
+        DecodeCase{16, 512, 64, 0.0f, {130, 3}}, DecodeCase{20, 64, 16, 0.3f, {200, 1, 64}},
+        DecodeCase{64, 128, 32, 0.2f, {70, 128}}, DecodeCase{8, 160, 16, 0.25f, {1, 5, 64, 65, 129, 0}}),
     // Names for --gtest_filter (tests/gpu/run.sh runs a few under racecheck by name).
     [](const ::testing::TestParamInfo<DecodeCase>& info) {
       const DecodeCase& c = info.param;
