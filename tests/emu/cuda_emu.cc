@@ -38,6 +38,21 @@ mla_emu_switch:
   .popsection
 )");
 
+// Built with AddressSanitizer (the *_asan tests), every stack switch is
+// announced to it, so that it tracks which stack is live (otherwise it takes
+// a fiber's frames for a wild stack and reports nonsense).
+#if defined(__SANITIZE_ADDRESS__)
+#define MLA_EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MLA_EMU_ASAN 1
+#endif
+#endif
+#if defined(MLA_EMU_ASAN)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+
 namespace mla::emu {
 namespace {
 
@@ -73,6 +88,8 @@ struct Block {
   std::vector<Warp> warps;
   Barrier block_barrier;
   void* main_sp = nullptr;
+  const void* main_stack = nullptr;  // the launching thread's stack (for AddressSanitizer)
+  size_t main_stack_bytes = 0;
   int current = 0;
   int live = 0;
   uint64_t progress = 0;  // barrier arrivals and fiber exits
@@ -96,6 +113,21 @@ thread_local Dim3 g_block_idx, g_block_dim, g_grid_dim;
 
 namespace {
 
+// mla_emu_switch, announced to AddressSanitizer where it is built in: `to_stack`
+// is the bottom of the stack switched to (its lowest address), `dying` says the
+// current fiber never runs again.
+void Switch(void** from_sp, void* to_sp, [[maybe_unused]] const void* to_stack,
+            [[maybe_unused]] size_t to_stack_bytes, [[maybe_unused]] bool dying) {
+#if defined(MLA_EMU_ASAN)
+  void* fake_stack = nullptr;
+  __sanitizer_start_switch_fiber(dying ? nullptr : &fake_stack, to_stack, to_stack_bytes);
+  mla_emu_switch(from_sp, to_sp);
+  __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+#else
+  mla_emu_switch(from_sp, to_sp);
+#endif
+}
+
 // Switches to the next live fiber after the current one (round robin).
 void Yield() {
   Block& b = *g_block;
@@ -108,7 +140,7 @@ void Yield() {
     if (!b.fibers[next].done) {
       if (next == me) return;
       b.current = next;
-      mla_emu_switch(&b.fibers[me].sp, b.fibers[next].sp);
+      Switch(&b.fibers[me].sp, b.fibers[next].sp, b.fibers[next].stack.get(), kStackBytes, false);
       return;
     }
   }
@@ -149,6 +181,17 @@ void Land(const std::vector<Copy>& group) {
 
 void FiberEntry() {
   Block& b = *g_block;
+#if defined(MLA_EMU_ASAN)
+  // Entered by a switch (from the launching thread for the block's first
+  // fiber, whose stack is kept for the way back).
+  const void* from_stack = nullptr;
+  size_t from_bytes = 0;
+  __sanitizer_finish_switch_fiber(nullptr, &from_stack, &from_bytes);
+  if (b.main_stack == nullptr) {
+    b.main_stack = from_stack;
+    b.main_stack_bytes = from_bytes;
+  }
+#endif
   (*b.kernel)();
   Fiber& me = b.fibers[b.current];
   // The hardware lands a finished thread's copies anyway.
@@ -159,7 +202,7 @@ void FiberEntry() {
   ++b.progress;
   if (b.live == 0) {
     void* unused;
-    mla_emu_switch(&unused, b.main_sp);  // never resumed
+    Switch(&unused, b.main_sp, b.main_stack, b.main_stack_bytes, true);  // never resumed
   }
   Yield();  // never returns here: this fiber is done
   Fail("a finished fiber was resumed");
@@ -199,7 +242,7 @@ size_t SharedBytes() { return g_block->shared.size() - 16; }
 
 void CpAsyncQueue(unsigned char* dst, const void* src, int src_bytes) {
   if (src_bytes < 0 || src_bytes > 16) Fail("cp.async with a source size outside [0, 16]");
-  if (dst < g_block->shared.data() || dst + 16 > g_block->shared.data() + g_block->shared.size()) {
+  if (dst < SharedBase() || dst + 16 > SharedBase() + SharedBytes()) {
     Fail("cp.async outside the block's shared memory");
   }
   if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || (src_bytes > 0 && reinterpret_cast<uintptr_t>(src) % 16 != 0)) {
@@ -229,6 +272,11 @@ namespace {
 // return address for FiberEntry itself (which never returns), so that
 // FiberEntry starts with rsp % 16 == 8 as after a call.
 void* InitialStack(char* stack) {
+#if defined(MLA_EMU_ASAN)
+  // A fiber's frames never return: their redzones from the last block it ran
+  // are still marked on this memory.
+  ASAN_UNPOISON_MEMORY_REGION(stack, kStackBytes);
+#endif
   auto top = reinterpret_cast<uintptr_t>(stack + kStackBytes) & ~uintptr_t{15};
   void** sp = reinterpret_cast<void**>(top);
   *--sp = nullptr;
@@ -240,7 +288,14 @@ void* InitialStack(char* stack) {
 // One block: a fiber per thread from the kernel's start, run until all are done.
 [[gnu::noinline]] void RunBlock(Block& b, Dim3 idx, size_t shared_bytes) {
   g_block_idx = idx;
+#if defined(MLA_EMU_ASAN)
+  if (!b.shared.empty()) ASAN_UNPOISON_MEMORY_REGION(b.shared.data(), b.shared.size());
+#endif
   b.shared.assign(shared_bytes + 16, 0xff);  // poison: NaN as BF16 and FP32
+#if defined(MLA_EMU_ASAN)
+  // The 16 bytes past the block's dynamic shared memory are not the kernel's.
+  ASAN_POISON_MEMORY_REGION(b.shared.data() + shared_bytes, 16);
+#endif
   b.block_barrier = Barrier{};
   for (Warp& w : b.warps) w.barrier = Barrier{};
   const int threads = static_cast<int>(b.fibers.size());
@@ -254,7 +309,9 @@ void* InitialStack(char* stack) {
   }
   b.live = threads;
   b.current = g_schedule == Schedule::kForward ? 0 : threads - 1;
-  mla_emu_switch(&b.main_sp, b.fibers[static_cast<size_t>(b.current)].sp);  // back when every fiber is done
+  b.main_stack = nullptr;  // learnt by the first fiber
+  Fiber& first = b.fibers[static_cast<size_t>(b.current)];
+  Switch(&b.main_sp, first.sp, first.stack.get(), kStackBytes, false);  // back when every fiber is done
 }
 
 }  // namespace

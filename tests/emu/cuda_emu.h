@@ -62,6 +62,10 @@ void SyncThreads();
 void SyncWarp();
 // What the next cudaGetLastError returns (cuda_runtime_emu.cc): launch errors.
 void SetLastError(cudaError_t e);
+// The dynamic shared memory a launch of `kernel` may ask for on the current
+// device: 48 KiB, or what cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
+// raised it to there (a real launch above it fails; cuda_runtime_emu.cc).
+size_t DynamicSharedLimit(const void* kernel);
 // Warp collective in two steps: every lane publishes n <= 8 words and gets the
 // warp's table (row l: lane l's words), readable until every lane has called
 // WarpRelease.
@@ -159,8 +163,12 @@ void CpAsyncWait() {
 template <typename... Params, typename... Args>
 cudaError_t LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t,
                          Args&&... args) {
-  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x == 0 || block.x % 32 != 0 || block.y != 1 ||
-      block.z != 1 || block.x > 1024 || shared_bytes > 227 * 1024) {
+  // The hardware's launch limits (grid y and z up to 65535; 1-D blocks of
+  // whole warps here), and dynamic shared memory above 48 KiB only after the
+  // kernel opted in on this device, as a real launch checks.
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535 ||
+      block.x == 0 || block.x % 32 != 0 || block.y != 1 || block.z != 1 || block.x > 1024 ||
+      shared_bytes > ::mla::emu::DynamicSharedLimit(reinterpret_cast<const void*>(kernel))) {
     ::mla::emu::SetLastError(cudaErrorInvalidConfiguration);
     return cudaErrorInvalidConfiguration;
   }

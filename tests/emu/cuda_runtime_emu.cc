@@ -11,6 +11,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <utility>
 
 namespace {
 
@@ -25,6 +28,15 @@ int DeviceCount() {
   return n >= 1 && n <= 16 ? n : 1;
 }
 
+// Dynamic shared memory per block: what any kernel may use, and the most a
+// kernel may opt into (an H100's figures).
+constexpr size_t kDefaultShared = 48 * 1024;
+constexpr int kMaxSharedOptIn = 227 * 1024;
+// cudaFuncSetAttribute(MaxDynamicSharedMemorySize) per (device, kernel): the
+// attribute is per device, as on the hardware.
+std::mutex g_shared_limits_mutex;
+std::map<std::pair<int, const void*>, size_t> g_shared_limits;
+
 cudaError_t Record(cudaError_t e) {
   if (e != cudaSuccess) g_last_error = e;
   return e;
@@ -34,17 +46,28 @@ cudaError_t Record(cudaError_t e) {
 
 namespace mla::emu {
 void SetLastError(cudaError_t e) { Record(e); }
+
+size_t DynamicSharedLimit(const void* kernel) {
+  const std::lock_guard<std::mutex> lock(g_shared_limits_mutex);
+  const auto it = g_shared_limits.find({g_device, kernel});
+  return it != g_shared_limits.end() ? it->second : kDefaultShared;
+}
 }  // namespace mla::emu
 
 extern "C" {
 
 cudaError_t cudaMalloc(void** ptr, size_t size) {
   if (ptr == nullptr) return Record(cudaErrorInvalidValue);
-  // 256-byte aligned like cudaMalloc; filled with a pattern, not zeros (device memory starts undefined).
-  const size_t bytes = (size + 255) / 256 * 256;
-  *ptr = bytes == 0 ? nullptr : std::aligned_alloc(256, bytes);
-  if (bytes != 0 && *ptr == nullptr) return Record(cudaErrorMemoryAllocation);
-  if (*ptr != nullptr) std::memset(*ptr, 0xa5, bytes);
+  // 256-byte aligned like cudaMalloc; filled with a pattern, not zeros (device
+  // memory starts undefined). Exactly `size` bytes, so that an AddressSanitizer
+  // build (the *_asan tests) reports a kernel reading or writing past the end.
+  *ptr = nullptr;
+  if (size == 0) return cudaSuccess;
+  if (posix_memalign(ptr, 256, size) != 0) {
+    *ptr = nullptr;
+    return Record(cudaErrorMemoryAllocation);
+  }
+  std::memset(*ptr, 0xa5, size);
   return cudaSuccess;
 }
 
@@ -142,8 +165,15 @@ cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int dev
   return cudaSuccess;
 }
 
-cudaError_t cudaFuncSetAttribute(const void* func, enum cudaFuncAttribute, int) {
-  return func == nullptr ? Record(cudaErrorInvalidDeviceFunction) : cudaSuccess;
+cudaError_t cudaFuncSetAttribute(const void* func, enum cudaFuncAttribute attr, int value) {
+  if (func == nullptr) return Record(cudaErrorInvalidDeviceFunction);
+  if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+    // An H100's opt-in limit per block (static shared memory would come off it).
+    if (value < 0 || value > kMaxSharedOptIn) return Record(cudaErrorInvalidValue);
+    const std::lock_guard<std::mutex> lock(g_shared_limits_mutex);
+    g_shared_limits[{g_device, func}] = static_cast<size_t>(value);
+  }
+  return cudaSuccess;
 }
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {

@@ -109,8 +109,8 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
   for (int64_t s = 0; s < seqs; ++s) {
     if (c.kv_lens[s] == 0) continue;
     cpu::MlaAbsorbedParams p;
-    p.q_latent = &q_latf[s * c.heads * c.kv_lora];
-    p.q_pe = &q_pef[s * c.heads * c.rope];
+    p.q_latent = q_latf.data() + s * c.heads * c.kv_lora;
+    p.q_pe = q_pef.data() + s * c.heads * c.rope;  // empty where rope is 0
     p.cache.base = cache.data();
     p.cache.dtype = cpu::CacheDType::kBF16;
     p.cache.num_blocks = b.num_blocks;
