@@ -17,6 +17,13 @@
 //
 //   mla-bench-decode [--shapes 1x4096x128,16x4096x128,...] [--iters 20] [--json] [--check]
 //                    [--copy-mib 2048]   (the copy measured for the bandwidth floor)
+//                    [--heads-per-block 16|32] [--plan-waves 1.0] [--no-simple-timing]
+//
+// The last three try variants of the kernel's work partition in one GPU call
+// (tests/gpu/run.sh runs a few after the main table): the head-group size
+// (default: 16 up to 16 heads, 32 above), the plan's target in waves of the
+// device's SMs (default one: about one item per SM), and skipping the simple
+// kernel's timing (it still runs once for the check).
 //
 // Prints one JSON object per shape (with --json, only those) and a table.
 // --check: exit 1 when a shape's tensor-core output is off the simple
@@ -151,13 +158,22 @@ double Flops(const Shape& s) {
           static_cast<double>(s.context) * kLatent + static_cast<double>(kLatent) * kV);
 }
 
+// How a run partitions and times the work (the flags above).
+struct Options {
+  int iters = 20;
+  int plan_sms = 0;         // the plan's target: items that run at once
+  int heads_per_block = 0;  // 0: the default for the head count
+  bool time_simple = true;
+};
+
 struct Row {
   Shape shape;
   double ms = 0, attn_ms = 0, simple_ms = 0, plan_us = 0, max_abs = 0, rel_l2 = 0;
-  int items = 0, merges = 0;
+  int items = 0, merges = 0, heads_per_block = 0;
 };
 
-Row RunShape(const Shape& s, cublasHandle_t blas, int sms, int iters) {
+Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
+  const int iters = opt.iters;
   const int B = s.batch, L = s.context, H = s.heads, lat = kLatent + kRope;
   const int blocks_per_seq = (L + kBlock - 1) / kBlock;
   const int64_t num_blocks = static_cast<int64_t>(B) * blocks_per_seq;
@@ -187,7 +203,9 @@ Row RunShape(const Shape& s, cublasHandle_t blas, int sms, int iters) {
   int32_t* kv_lens = Upload(lens);
 
   const auto t0 = std::chrono::steady_clock::now();
-  const MlaDecodePlan plan = mla::cuda::PlanMlaDecode(lens, H, sms);
+  const MlaDecodePlan plan = opt.heads_per_block == 0
+                                 ? mla::cuda::PlanMlaDecode(lens, H, opt.plan_sms)
+                                 : mla::cuda::PlanMlaDecode(lens, H, opt.plan_sms, opt.heads_per_block);
   const double plan_us =
       std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
   MlaDecodeWorkItem* items = Upload(plan.items);
@@ -241,9 +259,10 @@ Row RunShape(const Shape& s, cublasHandle_t blas, int sms, int iters) {
   row.plan_us = plan_us;
   row.items = static_cast<int>(plan.items.size());
   row.merges = static_cast<int>(plan.merges.size());
+  row.heads_per_block = plan.heads_per_block;
   row.ms = MedianMs([&] { absorb(); attend(p); unabsorb(o_lat); }, iters);
   row.attn_ms = MedianMs([&] { attend(p); }, iters);
-  row.simple_ms = MedianMs([&] { absorb(); attend(simple); unabsorb(o_ref); }, iters);
+  if (opt.time_simple) row.simple_ms = MedianMs([&] { absorb(); attend(simple); unabsorb(o_ref); }, iters);
 
   // The tensor-core output against the simple kernel's (FP32 softmax weights there).
   absorb();
@@ -293,23 +312,41 @@ std::vector<Shape> ParseShapes(const std::string& text) {
 
 int main(int argc, char** argv) {
   std::string shapes_text = kDefaultShapes;
-  int iters = 20;
+  Options opt;
+  double plan_waves = 1.0;
   size_t copy_mib = 2048;
   bool json_only = false, check = false;
+  const char* usage =
+      "usage: mla-bench-decode [--shapes BxLxH,...] [--iters N] [--json] [--check] [--copy-mib N]\n"
+      "                        [--heads-per-block 16|32] [--plan-waves X] [--no-simple-timing]\n";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--shapes" && i + 1 < argc) {
       shapes_text = argv[++i];
     } else if (a == "--iters" && i + 1 < argc) {
-      iters = std::max(1, std::atoi(argv[++i]));
+      opt.iters = std::max(1, std::atoi(argv[++i]));
     } else if (a == "--json") {
       json_only = true;
     } else if (a == "--check") {
       check = true;
     } else if (a == "--copy-mib" && i + 1 < argc) {
       copy_mib = static_cast<size_t>(std::max(1, std::atoi(argv[++i])));
+    } else if (a == "--heads-per-block" && i + 1 < argc) {
+      opt.heads_per_block = std::atoi(argv[++i]);
+      if (opt.heads_per_block != 16 && opt.heads_per_block != 32) {
+        std::fprintf(stderr, "mla-bench-decode: --heads-per-block %s: expected 16 or 32\n", argv[i]);
+        return 2;
+      }
+    } else if (a == "--plan-waves" && i + 1 < argc) {
+      plan_waves = std::atof(argv[++i]);
+      if (!(plan_waves > 0.0 && plan_waves <= 64.0)) {
+        std::fprintf(stderr, "mla-bench-decode: --plan-waves %s: expected a number in (0, 64]\n", argv[i]);
+        return 2;
+      }
+    } else if (a == "--no-simple-timing") {
+      opt.time_simple = false;
     } else {
-      std::fprintf(stderr, "usage: mla-bench-decode [--shapes BxLxH,...] [--iters N] [--json] [--check] [--copy-mib N]\n");
+      std::fprintf(stderr, "%s", usage);
       return 2;
     }
   }
@@ -321,18 +358,21 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaGetDeviceProperties(&prop, device));
   cublasHandle_t blas;
   CHECK_CUBLAS(cublasCreate(&blas));
-  const double copy_gbps = CopyGbps(iters, copy_mib);
+  opt.plan_sms = std::max(1, static_cast<int>(std::lround(plan_waves * sms)));
+  const double copy_gbps = CopyGbps(opt.iters, copy_mib);
 
   std::vector<Row> rows;
   for (const Shape& s : shapes) {
-    const Row r = RunShape(s, blas, sms, iters);
+    const Row r = RunShape(s, blas, opt);
     const double bytes = CacheBytes(s), flops = Flops(s);
     std::printf(
         "{\"batch\": %d, \"context\": %d, \"heads\": %d, \"ms\": %.4f, \"cache_gbps\": %.1f, \"tflops\": %.2f, "
         "\"copy_gbps\": %.1f, \"attn_ms\": %.4f, \"attn_gbps\": %.1f, \"simple_ms\": %.4f, \"items\": %d, "
-        "\"merges\": %d, \"plan_us\": %.1f, \"max_abs_vs_simple\": %.3g, \"rel_l2_vs_simple\": %.3g}\n",
+        "\"merges\": %d, \"plan_us\": %.1f, \"max_abs_vs_simple\": %.3g, \"rel_l2_vs_simple\": %.3g, "
+        "\"heads_per_block\": %d, \"plan_sms\": %d}\n",
         s.batch, s.context, s.heads, r.ms, bytes / r.ms / 1e6, flops / r.ms / 1e9, copy_gbps, r.attn_ms,
-        bytes / r.attn_ms / 1e6, r.simple_ms, r.items, r.merges, r.plan_us, r.max_abs, r.rel_l2);
+        bytes / r.attn_ms / 1e6, r.simple_ms, r.items, r.merges, r.plan_us, r.max_abs, r.rel_l2,
+        r.heads_per_block, opt.plan_sms);
     std::fflush(stdout);
     rows.push_back(r);
   }
@@ -346,17 +386,20 @@ int main(int argc, char** argv) {
     }
   }
   if (json_only) return status;
-  std::printf("\n%s, %d SMs; copy %.0f GB/s (read + written)\n", prop.name, sms, copy_gbps);
-  std::printf("%-14s %9s %8s %7s %6s %9s %8s %10s %7s %9s\n", "BxLxH", "ms", "GB/s", "%copy", "TF/s", "attn ms",
-              "simple x", "items/merg", "plan us", "rel L2");
+  std::printf("\n%s, %d SMs; copy %.0f GB/s (read + written); plan for %d SMs\n", prop.name, sms, copy_gbps,
+              opt.plan_sms);
+  std::printf("%-14s %9s %8s %7s %6s %9s %8s %4s %10s %7s %9s\n", "BxLxH", "ms", "GB/s", "%copy", "TF/s", "attn ms",
+              "simple x", "hpb", "items/merg", "plan us", "rel L2");
   for (const Row& r : rows) {
     const double bytes = CacheBytes(r.shape), flops = Flops(r.shape);
     const std::string name =
         std::to_string(r.shape.batch) + "x" + std::to_string(r.shape.context) + "x" + std::to_string(r.shape.heads);
     const std::string im = std::to_string(r.items) + "/" + std::to_string(r.merges);
-    std::printf("%-14s %9.4f %8.0f %6.1f%% %6.1f %9.4f %7.2fx %10s %7.1f %9.2g\n", name.c_str(), r.ms,
-                bytes / r.ms / 1e6, 100.0 * bytes / r.ms / 1e6 / copy_gbps, flops / r.ms / 1e9, r.attn_ms,
-                r.simple_ms / r.ms, im.c_str(), r.plan_us, r.rel_l2);
+    char simple_x[16] = "-";
+    if (r.simple_ms > 0) std::snprintf(simple_x, sizeof(simple_x), "%.2fx", r.simple_ms / r.ms);
+    std::printf("%-14s %9.4f %8.0f %6.1f%% %6.1f %9.4f %8s %4d %10s %7.1f %9.2g\n", name.c_str(), r.ms,
+                bytes / r.ms / 1e6, 100.0 * bytes / r.ms / 1e6 / copy_gbps, flops / r.ms / 1e9, r.attn_ms, simple_x,
+                r.heads_per_block, im.c_str(), r.plan_us, r.rel_l2);
   }
   return status;
 }

@@ -406,7 +406,7 @@ cudaError_t Launch(const MlaDecodeParams& p, size_t smem, cudaStream_t stream) {
 cudaError_t LaunchMlaDecodeMma(const MlaDecodeParams& p, cudaStream_t stream) {
   const int latent = p.kv_lora + p.qk_rope;
   const size_t smem = MlaDecodeMmaSharedBytes(latent, p.heads_per_block);
-  if (!MlaDecodeUsesTensorCores(p.kv_lora, p.qk_rope) || p.heads_per_block != MlaDecodeHeadsPerBlock(p.num_heads) ||
+  if (!MlaDecodeUsesTensorCores(p.kv_lora, p.qk_rope) || (p.heads_per_block != 16 && p.heads_per_block != 32) ||
       smem > kMaxSharedBytes || p.num_work_items <= 0 || p.num_merge_items < 0 ||
       (p.num_merge_items > 0 && (p.partial_out == nullptr || p.partial_lse == nullptr))) {
     return cudaErrorInvalidValue;

@@ -22,8 +22,13 @@ int MlaDecodeHeadsPerBlock(int num_heads) { return num_heads <= 16 ? 16 : 32; }
 int64_t MlaDecodeMaxPartials(int num_sms) { return 2 * static_cast<int64_t>(std::max(num_sms, 1)); }
 
 MlaDecodePlan PlanMlaDecode(std::span<const int32_t> kv_lens, int num_heads, int num_sms) {
+  return PlanMlaDecode(kv_lens, num_heads, num_sms, MlaDecodeHeadsPerBlock(num_heads));
+}
+
+MlaDecodePlan PlanMlaDecode(std::span<const int32_t> kv_lens, int num_heads, int num_sms, int heads_per_block) {
   MlaDecodePlan plan;
-  plan.heads_per_block = MlaDecodeHeadsPerBlock(num_heads);
+  plan.heads_per_block =
+      heads_per_block == 16 || heads_per_block == 32 ? heads_per_block : MlaDecodeHeadsPerBlock(num_heads);
   const int64_t groups = CeilDiv(std::max(num_heads, 1), plan.heads_per_block);
   const int64_t tile = kMlaDecodeTileTokens;
   int64_t total = 0;  // tiles over all (sequence, head group) pairs

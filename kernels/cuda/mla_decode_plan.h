@@ -51,7 +51,8 @@ struct MlaDecodePlan {
 bool MlaDecodeUsesTensorCores(int kv_lora, int qk_rope);
 
 // Heads per work item: one 16-row MMA tile up to 16 heads, two above (the
-// cache tile in shared memory then serves 32 heads).
+// cache tile in shared memory then serves 32 heads). The kernel runs either
+// for any head count (rows past the last head are zero); this is the default.
 int MlaDecodeHeadsPerBlock(int num_heads);
 
 // The most partial slots any plan for `num_sms` uses: size the workspace
@@ -63,5 +64,8 @@ int64_t MlaDecodeMaxPartials(int num_sms);
 // num_sms: thread blocks that run at once (the kernel runs one per SM); the
 // plan aims at one wave of about that many items.
 MlaDecodePlan PlanMlaDecode(std::span<const int32_t> kv_lens, int num_heads, int num_sms);
+// The same with heads_per_block chosen by the caller (a benchmark comparing
+// the two): 16 or 32; any other value takes MlaDecodeHeadsPerBlock(num_heads).
+MlaDecodePlan PlanMlaDecode(std::span<const int32_t> kv_lens, int num_heads, int num_sms, int heads_per_block);
 
 }  // namespace mla::cuda

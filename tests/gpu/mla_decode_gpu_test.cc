@@ -136,22 +136,31 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
   // The simple kernel (no plan), then the tensor-core kernel (where the shape
   // allows; otherwise the launcher falls back to the simple one) under plans
   // for one SM (no split), 3 SMs, the device's SMs (the production plan) and
-  // 2^20 SMs (every sequence split into single tiles: the merge at its widest).
+  // 2^20 SMs (every sequence split into single tiles: the merge at its widest),
+  // and the device's SMs with the other head-group size (16 heads per block
+  // where the default is 32 and the reverse, as the benchmark may choose).
   // On the CPU emulator (tests/emu) the widest plan also runs with the fibers
   // in reverse and in two seeded random orders: a missing barrier tends to
   // show under one order or another. (order: 0 forward, 1 reverse, 2+ random.)
   const bool mma = cuda::MlaDecodeUsesTensorCores(c.kv_lora, c.rope);
-  std::vector<std::pair<int, int>> runs = {{0, 0}, {1, 0}, {3, 0}, {device_sms, 0}, {1 << 20, 0}};
+  const int other_hpb = cuda::MlaDecodeHeadsPerBlock(static_cast<int>(c.heads)) == 16 ? 32 : 16;
+  struct Run {
+    int sms, order, heads_per_block;  // sms 0: the simple kernel; heads_per_block 0: the default
+  };
+  std::vector<Run> runs = {{0, 0, 0}, {1, 0, 0}, {3, 0, 0}, {device_sms, 0, 0}, {1 << 20, 0, 0},
+                           {device_sms, 0, other_hpb}};
 #if defined(MLA_CUDA_EMULATED)
-  runs.insert(runs.end(), {{1 << 20, 1}, {1 << 20, 2}, {1 << 20, 3}});
+  runs.insert(runs.end(), {{1 << 20, 1, 0}, {1 << 20, 2, 0}, {1 << 20, 3, 0}});
 #endif
-  for (const auto& [sms, order] : runs) {
+  for (const auto& [sms, order, hpb] : runs) {
 #if defined(MLA_CUDA_EMULATED)
     emu::SetSchedule(order == 0 ? emu::Schedule::kForward : order == 1 ? emu::Schedule::kReverse : emu::Schedule::kRandom,
                      static_cast<uint64_t>(order));
 #endif
     SCOPED_TRACE(sms == 0 ? std::string("simple kernel")
-                          : "plan for " + std::to_string(sms) + " SMs, fiber order " + std::to_string(order));
+                          : "plan for " + std::to_string(sms) + " SMs, heads per block " +
+                                (hpb == 0 ? std::string("default") : std::to_string(hpb)) + ", fiber order " +
+                                std::to_string(order));
     cuda::MlaDecodeParams p;
     p.q_latent = d_q_lat.bf16();
     p.q_pe = d_q_pe.bf16();
@@ -166,7 +175,9 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
     p.block_size = static_cast<int>(b.block_size);
     p.max_blocks_per_seq = static_cast<int>(b.max_blocks);
     p.scale = scale;
-    const cuda::MlaDecodePlan plan = cuda::PlanMlaDecode(kv_lens, c.heads, std::max(sms, 1));
+    const cuda::MlaDecodePlan plan =
+        hpb == 0 ? cuda::PlanMlaDecode(kv_lens, c.heads, std::max(sms, 1))
+                 : cuda::PlanMlaDecode(kv_lens, c.heads, std::max(sms, 1), hpb);
     ASSERT_LE(plan.num_partials, cuda::MlaDecodeMaxPartials(std::max(sms, 1)));
     // Unused partial slots are NaN (poisoned): the merge must read only its own.
     DeviceBuffer<cuda::MlaDecodeWorkItem> d_items(plan.items);

@@ -19,6 +19,7 @@
 #   MLA_GPU_TEST_TIMEOUT  seconds per binary (default 900)
 #   MLA_LAUNCHER_CHECK_TIMEOUT  seconds for the launcher check (default 600; its own waits are shorter)
 #   MLA_GPU_SANITIZE=1    run each binary under compute-sanitizer (memcheck)
+#   MLA_GPU_BENCH_SWEEP=0 skip the decode benchmark's partition variants
 #   MLA_GPU_RACECHECK_FILTER  gtest filter of the decode cases run under racecheck (empty: none)
 #   MLA_GPU_LOG_DIR       where the full logs and XML reports go (default: a temp dir); when $OUT is
 #                         set (the device runner), they are also packed into $OUT/gpu-test-logs.tar.gz
@@ -210,6 +211,19 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
       echo "run.sh: the comparison failed"
   else
     echo "run.sh: no PyTorch baseline script (MLA_TORCH_BASELINE): the benchmark ran alone"
+  fi
+  # Variants of the work partition, for the next change to start from a
+  # measurement (bench/RESULTS.md): 16 heads per block at 128 heads (Q re-read
+  # from shared memory for every 16 heads instead of 32, but twice the blocks
+  # over the same cache tiles), and plans for two waves and half a wave of SMs.
+  if [[ ${MLA_GPU_BENCH_SWEEP:-1} != 0 ]]; then
+    for variant in "--heads-per-block 16 --shapes 1x4096x128,16x4096x128,64x8192x128" "--plan-waves 2" \
+                   "--plan-waves 0.5"; do
+      echo "== decode benchmark variant: $variant"
+      # shellcheck disable=SC2086  # the variant is several flags
+      timeout 300 "$bench" --check --no-simple-timing --copy-mib 512 $variant 2>&1 |
+        tee -a "$logs/decode_bench_variants.jsonl" | grep -v '^{' || echo "run.sh: variant '$variant' failed"
+    done
   fi
 fi
 

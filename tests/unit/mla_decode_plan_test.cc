@@ -15,10 +15,13 @@
 namespace mla::cuda {
 namespace {
 
-void CheckPlan(const std::vector<int32_t>& lens, int heads, int sms) {
-  SCOPED_TRACE(::testing::Message() << lens.size() << " sequences, " << heads << " heads, " << sms << " SMs");
-  const MlaDecodePlan plan = PlanMlaDecode(lens, heads, sms);
-  ASSERT_EQ(plan.heads_per_block, MlaDecodeHeadsPerBlock(heads));
+// heads_per_block 0: the default (MlaDecodeHeadsPerBlock), else the caller's.
+void CheckPlan(const std::vector<int32_t>& lens, int heads, int sms, int heads_per_block = 0) {
+  SCOPED_TRACE(::testing::Message() << lens.size() << " sequences, " << heads << " heads, " << sms << " SMs, "
+                                    << heads_per_block << " heads per block");
+  const MlaDecodePlan plan =
+      heads_per_block == 0 ? PlanMlaDecode(lens, heads, sms) : PlanMlaDecode(lens, heads, sms, heads_per_block);
+  ASSERT_EQ(plan.heads_per_block, heads_per_block == 0 ? MlaDecodeHeadsPerBlock(heads) : heads_per_block);
   const int hpb = plan.heads_per_block;
   const int groups = (heads + hpb - 1) / hpb;
   // covered[s][group]: positions seen, in order; partial slot use counts.
@@ -101,6 +104,7 @@ TEST(MlaDecodePlanTest, CoversEveryPositionOnce) {
     for (int32_t& n : lens) n = static_cast<int32_t>(rng() % 3 == 0 ? rng() % 65 : rng() % 9000);
     const int heads = std::vector<int>{1, 8, 16, 17, 32, 64, 128}[rng() % 7];
     CheckPlan(lens, heads, static_cast<int>(1 + rng() % 200));
+    CheckPlan(lens, heads, static_cast<int>(1 + rng() % 200), rng() % 2 == 0 ? 16 : 32);
   }
 }
 
@@ -135,6 +139,11 @@ TEST(MlaDecodePlanTest, ShapesForTheTensorCores) {
   EXPECT_EQ(MlaDecodeHeadsPerBlock(16), 16);
   EXPECT_EQ(MlaDecodeHeadsPerBlock(17), 32);
   EXPECT_EQ(MlaDecodeHeadsPerBlock(128), 32);
+  // A caller's choice of 16 or 32 holds; anything else is the default.
+  EXPECT_EQ(PlanMlaDecode(std::vector<int32_t>{100}, 128, 132, 16).heads_per_block, 16);
+  EXPECT_EQ(PlanMlaDecode(std::vector<int32_t>{100}, 128, 132, 16).items.size(), 8u * 2u);
+  EXPECT_EQ(PlanMlaDecode(std::vector<int32_t>{100}, 8, 132, 32).heads_per_block, 32);
+  EXPECT_EQ(PlanMlaDecode(std::vector<int32_t>{100}, 128, 132, 24).heads_per_block, 32);
 }
 
 }  // namespace
