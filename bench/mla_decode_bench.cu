@@ -17,13 +17,15 @@
 //
 //   mla-bench-decode [--shapes 1x4096x128,16x4096x128,...] [--iters 20] [--json] [--check]
 //                    [--copy-mib 2048]   (the copy measured for the bandwidth floor)
-//                    [--heads-per-block 16|32] [--plan-waves 1.0] [--no-simple-timing]
+//                    [--heads-per-block 16|32] [--plan-waves 1.0] [--query shared|registers]
+//                    [--no-simple-timing]
 //
-// The last three try variants of the kernel's work partition in one GPU call
-// (tests/gpu/run.sh runs a few after the main table): the head-group size
-// (default: 16 up to 16 heads, 32 above), the plan's target in waves of the
-// device's SMs (default one: about one item per SM), and skipping the simple
-// kernel's timing (it still runs once for the check).
+// The last four try variants of the kernel and its work partition in one GPU
+// call (tests/gpu/run.sh runs a few after the main table): the head-group
+// size (default: 16 up to 16 heads, 32 above), the plan's target in waves of
+// the device's SMs (default one: about one item per SM), where the kernel
+// keeps the query (MlaDecodeQuery; default: its kAuto), and skipping the
+// simple kernel's timing (it still runs once for the check).
 //
 // Prints one JSON object per shape (with --json, only those) and a table.
 // --check: exit 1 when a shape's tensor-core output is off the simple
@@ -163,6 +165,7 @@ struct Options {
   int iters = 20;
   int plan_sms = 0;         // the plan's target: items that run at once
   int heads_per_block = 0;  // 0: the default for the head count
+  mla::cuda::MlaDecodeQuery query = mla::cuda::MlaDecodeQuery::kAuto;
   bool time_simple = true;
 };
 
@@ -233,6 +236,7 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
   p.merge_items = merges;
   p.num_merge_items = static_cast<int>(plan.merges.size());
   p.heads_per_block = plan.heads_per_block;
+  p.query = opt.query;
   p.partial_out = partial;
   p.partial_lse = partial_lse;
   MlaDecodeParams simple = p;
@@ -318,7 +322,8 @@ int main(int argc, char** argv) {
   bool json_only = false, check = false;
   const char* usage =
       "usage: mla-bench-decode [--shapes BxLxH,...] [--iters N] [--json] [--check] [--copy-mib N]\n"
-      "                        [--heads-per-block 16|32] [--plan-waves X] [--no-simple-timing]\n";
+      "                        [--heads-per-block 16|32] [--plan-waves X] [--query shared|registers]\n"
+      "                        [--no-simple-timing]\n";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--shapes" && i + 1 < argc) {
@@ -341,6 +346,16 @@ int main(int argc, char** argv) {
       plan_waves = std::atof(argv[++i]);
       if (!(plan_waves > 0.0 && plan_waves <= 64.0)) {
         std::fprintf(stderr, "mla-bench-decode: --plan-waves %s: expected a number in (0, 64]\n", argv[i]);
+        return 2;
+      }
+    } else if (a == "--query" && i + 1 < argc) {
+      const std::string q = argv[++i];
+      if (q == "shared") {
+        opt.query = mla::cuda::MlaDecodeQuery::kShared;
+      } else if (q == "registers") {
+        opt.query = mla::cuda::MlaDecodeQuery::kRegisters;
+      } else {
+        std::fprintf(stderr, "mla-bench-decode: --query %s: expected shared or registers\n", q.c_str());
         return 2;
       }
     } else if (a == "--no-simple-timing") {
@@ -369,10 +384,10 @@ int main(int argc, char** argv) {
         "{\"batch\": %d, \"context\": %d, \"heads\": %d, \"ms\": %.4f, \"cache_gbps\": %.1f, \"tflops\": %.2f, "
         "\"copy_gbps\": %.1f, \"attn_ms\": %.4f, \"attn_gbps\": %.1f, \"simple_ms\": %.4f, \"items\": %d, "
         "\"merges\": %d, \"plan_us\": %.1f, \"max_abs_vs_simple\": %.3g, \"rel_l2_vs_simple\": %.3g, "
-        "\"heads_per_block\": %d, \"plan_sms\": %d}\n",
+        "\"heads_per_block\": %d, \"plan_sms\": %d, \"query\": \"%s\"}\n",
         s.batch, s.context, s.heads, r.ms, bytes / r.ms / 1e6, flops / r.ms / 1e9, copy_gbps, r.attn_ms,
         bytes / r.attn_ms / 1e6, r.simple_ms, r.items, r.merges, r.plan_us, r.max_abs, r.rel_l2,
-        r.heads_per_block, opt.plan_sms);
+        r.heads_per_block, opt.plan_sms, opt.query == mla::cuda::MlaDecodeQuery::kRegisters ? "registers" : "shared");
     std::fflush(stdout);
     rows.push_back(r);
   }
@@ -386,8 +401,8 @@ int main(int argc, char** argv) {
     }
   }
   if (json_only) return status;
-  std::printf("\n%s, %d SMs; copy %.0f GB/s (read + written); plan for %d SMs\n", prop.name, sms, copy_gbps,
-              opt.plan_sms);
+  std::printf("\n%s, %d SMs; copy %.0f GB/s (read + written); plan for %d SMs; query in %s\n", prop.name, sms,
+              copy_gbps, opt.plan_sms, opt.query == mla::cuda::MlaDecodeQuery::kRegisters ? "registers" : "shared memory");
   std::printf("%-14s %9s %8s %7s %6s %9s %8s %4s %10s %7s %9s\n", "BxLxH", "ms", "GB/s", "%copy", "TF/s", "attn ms",
               "simple x", "hpb", "items/merg", "plan us", "rel L2");
   for (const Row& r : rows) {

@@ -26,6 +26,14 @@
 
 namespace mla::cuda {
 
+// Where the tensor-core kernel keeps a work item's query while it streams the
+// cache (mla_decode_mma.cu): re-read from shared memory every tile (kShared),
+// or held as MMA fragments in registers for the whole item (kRegisters: a
+// third less shared-memory traffic per tile at 32 heads per block, the price
+// being registers and a four-way sum of partial scores). kAuto is kShared
+// until a GPU run has compared them (bench/RESULTS.md).
+enum class MlaDecodeQuery { kAuto, kShared, kRegisters };
+
 struct MlaDecodeParams {
   const __nv_bfloat16* q_latent = nullptr;  // [num_seqs, num_heads, kv_lora]
   const __nv_bfloat16* q_pe = nullptr;      // [num_seqs, num_heads, qk_rope], RoPE applied
@@ -51,6 +59,9 @@ struct MlaDecodeParams {
   int num_work_items = 0;
   int num_merge_items = 0;
   int heads_per_block = 0;  // the plan's
+  // In the padding before the pointers: the struct keeps its size (one 8 bytes
+  // larger made ptxas spill 16 bytes in the simple kernel, MlaDecodeKernel<18>).
+  MlaDecodeQuery query = MlaDecodeQuery::kAuto;
   float* partial_out = nullptr;  // [partials, heads_per_block, kv_lora]
   float* partial_lse = nullptr;  // [partials, heads_per_block], base 2
 };

@@ -26,13 +26,29 @@ constexpr int kPad = 8;
 constexpr int kPStride = kTile + kPad;  // BF16 per probability row
 constexpr int kMaxColTiles = 8;         // output tiles of 8 columns per warp: kv_lora <= 8 warps x 64
 constexpr size_t kMaxSharedBytes = 227 * 1024;  // opt-in limit per block on sm_90
+// The query-in-registers variant: warps split a tile as 2 token halves (32
+// positions, 4 MMA n-tiles) x 4 k-quarters, each warp holding its quarter of
+// the query as MMA fragments for the whole item; the softmax then works in 8
+// groups of 8 positions, one per warp.
+constexpr int kQuarters = 4;
+constexpr int kMaxQuarterSteps = 10;  // k-steps of 16 per quarter: latent <= 640
+constexpr int kFineGroups = kWarps;   // softmax groups of 8 positions
 
-// Dynamic shared memory of one work item (bytes): the query rows, two stages
-// of kMlaDecodeTileTokens cache rows, the BF16 probabilities, the row
-// statistics and the score hand-over between k halves.
-size_t MlaDecodeMmaSharedBytes(int latent, int heads_per_block) {
+// Dynamic shared memory of one work item (bytes). Query in shared memory: the
+// query rows, two stages of kMlaDecodeTileTokens cache rows, the BF16
+// probabilities, the row statistics and the score hand-over between k halves.
+// Query in registers: the query rows (staging for the fragments, then reused
+// for the four k-quarters' partial scores: the larger of the two), the two
+// stages, the probabilities and the row statistics of 8 groups.
+__host__ __device__ size_t MlaDecodeMmaSharedBytes(int latent, int heads_per_block, bool query_in_registers) {
   const size_t stride = static_cast<size_t>(latent) + kPad;
   const size_t rows = static_cast<size_t>(heads_per_block);
+  if (query_in_registers) {
+    const size_t q_bytes = sizeof(bf16) * rows * stride;
+    const size_t partial_bytes = sizeof(float) * kWarps * (rows / 16) * 16 * 32;  // [warp][mt][n][e][lane]
+    return (q_bytes > partial_bytes ? q_bytes : partial_bytes) +
+           sizeof(bf16) * (2 * kTile * stride + rows * kPStride) + sizeof(float) * kFineGroups * rows;
+  }
   return sizeof(bf16) * (rows * stride + 2 * kTile * stride + rows * kPStride) +
          sizeof(float) * (kTokenGroups * rows + kTokenGroups * (rows / 16) * 8 * 32);
 }
@@ -40,16 +56,20 @@ size_t MlaDecodeMmaSharedBytes(int latent, int heads_per_block) {
 // One work item (MlaDecodeWorkItem) per block: 16 * MT heads of one sequence
 // over its cached positions [kv_begin, kv_end), in tiles of 64 positions,
 // double-buffered with cp.async. Per tile:
-//   S = Q K^T   [16 MT heads x 64 positions]: warp w takes positions
-//               16 (w % 4) + [0, 16) over half (w / 4) of the latent's
-//               k-steps (K = the cached rows, kv_lora and rope parts alike),
-//               and the upper half hands its partial sums over through shared
-//               memory. So each Q fragment, read from shared memory, serves
-//               two MMAs: Q re-reads, not the MMAs, bound a tile at 128
-//               heads.
-//   online softmax in base 2: row maxima across the token groups through
-//               shared memory; the lower half's warps keep the softmax sums
-//               of their positions.
+//   S = Q K^T   [16 MT heads x 64 positions], K = the cached rows (kv_lora
+//               and rope parts alike). Query in shared memory (kQRegs
+//               false): warp w takes positions 16 (w % 4) + [0, 16) over half
+//               (w / 4) of the latent's k-steps, and the upper half hands its
+//               partial sums over through shared memory; each Q fragment,
+//               read from shared memory every tile, serves two MMAs, so Q
+//               re-reads, not the MMAs, bound a tile at 128 heads. Query in
+//               registers (kQRegs): warp w takes positions 32 (w % 2) + [0,
+//               32) over quarter w / 2 of the k-steps with its Q fragments
+//               loaded once per item; the four quarters' partial sums meet in
+//               shared memory, where warp w sums positions 8 w + [0, 8).
+//   online softmax in base 2: row maxima across the position groups through
+//               shared memory; the warps holding a group's scores keep its
+//               softmax sums.
 //   O += P V    [16 MT x kv_lora]: P (BF16) through shared memory, V = the
 //               kv_lora columns of the same cached rows; warp w owns output
 //               columns [64w, 64w + 64) (fewer for small kv_lora).
@@ -57,22 +77,31 @@ size_t MlaDecodeMmaSharedBytes(int latent, int heads_per_block) {
 // memory (never read from the cache: NaN there must not reach 0 * NaN) and
 // score -inf. The result goes to out_latent (BF16) for a whole sequence, or
 // to its partial slot (FP32, normalised, plus the base-2 log-sum-exp).
-template <int MT>
+template <int MT, bool kQRegs>
 __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParams p) {
   constexpr int kRows = 16 * MT;
+  constexpr int kGroups = kQRegs ? kFineGroups : kTokenGroups;  // softmax position groups (red's rows)
   MLA_DYNAMIC_SHARED(smem_raw);
   const int latent = p.kv_lora + p.qk_rope;
   const int stride = latent + kPad;  // BF16 per cached / query row in shared memory
-  bf16* q_s = reinterpret_cast<bf16*>(smem_raw);           // [kRows, stride]
-  bf16* kv_s = q_s + kRows * stride;                        // [2, kTile, stride]
-  bf16* p_s = kv_s + 2 * kTile * stride;                    // [kRows, kPStride]
-  float* red = reinterpret_cast<float*>(p_s + kRows * kPStride);  // [kTokenGroups, kRows]
-  float* sx = red + kTokenGroups * kRows;  // [kTokenGroups, MT * 8 scores, 32 lanes]
+  bf16* q_s = reinterpret_cast<bf16*>(smem_raw);  // [kRows, stride]
+  // Query in registers: q_s is dead once the fragments are loaded, and the
+  // quarters' partial scores [kWarps][MT][4 n][4 e][32 lanes] take its place.
+  const size_t q_region = kQRegs ? MlaDecodeMmaSharedBytes(latent, kRows, true) -
+                                       sizeof(bf16) * (2 * kTile * stride + kRows * kPStride) -
+                                       sizeof(float) * kGroups * kRows
+                                 : sizeof(bf16) * kRows * stride;
+  bf16* kv_s = reinterpret_cast<bf16*>(smem_raw + q_region);  // [2, kTile, stride]
+  bf16* p_s = kv_s + 2 * kTile * stride;                      // [kRows, kPStride]
+  float* red = reinterpret_cast<float*>(p_s + kRows * kPStride);  // [kGroups, kRows]
+  // Query in shared memory: [kTokenGroups, MT * 8 scores, 32 lanes]; in registers: over q_s.
+  float* sx = kQRegs ? reinterpret_cast<float*>(smem_raw) : red + kGroups * kRows;
 
   const MlaDecodeWorkItem item = p.work_items[blockIdx.x];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
-  const int tg = warp % kTokenGroups, kh = warp / kTokenGroups;  // token group, k half
+  const int tg = warp % kTokenGroups, kh = warp / kTokenGroups;  // token group, k half (query in shared memory)
+  const int th = warp & 1, kq = warp >> 1;                         // token half, k quarter (query in registers)
   const int heads_here = min(kRows, p.num_heads - item.head_begin);
   const int chunks = latent / 8;  // 16-byte pieces of a row
   const int kv_chunks = p.kv_lora / 8;
@@ -89,6 +118,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
     }
     CpAsync16(SharedAddress(q_s + r * stride + k * 8), src, bytes);
   }
+  if constexpr (kQRegs) CpAsyncCommit();  // Q alone: its fragments are loaded before the first tile lands
   const int32_t* table = p.block_tables + static_cast<int64_t>(item.seq) * p.max_blocks_per_seq;
   // Warp w stages rows w, w + 8, ...: one table lookup per row, lanes over its pieces.
   auto load_tile = [&](int t0, int stage) {
@@ -136,6 +166,24 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
   const bf16* q_lane = q_s + a_r * stride + a_c;
   const bf16* p_lane = p_s + a_r * kPStride + a_c;
 
+  // Query in registers: this warp's k-quarter [kq_begin, kq_begin + kq_len)
+  // of the k-steps, as A fragments, loaded once. Every warp loads before any
+  // passes the first tile's barrier, after which q_s holds partial scores.
+  const int quarter = (k_steps + kQuarters - 1) / kQuarters;
+  const int kq_begin = min(k_steps, kq * quarter), kq_len = min(quarter, k_steps - kq_begin);
+  uint32_t qf[kQRegs ? MT : 1][kQRegs ? kMaxQuarterSteps : 1][4];
+  if constexpr (kQRegs) {
+    CpAsyncWait<1>();  // Q's group (the first tile's may still be in flight)
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < kMaxQuarterSteps; ++j) {
+      if (j < kq_len) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) LdMatrixX4(qf[mt][j], SharedAddress(q_lane + mt * 16 * stride + (kq_begin + j) * 16));
+      }
+    }
+  }
+
   int stage = 0;
   for (int t0 = item.kv_begin; t0 < item.kv_end; t0 += kTile, stage ^= 1) {
     CpAsyncWait<0>();
@@ -145,54 +193,122 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
     CpAsyncCommit();
     const bf16* kv = kv_s + stage * kTile * stride;
 
-    // S for positions t0 + 16 tg + [0, 16) (two MMA n-tiles), over this
-    // warp's half of the latent's k-steps. Each x4 load of K serves both
-    // n-tiles: matrices (n-tile 0, k lo), (0, k hi), (1, k lo), (1, k hi).
-    float s[MT][2][4];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-      for (int n = 0; n < 2; ++n) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
-    }
-    const bf16* k_lane = kv + (tg * 16 + (lane & 7) + (lane >> 4) * 8) * stride + ((lane >> 3) & 1) * 8;
-#pragma unroll 2
-    for (int ks = ks_begin; ks < ks_end; ++ks) {
-      uint32_t b[4];
-      LdMatrixX4(b, SharedAddress(k_lane + ks * 16));
+    // Scores of this lane's C fragments: [mt][n-tile][e]; the first position
+    // of n-tile 0 (pos0), and who keeps them through the softmax (keep).
+    float s[MT][kQRegs ? 1 : 2][4];
+    int pos0;
+    bool keep;
+    if constexpr (kQRegs) {
+      // Positions t0 + 32 th + [0, 32) (four n-tiles, two x4 loads of K per
+      // k-step) over this warp's quarter, Q from registers.
+      float part[MT][4][4];
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
-        uint32_t a[4];
-        LdMatrixX4(a, SharedAddress(q_lane + mt * 16 * stride + ks * 16));
-        MmaBf16(s[mt][0], a, b[0], b[1]);
-        MmaBf16(s[mt][1], a, b[2], b[3]);
+#pragma unroll
+        for (int n = 0; n < 4; ++n) part[mt][n][0] = part[mt][n][1] = part[mt][n][2] = part[mt][n][3] = 0.0f;
       }
-    }
-    // The upper k-half's warps hand their partial scores to the lower half's
-    // (same token group); from here on only those hold S.
-    if (kh == 1) {
+      const bf16* k_lane = kv + (th * 32 + (lane & 7) + (lane >> 4) * 8) * stride + ((lane >> 3) & 1) * 8;
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
+      for (int j = 0; j < kMaxQuarterSteps; ++j) {
+        if (j < kq_len) {
+          const int ks = kq_begin + j;
+          uint32_t b0[4], b1[4];
+          LdMatrixX4(b0, SharedAddress(k_lane + ks * 16));
+          LdMatrixX4(b1, SharedAddress(k_lane + 16 * stride + ks * 16));
 #pragma unroll
-        for (int n = 0; n < 2; ++n) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) sx[(tg * MT * 8 + (mt * 2 + n) * 4 + e) * 32 + lane] = s[mt][n][e];
+          for (int mt = 0; mt < MT; ++mt) {
+            MmaBf16(part[mt][0], qf[mt][j], b0[0], b0[1]);
+            MmaBf16(part[mt][1], qf[mt][j], b0[2], b0[3]);
+            MmaBf16(part[mt][2], qf[mt][j], b1[0], b1[1]);
+            MmaBf16(part[mt][3], qf[mt][j], b1[2], b1[3]);
+          }
         }
       }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) sx[(((warp * MT + mt) * 4 + n) * 4 + e) * 32 + lane] = part[mt][n][e];
+        }
+      }
+      __syncthreads();
+      // Warp w sums n-tile kq of token half th over the four quarters (in
+      // quarter order: the same sums on every run): positions 8 w + [0, 8).
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float v = 0.0f;
+#pragma unroll
+          for (int q = 0; q < kQuarters; ++q) v += sx[((((th + 2 * q) * MT + mt) * 4 + kq) * 4 + e) * 32 + lane];
+          s[mt][0][e] = v;
+        }
+      }
+      pos0 = t0 + (th * 4 + kq) * 8 + 2 * t;
+      keep = true;
+    } else {
+      // Positions t0 + 16 tg + [0, 16) (two MMA n-tiles), over this warp's
+      // half of the latent's k-steps. Each x4 load of K serves both n-tiles:
+      // matrices (n-tile 0, k lo), (0, k hi), (1, k lo), (1, k hi).
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int n = 0; n < 2; ++n) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
+      }
+      const bf16* k_lane = kv + (tg * 16 + (lane & 7) + (lane >> 4) * 8) * stride + ((lane >> 3) & 1) * 8;
+#pragma unroll 2
+      for (int ks = ks_begin; ks < ks_end; ++ks) {
+        uint32_t b[4];
+        LdMatrixX4(b, SharedAddress(k_lane + ks * 16));
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          uint32_t a[4];
+          LdMatrixX4(a, SharedAddress(q_lane + mt * 16 * stride + ks * 16));
+          MmaBf16(s[mt][0], a, b[0], b[1]);
+          MmaBf16(s[mt][1], a, b[2], b[3]);
+        }
+      }
+      // The upper k-half's warps hand their partial scores to the lower half's
+      // (same token group); from here on only those hold S.
+      if (kh == 1) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+          for (int n = 0; n < 2; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) sx[(tg * MT * 8 + (mt * 2 + n) * 4 + e) * 32 + lane] = s[mt][n][e];
+          }
+        }
+      }
+      __syncthreads();
+      if (kh == 0) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+          for (int n = 0; n < 2; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[mt][n][e] += sx[(tg * MT * 8 + (mt * 2 + n) * 4 + e) * 32 + lane];
+          }
+        }
+      }
+      pos0 = t0 + tg * 16 + 2 * t;
+      keep = kh == 0;
     }
-    __syncthreads();
+    constexpr int kN = kQRegs ? 1 : 2;  // n-tiles of s per lane
+    const int group = kQRegs ? warp : tg;  // this warp's row of red
 
-    // Scale, mask, and the token group's row maxima (over the 4 lanes of a row).
-    if (kh == 0) {
-      const int pos = t0 + tg * 16 + 2 * t;  // of s[.][n][0] and [2], plus 8 n; +1 for [1] and [3]
+    // Scale, mask, and the group's row maxima (over the 4 lanes of a row).
+    // s[.][n][0] and [2] are at pos0 + 8 n, [1] and [3] one after.
+    if (keep) {
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-        for (int n = 0; n < 2; ++n) {
+        for (int n = 0; n < kN; ++n) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            const float v = s[mt][n][e] + sx[(tg * MT * 8 + (mt * 2 + n) * 4 + e) * 32 + lane];
-            s[mt][n][e] = pos + 8 * n + (e & 1) < item.kv_end ? v * scale_log2 : -INFINITY;
+            s[mt][n][e] = pos0 + 8 * n + (e & 1) < item.kv_end ? s[mt][n][e] * scale_log2 : -INFINITY;
           }
           mx0 = fmaxf(mx0, fmaxf(s[mt][n][0], s[mt][n][1]));
           mx1 = fmaxf(mx1, fmaxf(s[mt][n][2], s[mt][n][3]));
@@ -203,8 +319,8 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
           mx1 = fmaxf(mx1, __shfl_xor_sync(kFullMask, mx1, o));
         }
         if (t == 0) {
-          red[tg * kRows + mt * 16 + g] = mx0;
-          red[tg * kRows + mt * 16 + g + 8] = mx1;
+          red[group * kRows + mt * 16 + g] = mx0;
+          red[group * kRows + mt * 16 + g + 8] = mx1;
         }
       }
     }
@@ -212,7 +328,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
 
     // Tile maxima (every tile holds a valid position: finite) and rescale
     // factors in every warp; P = 2^(s - m) into shared memory as BF16 and the
-    // softmax sums of each token group in the lower half's warps.
+    // softmax sums of each group in the warps that keep its scores.
     float corr[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
@@ -221,20 +337,20 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
         const int row = mt * 16 + g + 8 * h;
         float mx = red[row];
 #pragma unroll
-        for (int w = 1; w < kTokenGroups; ++w) mx = fmaxf(mx, red[w * kRows + row]);
+        for (int w = 1; w < kGroups; ++w) mx = fmaxf(mx, red[w * kRows + row]);
         const float m_new = fmaxf(m_run[mt][h], mx);
         corr[mt][h] = exp2f(m_run[mt][h] - m_new);  // 0 on the first tile (m_run -inf)
         m_run[mt][h] = m_new;
       }
-      if (kh == 0) {
+      if (keep) {
         float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
-        for (int n = 0; n < 2; ++n) {
+        for (int n = 0; n < kN; ++n) {
           const float p0 = exp2f(s[mt][n][0] - m_run[mt][0]), p1 = exp2f(s[mt][n][1] - m_run[mt][0]);
           const float p2 = exp2f(s[mt][n][2] - m_run[mt][1]), p3 = exp2f(s[mt][n][3] - m_run[mt][1]);
           sum0 += p0 + p1;
           sum1 += p2 + p3;
-          bf16* prow = p_s + (mt * 16 + g) * kPStride + tg * 16 + n * 8 + 2 * t;
+          bf16* prow = p_s + (mt * 16 + g) * kPStride + (pos0 - t0) + n * 8;
           *reinterpret_cast<uint32_t*>(prow) = PackBf16(p0, p1);
           *reinterpret_cast<uint32_t*>(prow + 8 * kPStride) = PackBf16(p2, p3);
         }
@@ -285,13 +401,15 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
   }
   CpAsyncWait<0>();  // an empty item still has Q in flight
 
-  // Softmax sums over the token groups (the lower half's warps hold them).
+  // Softmax sums over the groups (the warps that kept each group's scores hold them).
   __syncthreads();  // every warp is past its last read of red
-  if (kh == 0 && t == 0) {
+  const bool keeps_sums = kQRegs || kh == 0;
+  if (keeps_sums && t == 0) {
+    const int group = kQRegs ? warp : tg;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
-      red[tg * kRows + mt * 16 + g] = l_run[mt][0];
-      red[tg * kRows + mt * 16 + g + 8] = l_run[mt][1];
+      red[group * kRows + mt * 16 + g] = l_run[mt][0];
+      red[group * kRows + mt * 16 + g + 8] = l_run[mt][1];
     }
   }
   __syncthreads();
@@ -303,7 +421,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
       if (row >= heads_here) continue;
       float l = 0.0f;
 #pragma unroll
-      for (int w = 0; w < kTokenGroups; ++w) l += red[w * kRows + row];
+      for (int w = 0; w < kGroups; ++w) l += red[w * kRows + row];
       const float inv = l > 0.0f ? 1.0f / l : 0.0f;  // l == 0 only for kv_len 0: zeros
       if (item.partial < 0) {
         bf16* o = p.out_latent + (static_cast<int64_t>(item.seq) * p.num_heads + item.head_begin + row) * p.kv_lora;
@@ -379,25 +497,25 @@ constexpr int kMaxDevices = 64;
 // Opts the kernel into kMaxSharedBytes of dynamic shared memory, once per
 // device (the attribute belongs to the current device; setting it twice from
 // two threads is harmless).
-template <int MT>
+template <int MT, bool kQRegs>
 cudaError_t OptIntoSharedMemory() {
   static std::atomic<bool> done[kMaxDevices];
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
   if (device >= 0 && device < kMaxDevices && done[device].load(std::memory_order_acquire)) return cudaSuccess;
-  err = cudaFuncSetAttribute(reinterpret_cast<const void*>(&MlaDecodeMmaKernel<MT>),
+  err = cudaFuncSetAttribute(reinterpret_cast<const void*>(&MlaDecodeMmaKernel<MT, kQRegs>),
                              cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(kMaxSharedBytes));
   if (err == cudaSuccess && device >= 0 && device < kMaxDevices) done[device].store(true, std::memory_order_release);
   return err;
 }
 
-template <int MT>
+template <int MT, bool kQRegs>
 cudaError_t Launch(const MlaDecodeParams& p, size_t smem, cudaStream_t stream) {
-  const cudaError_t err = OptIntoSharedMemory<MT>();
+  const cudaError_t err = OptIntoSharedMemory<MT, kQRegs>();
   if (err != cudaSuccess) return err;
-  detail::LaunchKernel(MlaDecodeMmaKernel<MT>, p.num_work_items, kThreads, smem, stream, p);
+  detail::LaunchKernel(MlaDecodeMmaKernel<MT, kQRegs>, p.num_work_items, kThreads, smem, stream, p);
   return cudaGetLastError();
 }
 
@@ -405,13 +523,16 @@ cudaError_t Launch(const MlaDecodeParams& p, size_t smem, cudaStream_t stream) {
 
 cudaError_t LaunchMlaDecodeMma(const MlaDecodeParams& p, cudaStream_t stream) {
   const int latent = p.kv_lora + p.qk_rope;
-  const size_t smem = MlaDecodeMmaSharedBytes(latent, p.heads_per_block);
+  // kAuto: the query in shared memory until a GPU run has compared the two.
+  const bool q_regs = p.query == MlaDecodeQuery::kRegisters;
+  const size_t smem = MlaDecodeMmaSharedBytes(latent, p.heads_per_block, q_regs);
   if (!MlaDecodeUsesTensorCores(p.kv_lora, p.qk_rope) || (p.heads_per_block != 16 && p.heads_per_block != 32) ||
       smem > kMaxSharedBytes || p.num_work_items <= 0 || p.num_merge_items < 0 ||
       (p.num_merge_items > 0 && (p.partial_out == nullptr || p.partial_lse == nullptr))) {
     return cudaErrorInvalidValue;
   }
-  cudaError_t err = p.heads_per_block == 16 ? Launch<1>(p, smem, stream) : Launch<2>(p, smem, stream);
+  cudaError_t err = p.heads_per_block == 16 ? (q_regs ? Launch<1, true>(p, smem, stream) : Launch<1, false>(p, smem, stream))
+                                             : (q_regs ? Launch<2, true>(p, smem, stream) : Launch<2, false>(p, smem, stream));
   if (err != cudaSuccess || p.num_merge_items == 0) return err;
   const dim3 grid(static_cast<unsigned>(p.num_merge_items), static_cast<unsigned>(p.heads_per_block));
   detail::LaunchKernel(MlaDecodeMergeKernel, grid, kMergeThreads, 0, stream, p);

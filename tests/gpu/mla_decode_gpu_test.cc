@@ -138,28 +138,41 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
   // for one SM (no split), 3 SMs, the device's SMs (the production plan) and
   // 2^20 SMs (every sequence split into single tiles: the merge at its widest),
   // and the device's SMs with the other head-group size (16 heads per block
-  // where the default is 32 and the reverse, as the benchmark may choose).
+  // where the default is 32 and the reverse, as the benchmark may choose);
+  // then the query-in-registers variant under the device's plan with either
+  // head-group size and under the widest plan.
   // On the CPU emulator (tests/emu) the widest plan also runs with the fibers
   // in reverse and in two seeded random orders: a missing barrier tends to
   // show under one order or another. (order: 0 forward, 1 reverse, 2+ random.)
   const bool mma = cuda::MlaDecodeUsesTensorCores(c.kv_lora, c.rope);
   const int other_hpb = cuda::MlaDecodeHeadsPerBlock(static_cast<int>(c.heads)) == 16 ? 32 : 16;
+  using Query = cuda::MlaDecodeQuery;
   struct Run {
     int sms, order, heads_per_block;  // sms 0: the simple kernel; heads_per_block 0: the default
+    Query query = Query::kAuto;
   };
-  std::vector<Run> runs = {{0, 0, 0}, {1, 0, 0}, {3, 0, 0}, {device_sms, 0, 0}, {1 << 20, 0, 0},
-                           {device_sms, 0, other_hpb}};
+  std::vector<Run> runs = {{0, 0, 0},
+                           {1, 0, 0},
+                           {3, 0, 0},
+                           {device_sms, 0, 0},
+                           {1 << 20, 0, 0},
+                           {device_sms, 0, other_hpb},
+                           {device_sms, 0, 0, Query::kRegisters},
+                           {device_sms, 0, other_hpb, Query::kRegisters},
+                           {1 << 20, 0, 0, Query::kRegisters}};
 #if defined(MLA_CUDA_EMULATED)
-  runs.insert(runs.end(), {{1 << 20, 1, 0}, {1 << 20, 2, 0}, {1 << 20, 3, 0}});
+  runs.insert(runs.end(), {{1 << 20, 1, 0}, {1 << 20, 2, 0}, {1 << 20, 3, 0}, {1 << 20, 1, 0, Query::kRegisters},
+                           {1 << 20, 2, 0, Query::kRegisters}});
 #endif
-  for (const auto& [sms, order, hpb] : runs) {
+  for (const auto& [sms, order, hpb, query] : runs) {
 #if defined(MLA_CUDA_EMULATED)
     emu::SetSchedule(order == 0 ? emu::Schedule::kForward : order == 1 ? emu::Schedule::kReverse : emu::Schedule::kRandom,
                      static_cast<uint64_t>(order));
 #endif
     SCOPED_TRACE(sms == 0 ? std::string("simple kernel")
                           : "plan for " + std::to_string(sms) + " SMs, heads per block " +
-                                (hpb == 0 ? std::string("default") : std::to_string(hpb)) + ", fiber order " +
+                                (hpb == 0 ? std::string("default") : std::to_string(hpb)) +
+                                (query == Query::kRegisters ? ", query in registers" : "") + ", fiber order " +
                                 std::to_string(order));
     cuda::MlaDecodeParams p;
     p.q_latent = d_q_lat.bf16();
@@ -192,6 +205,7 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
       p.merge_items = d_merges.get();
       p.num_merge_items = static_cast<int>(plan.merges.size());
       p.heads_per_block = plan.heads_per_block;
+      p.query = query;
       p.partial_out = d_part.get();
       p.partial_lse = d_lse.get();
     }

@@ -212,13 +212,14 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
   else
     echo "run.sh: no PyTorch baseline script (MLA_TORCH_BASELINE): the benchmark ran alone"
   fi
-  # Variants of the work partition, for the next change to start from a
-  # measurement (bench/RESULTS.md): 16 heads per block at 128 heads (Q re-read
-  # from shared memory for every 16 heads instead of 32, but twice the blocks
-  # over the same cache tiles), and plans for two waves and half a wave of SMs.
+  # Variants of the kernel and its work partition, for the next change to
+  # start from a measurement (bench/RESULTS.md): the query in registers (a
+  # third less shared-memory traffic per tile at 128 heads), 16 heads per block
+  # at 128 heads (Q re-read for every 16 heads instead of 32, but twice the
+  # blocks over the same cache tiles), and plans for two waves and half a wave.
   if [[ ${MLA_GPU_BENCH_SWEEP:-1} != 0 ]]; then
-    for variant in "--heads-per-block 16 --shapes 1x4096x128,16x4096x128,64x8192x128" "--plan-waves 2" \
-                   "--plan-waves 0.5"; do
+    for variant in "--query registers" "--heads-per-block 16 --shapes 1x4096x128,16x4096x128,64x8192x128" \
+                   "--plan-waves 2" "--plan-waves 0.5"; do
       echo "== decode benchmark variant: $variant"
       # shellcheck disable=SC2086  # the variant is several flags
       timeout 300 "$bench" --check --no-simple-timing --copy-mib 512 $variant 2>&1 |
