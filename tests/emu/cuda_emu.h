@@ -66,6 +66,17 @@ void SetLastError(cudaError_t e);
 // device: 48 KiB, or what cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
 // raised it to there (a real launch above it fails; cuda_runtime_emu.cc).
 size_t DynamicSharedLimit(const void* kernel);
+// Background work on a stream (emulated NCCL operations, nccl_emu.cc): from
+// Begin to End the stream is busy. StreamWait returns once it is idle: the
+// runtime calls, kernel launches and GEMMs on a stream call it first, so they
+// run after what was queued there before them.
+struct StreamWork {
+  int device;  // the legacy stream's (nullptr) is the device current at Begin
+  cudaStream_t stream;
+};
+StreamWork StreamBeginWork(cudaStream_t stream);
+void StreamEndWork(const StreamWork& work);
+void StreamWait(cudaStream_t stream);
 // Warp collective in two steps: every lane publishes n <= 8 words and gets the
 // warp's table (row l: lane l's words), readable until every lane has called
 // WarpRelease.
@@ -159,9 +170,9 @@ void CpAsyncWait() {
 }
 
 // kernels/cuda/launch.cuh's launcher: the grid runs to completion on the
-// calling thread (the stream is ignored: everything is synchronous).
+// calling thread, once the stream's earlier background work is done.
 template <typename... Params, typename... Args>
-cudaError_t LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t,
+cudaError_t LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
                          Args&&... args) {
   // The hardware's launch limits (grid y and z up to 65535; 1-D blocks of
   // whole warps here), and dynamic shared memory above 48 KiB only after the
@@ -172,6 +183,7 @@ cudaError_t LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_
     ::mla::emu::SetLastError(cudaErrorInvalidConfiguration);
     return cudaErrorInvalidConfiguration;
   }
+  ::mla::emu::StreamWait(stream);
   ::mla::emu::LaunchGrid(::mla::emu::Dim3{grid.x, grid.y, grid.z}, static_cast<int>(block.x), shared_bytes,
                          [&] { kernel(args...); });
   return cudaSuccess;

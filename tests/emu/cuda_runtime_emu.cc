@@ -1,13 +1,18 @@
 // The CUDA runtime calls that kernel launchers and the GPU tests make, for
 // binaries built on the emulator (tests/emu/cuda_emu.h) instead of cudart:
-// devices whose memory is host memory (one, or MLA_EMU_DEVICE_COUNT); everything is synchronous, so
-// streams and synchronisation are no-ops. Errors a real device would report
-// for bad arguments (null pointers, unknown device) are reported the same way.
+// devices whose memory is host memory (one, or MLA_EMU_DEVICE_COUNT). Kernels,
+// copies and GEMMs run inside the call; only emulated NCCL operations run in
+// the background (nccl_emu.cc), and they keep their stream busy until done:
+// cudaStreamQuery says cudaErrorNotReady meanwhile, and whatever comes after
+// on that stream (or synchronises with it) waits, as in stream order. Errors a
+// real device would report for bad arguments (null pointers, unknown device)
+// are reported the same way.
 #include "tests/emu/cuda_emu.h"  // first: it must precede the CUDA headers
 
 #include <cuda_runtime_api.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -42,10 +47,78 @@ cudaError_t Record(cudaError_t e) {
   return e;
 }
 
+// Streams: background work outstanding on each (emulated NCCL operations),
+// per device, the device's legacy default stream (nullptr) among them. Legacy
+// synchronising calls (cudaMemcpy, cudaMemset, cudaDeviceSynchronize) wait for
+// every stream of the current device, as on the hardware (not for other
+// devices': ranks of one process, a device each, must not wait for each other).
+std::mutex g_streams_mutex;
+std::condition_variable g_streams_idle;
+std::map<std::pair<int, cudaStream_t>, int> g_stream_work;  // (device, stream) -> operations in flight
+
+// The key of a stream: its device, or for the legacy stream the caller's.
+std::pair<int, cudaStream_t> KeyOf(cudaStream_t stream);
+
+void WaitForAllStreams(int device) {
+  std::unique_lock<std::mutex> lock(g_streams_mutex);
+  g_streams_idle.wait(lock, [&] {
+    for (const auto& [key, work] : g_stream_work) {
+      if (key.first == device && work > 0) return false;
+    }
+    return true;
+  });
+}
+
+void WaitForAllStreams() { WaitForAllStreams(g_device); }
+
+bool StreamBusy(cudaStream_t stream) {
+  const std::lock_guard<std::mutex> lock(g_streams_mutex);
+  const auto it = g_stream_work.find(KeyOf(stream));
+  return it != g_stream_work.end() && it->second > 0;
+}
+
+}  // namespace
+
+// A stream is a handle of its own, on the device current at its creation; its
+// work count lives in g_stream_work.
+struct CUstream_st {
+  int device = 0;
+  unsigned flags = 0;
+};
+
+namespace {
+std::pair<int, cudaStream_t> KeyOf(cudaStream_t stream) {
+  return {stream != nullptr ? stream->device : g_device, stream};
+}
 }  // namespace
 
 namespace mla::emu {
 void SetLastError(cudaError_t e) { Record(e); }
+
+StreamWork StreamBeginWork(cudaStream_t stream) {
+  const StreamWork work{KeyOf(stream).first, stream};
+  const std::lock_guard<std::mutex> lock(g_streams_mutex);
+  ++g_stream_work[{work.device, work.stream}];
+  return work;
+}
+
+void StreamEndWork(const StreamWork& work) {
+  {
+    const std::lock_guard<std::mutex> lock(g_streams_mutex);
+    --g_stream_work[{work.device, work.stream}];
+  }
+  g_streams_idle.notify_all();
+}
+
+void StreamWait(cudaStream_t stream) {
+  if (stream == nullptr) {  // the legacy default stream waits for the device's others
+    WaitForAllStreams();
+    return;
+  }
+  const std::pair<int, cudaStream_t> key = KeyOf(stream), legacy{key.first, nullptr};
+  std::unique_lock<std::mutex> lock(g_streams_mutex);
+  g_streams_idle.wait(lock, [&] { return g_stream_work[key] == 0 && g_stream_work[legacy] == 0; });
+}
 
 size_t DynamicSharedLimit(const void* kernel) {
   const std::lock_guard<std::mutex> lock(g_shared_limits_mutex);
@@ -82,17 +155,22 @@ cudaError_t cudaFreeHost(void* ptr) { return cudaFree(ptr); }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpyKind) {
   if (count > 0 && (dst == nullptr || src == nullptr)) return Record(cudaErrorInvalidValue);
+  WaitForAllStreams();
   if (count > 0) std::memmove(dst, src, count);
   return cudaSuccess;
 }
 
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind, cudaStream_t) {
-  return cudaMemcpy(dst, src, count, kind);
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, enum cudaMemcpyKind, cudaStream_t stream) {
+  if (count > 0 && (dst == nullptr || src == nullptr)) return Record(cudaErrorInvalidValue);
+  mla::emu::StreamWait(stream);
+  if (count > 0) std::memmove(dst, src, count);
+  return cudaSuccess;
 }
 
 cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height,
-                              enum cudaMemcpyKind, cudaStream_t) {
+                              enum cudaMemcpyKind, cudaStream_t stream) {
   if (width > dpitch || width > spitch) return Record(cudaErrorInvalidPitchValue);
+  mla::emu::StreamWait(stream);
   for (size_t r = 0; r < height; ++r) {
     std::memmove(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(src) + r * spitch, width);
   }
@@ -101,15 +179,30 @@ cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t 
 
 cudaError_t cudaMemset(void* ptr, int value, size_t count) {
   if (count > 0 && ptr == nullptr) return Record(cudaErrorInvalidValue);
+  WaitForAllStreams();
   if (count > 0) std::memset(ptr, value, count);
   return cudaSuccess;
 }
 
-cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t) { return cudaMemset(ptr, value, count); }
+cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t stream) {
+  if (count > 0 && ptr == nullptr) return Record(cudaErrorInvalidValue);
+  mla::emu::StreamWait(stream);
+  if (count > 0) std::memset(ptr, value, count);
+  return cudaSuccess;
+}
 
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize(void) {
+  WaitForAllStreams();
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  mla::emu::StreamWait(stream);
+  return cudaSuccess;
+}
+
+// Not an error: cudaErrorNotReady is not recorded for cudaGetLastError.
+cudaError_t cudaStreamQuery(cudaStream_t stream) { return StreamBusy(stream) ? cudaErrorNotReady : cudaSuccess; }
 
 cudaError_t cudaGetLastError(void) {
   const cudaError_t e = g_last_error;
@@ -176,14 +269,23 @@ cudaError_t cudaFuncSetAttribute(const void* func, enum cudaFuncAttribute attr, 
   return cudaSuccess;
 }
 
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int flags) {
   if (stream == nullptr) return Record(cudaErrorInvalidValue);
-  static char token;  // any non-null handle: streams are not modelled
-  *stream = reinterpret_cast<cudaStream_t>(&token);
+  *stream = new CUstream_st{g_device, flags};
   return cudaSuccess;
 }
 
-cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
+// As on a device, work still queued finishes first (here: before the call returns).
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  if (stream == nullptr) return Record(cudaErrorInvalidResourceHandle);
+  mla::emu::StreamWait(stream);
+  {
+    const std::lock_guard<std::mutex> lock(g_streams_mutex);
+    g_stream_work.erase(KeyOf(stream));
+  }
+  delete stream;
+  return cudaSuccess;
+}
 
 // Events hold the host time of their record: everything before it has run.
 struct CUevent_st {
@@ -201,8 +303,9 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
   return cudaSuccess;
 }
 
-cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   if (event == nullptr) return Record(cudaErrorInvalidResourceHandle);
+  mla::emu::StreamWait(stream);
   event->at = std::chrono::steady_clock::now();
   return cudaSuccess;
 }
