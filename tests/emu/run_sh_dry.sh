@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# tests/gpu/run.sh, the one command a GPU session runs, dry on the CPU
+# emulator: a folder laid out as run.sh expects (DIR/bin) holds emulated GPU
+# tests under their GPU names, the emulated serving binaries for the launcher
+# check, and an emulated mla-bench-decode held to small shapes. Checks that
+# the script runs every part (tests, launcher check, benchmark, its variants,
+# the closing table) and exits 0; then that a failing test binary makes it
+# exit 1. So a GPU session's few minutes are not spent on a broken script.
+#
+#   run_sh_dry.sh BUILD_DIR      (ctest: run_sh_dry_emu_test)
+set -uo pipefail
+build=$(cd "${1:?usage: run_sh_dry.sh BUILD_DIR}" && pwd)
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+fail() {
+  echo "run_sh_dry: FAILED: $*"
+  exit 1
+}
+
+mkdir -p "$work/dry/bin"
+for t in rmsnorm rope latent_cache nccl_communicator; do
+  cp "$build/bin/${t}_gpu_test_emu" "$work/dry/bin/${t}_gpu_test" || fail "no $build/bin/${t}_gpu_test_emu"
+done
+cp "$build"/emu/bin/* "$work/dry/bin/" || fail "no emulated serving binaries in $build/emu/bin"
+# Later flags win in mla-bench-decode: the shapes stay small whatever run.sh asks.
+cat >"$work/dry/bin/mla-bench-decode" <<EOF
+#!/usr/bin/env bash
+exec "$build/bin/mla-bench-decode-emu" "\$@" --shapes 2x130x16,1x70x32 --iters 1 --copy-mib 1
+EOF
+chmod +x "$work/dry/bin/mla-bench-decode"
+
+export MLA_EMU_DEVICE_COUNT=4 MLA_GPU_RACECHECK_FILTER= MLA_LAUNCHER_CHECK_EMULATED=1
+export MLA_TEST_DATA_DIR=$repo/tests/data MLA_TORCH_BASELINE=/nonexistent/baseline.py
+log=$work/run.log
+MLA_GPU_LOG_DIR=$work/logs timeout 600 bash "$repo/tests/gpu/run.sh" "$work/dry" >"$log" 2>&1
+rc=$?
+cat "$log"
+((rc == 0)) || fail "run.sh exited $rc on passing tests"
+for want in "-- nccl_communicator_gpu_test: PASSED" "launcher_cuda_tp1_emulated PASSED" \
+  "== decode benchmark: " "== decode benchmark variant: --query registers" \
+  "== decode benchmark variant: --plan-waves 0.5" "query in registers"; do
+  grep -qF -- "$want" "$log" || fail "no '$want' in run.sh's output"
+done
+# The closing table: its header, then one row per test binary and the launcher check.
+rows=$(sed -n '/^test  *result  *passed/,$p' "$log" | grep -cE ' (PASSED|FAILED|SKIPPED|TIMEOUT) ')
+((rows == 5)) || fail "the closing table has $rows rows, expected 5"
+
+# A test binary that fails: run.sh must say so and exit 1.
+cat >"$work/dry/bin/broken_gpu_test" <<'EOF'
+#!/usr/bin/env bash
+echo "[  FAILED  ] Broken.Case"
+exit 1
+EOF
+chmod +x "$work/dry/bin/broken_gpu_test"
+MLA_GPU_BENCH=0 MLA_GPU_LOG_DIR=$work/logs2 timeout 600 bash "$repo/tests/gpu/run.sh" "$work/dry" >"$log" 2>&1
+rc=$?
+((rc == 1)) || { cat "$log"; fail "run.sh exited $rc with a failing test binary, expected 1"; }
+grep -qE '^broken_gpu_test +FAILED' "$log" || { cat "$log"; fail "no FAILED row for the failing binary"; }
+echo "run_sh_dry: PASSED"
