@@ -140,7 +140,7 @@ run_gtest() {
   echo "-- $name: $result (rc $rc, ${secs}s)"
   # Brief mode prints only failures and the summary; cap what a broken binary floods.
   tail -n 60 "$logs/$name.log"
-  table+=("$(printf '%-24s %-8s %6s %6s %7s %8s' "$name" "$result" "$passed" "$failed" "$skipped" "$secs")")
+  table+=("$(printf '%-28s %-8s %6s %6s %7s %8s' "$name" "$result" "$passed" "$failed" "$skipped" "$secs")")
 }
 
 for t in "${tests[@]}"; do
@@ -186,7 +186,7 @@ if [[ -f $check ]]; then
   tail -n 60 "$log"
   passed=0 failed=0 skipped=0
   case $result in PASSED) passed=1 ;; SKIPPED) skipped=1 ;; *) failed=1 ;; esac
-  table+=("$(printf '%-24s %-8s %6s %6s %7s %8s' "$name" "$result" "$passed" "$failed" "$skipped" "$secs")")
+  table+=("$(printf '%-28s %-8s %6s %6s %7s %8s' "$name" "$result" "$passed" "$failed" "$skipped" "$secs")")
 fi
 
 # The decode benchmark (issue 6), its PyTorch baseline, and the two joined.
@@ -232,6 +232,6 @@ if [[ -n ${OUT:-} && -d ${OUT:-} ]]; then
   tar czf "$OUT/gpu-test-logs.tar.gz" -C "$logs" . && echo "logs: \$OUT/gpu-test-logs.tar.gz"
 fi
 echo
-printf '%-24s %-8s %6s %6s %7s %8s\n' test result passed failed skipped seconds
+printf '%-28s %-8s %6s %6s %7s %8s\n' test result passed failed skipped seconds
 printf '%s\n' "${table[@]}"
 exit $status
