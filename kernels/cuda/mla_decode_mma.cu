@@ -34,23 +34,27 @@ constexpr int kQuarters = 4;
 constexpr int kMaxQuarterSteps = 10;  // k-steps of 16 per quarter: latent <= 640
 constexpr int kFineGroups = kWarps;   // softmax groups of 8 positions
 
-// Dynamic shared memory of one work item (bytes). Query in shared memory: the
-// query rows, two stages of kMlaDecodeTileTokens cache rows, the BF16
-// probabilities, the row statistics and the score hand-over between k halves.
-// Query in registers: the query rows (staging for the fragments, then reused
-// for the four k-quarters' partial scores: the larger of the two), the two
-// stages, the probabilities and the row statistics of 8 groups.
-__host__ __device__ size_t MlaDecodeMmaSharedBytes(int latent, int heads_per_block, bool query_in_registers) {
+// Bytes of the first region of a work item's shared memory: the query rows;
+// with the query in registers (staged there for the fragments, then dead) also
+// the four k-quarters' partial scores [kWarps][MT][4 n][4 e][32 lanes] that
+// take their place: the larger of the two.
+__host__ __device__ size_t QueryRegionBytes(int latent, int heads_per_block, bool query_in_registers) {
+  const size_t q_bytes = sizeof(bf16) * heads_per_block * (static_cast<size_t>(latent) + kPad);
+  const size_t partial_bytes = sizeof(float) * kWarps * (heads_per_block / 16) * 16 * 32;
+  return query_in_registers && partial_bytes > q_bytes ? partial_bytes : q_bytes;
+}
+
+// Dynamic shared memory of one work item (bytes): the query region, two
+// stages of kMlaDecodeTileTokens cache rows, the BF16 probabilities, the row
+// statistics of the position groups (4, or 8 with the query in registers) and,
+// with the query in shared memory, the score hand-over between k halves.
+size_t MlaDecodeMmaSharedBytes(int latent, int heads_per_block, bool query_in_registers) {
   const size_t stride = static_cast<size_t>(latent) + kPad;
   const size_t rows = static_cast<size_t>(heads_per_block);
-  if (query_in_registers) {
-    const size_t q_bytes = sizeof(bf16) * rows * stride;
-    const size_t partial_bytes = sizeof(float) * kWarps * (rows / 16) * 16 * 32;  // [warp][mt][n][e][lane]
-    return (q_bytes > partial_bytes ? q_bytes : partial_bytes) +
-           sizeof(bf16) * (2 * kTile * stride + rows * kPStride) + sizeof(float) * kFineGroups * rows;
-  }
-  return sizeof(bf16) * (rows * stride + 2 * kTile * stride + rows * kPStride) +
-         sizeof(float) * (kTokenGroups * rows + kTokenGroups * (rows / 16) * 8 * 32);
+  const size_t stats =
+      query_in_registers ? kFineGroups * rows : kTokenGroups * rows + kTokenGroups * (rows / 16) * 8 * 32;
+  return QueryRegionBytes(latent, heads_per_block, query_in_registers) +
+         sizeof(bf16) * (2 * kTile * stride + rows * kPStride) + sizeof(float) * stats;
 }
 
 // One work item (MlaDecodeWorkItem) per block: 16 * MT heads of one sequence
@@ -87,11 +91,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
   bf16* q_s = reinterpret_cast<bf16*>(smem_raw);  // [kRows, stride]
   // Query in registers: q_s is dead once the fragments are loaded, and the
   // quarters' partial scores [kWarps][MT][4 n][4 e][32 lanes] take its place.
-  const size_t q_region = kQRegs ? MlaDecodeMmaSharedBytes(latent, kRows, true) -
-                                       sizeof(bf16) * (2 * kTile * stride + kRows * kPStride) -
-                                       sizeof(float) * kGroups * kRows
-                                 : sizeof(bf16) * kRows * stride;
-  bf16* kv_s = reinterpret_cast<bf16*>(smem_raw + q_region);  // [2, kTile, stride]
+  bf16* kv_s = reinterpret_cast<bf16*>(smem_raw + QueryRegionBytes(latent, kRows, kQRegs));  // [2, kTile, stride]
   bf16* p_s = kv_s + 2 * kTile * stride;                      // [kRows, kPStride]
   float* red = reinterpret_cast<float*>(p_s + kRows * kPStride);  // [kGroups, kRows]
   // Query in shared memory: [kTokenGroups, MT * 8 scores, 32 lanes]; in registers: over q_s.

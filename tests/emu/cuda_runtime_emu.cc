@@ -20,6 +20,13 @@
 #include <mutex>
 #include <utility>
 
+// A stream is a handle of its own, on the device current at its creation; its
+// work count lives in g_stream_work below.
+struct CUstream_st {
+  int device = 0;
+  unsigned flags = 0;
+};
+
 namespace {
 
 thread_local cudaError_t g_last_error = cudaSuccess;  // per host thread, as in CUDA
@@ -57,7 +64,9 @@ std::condition_variable g_streams_idle;
 std::map<std::pair<int, cudaStream_t>, int> g_stream_work;  // (device, stream) -> operations in flight
 
 // The key of a stream: its device, or for the legacy stream the caller's.
-std::pair<int, cudaStream_t> KeyOf(cudaStream_t stream);
+std::pair<int, cudaStream_t> KeyOf(cudaStream_t stream) {
+  return {stream != nullptr ? stream->device : g_device, stream};
+}
 
 void WaitForAllStreams(int device) {
   std::unique_lock<std::mutex> lock(g_streams_mutex);
@@ -77,19 +86,6 @@ bool StreamBusy(cudaStream_t stream) {
   return it != g_stream_work.end() && it->second > 0;
 }
 
-}  // namespace
-
-// A stream is a handle of its own, on the device current at its creation; its
-// work count lives in g_stream_work.
-struct CUstream_st {
-  int device = 0;
-  unsigned flags = 0;
-};
-
-namespace {
-std::pair<int, cudaStream_t> KeyOf(cudaStream_t stream) {
-  return {stream != nullptr ? stream->device : g_device, stream};
-}
 }  // namespace
 
 namespace mla::emu {

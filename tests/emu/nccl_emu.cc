@@ -126,12 +126,12 @@ struct ncclComm {
 
   unsigned char* Slot(int r) const { return slots + static_cast<size_t>(r) * kSlotBytes; }
 
-  void Fail(ncclResult_t result, const std::string& text) {
+  // The first error stays (the operation's own message is already the last error).
+  void Fail(ncclResult_t result) {
     ncclResult_t expected = async_error.load();
     while ((expected == ncclSuccess || expected == ncclInProgress) &&
            !async_error.compare_exchange_weak(expected, result)) {
     }
-    SetLastError(text);
   }
 
   // All ranks meet; false after kPeerTimeout without them, or on an abort.
@@ -180,15 +180,11 @@ struct ncclComm {
       const ncclResult_t state = async_error.load();
       if (!aborted.load() && (state == ncclSuccess || state == ncclInProgress)) {
         const ncclResult_t r = op.run();
-        if (r != ncclSuccess) Fail(r, aborted.load() ? "communicator aborted (emulated NCCL)" : LastErrorOr(r));
+        if (r != ncclSuccess && aborted.load()) SetLastError("communicator aborted (emulated NCCL)");
+        if (r != ncclSuccess) Fail(r);
       }
       if (op.has_stream) mla::emu::StreamEndWork(op.stream);
     }
-  }
-
-  static std::string LastErrorOr(ncclResult_t r) {
-    const std::lock_guard<std::mutex> lock(g_error_mutex);
-    return g_last_error.empty() ? "operation failed (emulated NCCL), code " + std::to_string(r) : g_last_error;
   }
 
   void Start() { worker = std::thread([this] { Work(); }); }
