@@ -120,24 +120,39 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
   }
   if constexpr (kQRegs) CpAsyncCommit();  // Q alone: its fragments are loaded before the first tile lands
   const int32_t* table = p.block_tables + static_cast<int64_t>(item.seq) * p.max_blocks_per_seq;
-  // Warp w stages rows w, w + 8, ...: one table lookup per row, lanes over its pieces.
+  // Warp w stages rows w + 8 j (j < kRowsPerWarp) of a tile, lanes over a
+  // row's 16-byte pieces. The rows' cache blocks are read from the block table
+  // one tile ahead (blocks[], -1 past kv_end), so issuing a tile's cp.async
+  // never waits on a table load: before, each row waited for its own, eight
+  // dependent global loads per warp per tile.
+  constexpr int kRowsPerWarp = kTile / kWarps;
+  int blocks[kRowsPerWarp];
+  auto read_blocks = [&](int t0) {
+#pragma unroll
+    for (int j = 0; j < kRowsPerWarp; ++j) {
+      const int pos = t0 + warp + j * kWarps;
+      blocks[j] = pos < item.kv_end ? table[pos / p.block_size] : -1;
+    }
+  };
   auto load_tile = [&](int t0, int stage) {
     bf16* dst = kv_s + stage * kTile * stride;
-    for (int r = warp; r < kTile; r += kWarps) {
-      const int pos = t0 + r;
-      const bool valid = pos < item.kv_end;
-      const bf16* row = p.cache;
-      if (valid) {
-        const int64_t block = table[pos / p.block_size];
-        row = p.cache + (block * p.block_size + pos % p.block_size) * latent;
-      }
+#pragma unroll
+    for (int j = 0; j < kRowsPerWarp; ++j) {
+      const int r = warp + j * kWarps, pos = t0 + r;
+      const bool valid = blocks[j] >= 0;
+      const bf16* row =
+          valid ? p.cache + (static_cast<int64_t>(blocks[j]) * p.block_size + pos % p.block_size) * latent : p.cache;
       for (int k = lane; k < chunks; k += 32) {
         CpAsync16(SharedAddress(dst + r * stride + k * 8), valid ? row + k * 8 : row, valid ? 16 : 0);
       }
     }
   };
-  if (item.kv_begin < item.kv_end) load_tile(item.kv_begin, 0);
+  if (item.kv_begin < item.kv_end) {
+    read_blocks(item.kv_begin);
+    load_tile(item.kv_begin, 0);
+  }
   CpAsyncCommit();
+  read_blocks(item.kv_begin + kTile);
 
   // This warp's output column tiles: [col0, col0 + cols), 8 columns each.
   const int per_warp = (kv_chunks + kWarps - 1) / kWarps;
@@ -191,6 +206,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
     __syncthreads();
     if (t0 + kTile < item.kv_end) load_tile(t0 + kTile, stage ^ 1);
     CpAsyncCommit();
+    read_blocks(t0 + 2 * kTile);  // used by the next tile's load_tile
     const bf16* kv = kv_s + stage * kTile * stride;
 
     // Scores of this lane's C fragments: [mt][n-tile][e]; the first position
@@ -257,16 +273,47 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
         for (int n = 0; n < 2; ++n) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
       }
       const bf16* k_lane = kv + (tg * 16 + (lane & 7) + (lane >> 4) * 8) * stride + ((lane >> 3) & 1) * 8;
+      // Odd k-steps accumulate into s_odd: two independent MMA chains per
+      // C fragment, and the next k-step's fragments load while these run.
+      float s_odd[MT][2][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int n = 0; n < 2; ++n) s_odd[mt][n][0] = s_odd[mt][n][1] = s_odd[mt][n][2] = s_odd[mt][n][3] = 0.0f;
+      }
 #pragma unroll 2
-      for (int ks = ks_begin; ks < ks_end; ++ks) {
-        uint32_t b[4];
-        LdMatrixX4(b, SharedAddress(k_lane + ks * 16));
+      for (int ks = ks_begin; ks < ks_end; ks += 2) {
+        const bool second = ks + 1 < ks_end;
+        uint32_t b[2][4], a[2][MT][4];
+        LdMatrixX4(b[0], SharedAddress(k_lane + ks * 16));
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) LdMatrixX4(a[0][mt], SharedAddress(q_lane + mt * 16 * stride + ks * 16));
+        if (second) {
+          LdMatrixX4(b[1], SharedAddress(k_lane + (ks + 1) * 16));
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            LdMatrixX4(a[1][mt], SharedAddress(q_lane + mt * 16 * stride + (ks + 1) * 16));
+          }
+        }
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
-          uint32_t a[4];
-          LdMatrixX4(a, SharedAddress(q_lane + mt * 16 * stride + ks * 16));
-          MmaBf16(s[mt][0], a, b[0], b[1]);
-          MmaBf16(s[mt][1], a, b[2], b[3]);
+          MmaBf16(s[mt][0], a[0][mt], b[0][0], b[0][1]);
+          MmaBf16(s[mt][1], a[0][mt], b[0][2], b[0][3]);
+        }
+        if (second) {
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            MmaBf16(s_odd[mt][0], a[1][mt], b[1][0], b[1][1]);
+            MmaBf16(s_odd[mt][1], a[1][mt], b[1][2], b[1][3]);
+          }
+        }
+      }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[mt][n][e] += s_odd[mt][n][e];
         }
       }
       // The upper k-half's warps hand their partial scores to the lower half's

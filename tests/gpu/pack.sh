@@ -15,7 +15,8 @@
 #         and mla-bench-decode (the decode-attention benchmark, issue 6) where built;
 #   bench/ decode_bench_compare.py and the PyTorch baseline it is compared with
 #         (../shared/bench/mla_decode_torch_baseline.py, where this checkout has it);
-#   run.sh, launcher_check.sh.
+#   run.sh, launcher_check.sh, and bench_ab.sh (with any older decode benchmark
+#         builds copied into BUILD_DIR/bin as mla-bench-decode-COMMIT).
 # There: `bash DEST/run.sh`.
 #
 # Size. DEST is git-ignored (.gpu/) and travels to the GPU machine, which takes at
@@ -64,6 +65,12 @@ if [[ -x $build/bin/mla-bench-decode ]]; then
 else
   echo "pack.sh: no mla-bench-decode in $build/bin: the packed run.sh will skip the decode benchmark" >&2
 fi
+# Older builds of it copied there as mla-bench-decode-COMMIT (7 to 40 hex
+# digits), for bench_ab.sh's comparison on the same card in the same call.
+while read -r b; do
+  bins+=("$b")
+done < <(find "$build/bin" -maxdepth 1 -type f -perm -u+x -regextype posix-extended \
+           -regex '.*/mla-bench-decode-[0-9a-f]{7,40}' | sort)
 baseline=$root/../shared/bench/mla_decode_torch_baseline.py
 
 # The launcher check needs the CUDA-enabled serving binaries: a build without
@@ -101,6 +108,7 @@ done
 cp "$root/tests/gpu/run.sh" "$dest/run.sh"
 cp "$root/tests/gpu/launcher_check.sh" "$dest/launcher_check.sh"
 cp "$root/tests/gpu/stage_packed.sh" "$dest/stage_packed.sh"
+cp "$root/tests/gpu/bench_ab.sh" "$dest/bench_ab.sh"
 mkdir -p "$dest/bench"
 cp "$root/bench/decode_bench_compare.py" "$dest/bench/"
 if [[ -f $baseline ]]; then
@@ -108,7 +116,7 @@ if [[ -f $baseline ]]; then
 else
   echo "pack.sh: no $baseline: the packed run.sh will run the decode benchmark without its PyTorch baseline" >&2
 fi
-chmod +x "$dest/run.sh" "$dest/launcher_check.sh"
+chmod +x "$dest/run.sh" "$dest/launcher_check.sh" "$dest/bench_ab.sh"
 (( missing == 0 )) || exit 1
 
 raw_kib=$(du -sk "$dest" | cut -f1)

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# A/B comparison of decode-attention kernels on one card in one call (issue 6):
+# runs every mla-bench-decode* binary in DIR/bin (the current build, plus older
+# builds copied beside it as mla-bench-decode-COMMIT) in turn, ROUNDS rounds,
+# each with the same flags, so that every number compared comes from the same
+# card and the same call; then, where Nsight Compute (ncu) runs, a profile of
+# the current build's tensor-core decode kernel on two shapes: speed of light,
+# memory, warp stall reasons.
+#
+#   tests/gpu/bench_ab.sh [DIR] [-- BENCH_ARGS...]
+#
+# DIR: a folder made by tests/gpu/pack.sh (default: the one holding this
+# script, e.g. `bash .gpu/bench_ab.sh`) or a build tree. Environment:
+#   MLA_AB_ROUNDS   rounds over the binaries (default 2)
+#   MLA_AB_NCU      0: no profile (default 1)
+#   MLA_AB_NCU_SHAPES  shapes profiled (default 64x4096x16,64x8192x128)
+#   MLA_AB_NCU_TIMEOUT seconds per profiled shape (default 60)
+# Logs (and the ncu reports) go to $OUT when set (the device runner), else a temp dir.
+set -uo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+if [[ $# -gt 0 && $1 != -- ]]; then
+  dir=$1
+  shift
+elif [[ -d $here/bin ]]; then
+  dir=$here
+else
+  dir=build
+fi
+[[ ${1:-} == -- ]] && shift
+dir=$(cd "$dir" 2>/dev/null && pwd) || { echo "bench_ab.sh: no folder $dir" >&2; exit 2; }
+source "$here/stage_packed.sh" || exit 2
+staged=$(stage_packed "$dir") || { echo "bench_ab.sh: cannot unpack $dir" >&2; exit 2; }
+[[ $staged != "$dir" ]] && trap 'rm -rf "$staged"' EXIT
+dir=$staged
+[[ -d $dir/lib ]] && export LD_LIBRARY_PATH="$dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if ! ldconfig -p 2>/dev/null | grep -q 'libcublas.so.13 '; then
+  blas=$(find /usr/local/cuda/lib64 /usr/local/cuda/targets /usr /opt -name libcublas.so.13 -print -quit 2>/dev/null)
+  [[ -n $blas ]] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$blas")"
+fi
+logs=${OUT:-$(mktemp -d)}
+mapfile -t bins < <(find "$dir/bin" -maxdepth 1 -type f -name 'mla-bench-decode*' -perm -u+x | sort)
+(( ${#bins[@]} > 0 )) || { echo "bench_ab.sh: no mla-bench-decode* in $dir/bin" >&2; exit 2; }
+args=("$@")
+(( ${#args[@]} > 0 )) || args=(--no-simple-timing --copy-mib 1024)
+
+nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem --format=csv,noheader 2>/dev/null
+for ((round = 1; round <= ${MLA_AB_ROUNDS:-2}; ++round)); do
+  for b in "${bins[@]}"; do
+    echo "== round $round: $(basename "$b") ${args[*]}"
+    timeout 300 "$b" "${args[@]}" 2>&1 | tee -a "$logs/ab_$(basename "$b").log" | grep -v '^{'
+  done
+done
+
+ncu=$(command -v ncu || find /usr/local/cuda/bin /opt/nvidia -name ncu -type f -print -quit 2>/dev/null)
+if [[ ${MLA_AB_NCU:-1} != 0 && -n $ncu ]]; then
+  IFS=, read -ra ncu_shapes <<<"${MLA_AB_NCU_SHAPES:-64x4096x16,64x8192x128}"
+  for b in "$dir/bin/mla-bench-decode"; do
+    for shape in "${ncu_shapes[@]}"; do
+      report=$logs/ncu_$(basename "$b")_$shape.txt
+      echo "== ncu: $(basename "$b") $shape"
+      timeout "${MLA_AB_NCU_TIMEOUT:-60}" "$ncu" --kernel-name regex:MlaDecodeMmaKernel --launch-count 1 \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
+        --section Occupancy --section LaunchStats \
+        "$b" --shapes "$shape" --iters 1 --no-simple-timing --copy-mib 16 >"$report" 2>&1
+      echo "ncu rc $?"
+      grep -E 'Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Stall|Warp Cycles Per Issued|Issued Warp|No Eligible|Registers|ERR_|==ERROR==' \
+        "$report" | head -n 40
+    done
+  done
+elif [[ ${MLA_AB_NCU:-1} != 0 ]]; then
+  echo "bench_ab.sh: no ncu on this machine"
+fi
+exit 0
