@@ -120,39 +120,52 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
   }
   if constexpr (kQRegs) CpAsyncCommit();  // Q alone: its fragments are loaded before the first tile lands
   const int32_t* table = p.block_tables + static_cast<int64_t>(item.seq) * p.max_blocks_per_seq;
-  // Warp w stages rows w + 8 j (j < kRowsPerWarp) of a tile, lanes over a
-  // row's 16-byte pieces. The rows' cache blocks are read from the block table
-  // one tile ahead (blocks[], -1 past kv_end), so issuing a tile's cp.async
-  // never waits on a table load: before, each row waited for its own, eight
-  // dependent global loads per warp per tile.
-  constexpr int kRowsPerWarp = kTile / kWarps;
-  int blocks[kRowsPerWarp];
-  auto read_blocks = [&](int t0) {
-#pragma unroll
-    for (int j = 0; j < kRowsPerWarp; ++j) {
-      const int pos = t0 + warp + j * kWarps;
-      blocks[j] = pos < item.kv_end ? table[pos / p.block_size] : -1;
-    }
-  };
+  // Staging a tile. Items start at tile boundaries, so where block_size is a
+  // multiple of kTile (64 in practice) a tile lies in one cache block: its
+  // rows are kTile * latent contiguous BF16. Thread i then copies 16-byte
+  // pieces c = i + kThreads j, piece c going to row c / chunks of the padded
+  // stage, i.e. to BF16 offset 8 (c + c / chunks). The division is a multiply
+  // by ceil-ish 2^20 / chunks and a shift, exact for c < kTile * chunks (<= 64
+  // * 80: the rounding adds under 5120 / 2^20 < 1 / chunks). Before, each warp
+  // walked its 8 rows with a runtime-length loop over a row's 72 pieces and a
+  // table load per row: about 1000 issued instructions per warp per tile,
+  // most of the kernel's (Nsight Compute: the kernel is issue- and
+  // latency-bound at 2 warps per scheduler). Other block sizes: warp w stages
+  // rows w + 8 j, one table load per row.
+  const bool contiguous = p.block_size % kTile == 0;
+  const uint32_t magic = (1u << 20) / static_cast<uint32_t>(chunks) + 1u;
+  const int tile_pieces = kTile * chunks;
   auto load_tile = [&](int t0, int stage) {
     bf16* dst = kv_s + stage * kTile * stride;
-#pragma unroll
-    for (int j = 0; j < kRowsPerWarp; ++j) {
-      const int r = warp + j * kWarps, pos = t0 + r;
-      const bool valid = blocks[j] >= 0;
+    const int valid_rows = min(kTile, item.kv_end - t0);
+    if (contiguous) {
+      const bf16* base = p.cache + (static_cast<int64_t>(table[t0 / p.block_size]) * p.block_size +
+                                    t0 % p.block_size) * latent;
+      // Rows past kv_end are zero-filled; their source addresses stay inside
+      // the tile's block, so no select is needed (nothing is read).
+      const uint32_t dst_addr = SharedAddress(dst);
+      const bf16* src = base + 8 * threadIdx.x;
+      uint32_t cm = threadIdx.x * magic;
+      for (int c = threadIdx.x; c < tile_pieces; c += kThreads, src += 8 * kThreads, cm += kThreads * magic) {
+        const int r = static_cast<int>(cm >> 20);
+        CpAsync16(dst_addr + 16 * (c + r), src, r < valid_rows ? 16 : 0);
+      }
+      return;
+    }
+    for (int r = warp; r < kTile; r += kWarps) {
+      const bool valid = r < valid_rows;
+      const int pos = t0 + r;
       const bf16* row =
-          valid ? p.cache + (static_cast<int64_t>(blocks[j]) * p.block_size + pos % p.block_size) * latent : p.cache;
+          valid ? p.cache + (static_cast<int64_t>(table[pos / p.block_size]) * p.block_size + pos % p.block_size) *
+                                latent
+                : p.cache;
       for (int k = lane; k < chunks; k += 32) {
         CpAsync16(SharedAddress(dst + r * stride + k * 8), valid ? row + k * 8 : row, valid ? 16 : 0);
       }
     }
   };
-  if (item.kv_begin < item.kv_end) {
-    read_blocks(item.kv_begin);
-    load_tile(item.kv_begin, 0);
-  }
+  if (item.kv_begin < item.kv_end) load_tile(item.kv_begin, 0);
   CpAsyncCommit();
-  read_blocks(item.kv_begin + kTile);
 
   // This warp's output column tiles: [col0, col0 + cols), 8 columns each.
   const int per_warp = (kv_chunks + kWarps - 1) / kWarps;
@@ -206,7 +219,6 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
     __syncthreads();
     if (t0 + kTile < item.kv_end) load_tile(t0 + kTile, stage ^ 1);
     CpAsyncCommit();
-    read_blocks(t0 + 2 * kTile);  // used by the next tile's load_tile
     const bf16* kv = kv_s + stage * kTile * stride;
 
     // Scores of this lane's C fragments: [mt][n-tile][e]; the first position

@@ -64,11 +64,13 @@ struct DecodeCase {
   int heads, kv_lora, rope;
   float scale;                   // 0: DeepSeek-V3's 0.1352
   std::vector<int64_t> kv_lens;  // per sequence, the current token included
+  int64_t block_size = 64;       // cache positions per block
 };
 
 void PrintTo(const DecodeCase& c, std::ostream* os) {
   *os << c.heads << " heads, kv_lora " << c.kv_lora << " rope " << c.rope << ", kv_lens:";
   for (int64_t n : c.kv_lens) *os << " " << n;
+  *os << ", block size " << c.block_size;
 }
 
 class MlaDecodeGpuTest : public ::testing::TestWithParam<DecodeCase> {};
@@ -82,14 +84,15 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
   std::ostringstream lens;
   for (int64_t n : c.kv_lens) lens << " " << n;
   SCOPED_TRACE(::testing::Message() << "heads " << c.heads << " kv_lora " << c.kv_lora << " rope " << c.rope
-                                    << " kv_lens" << lens.str() << " seed " << gpu_test::BaseSeed());
+                                    << " kv_lens" << lens.str() << " block size " << c.block_size << " seed "
+                                    << gpu_test::BaseSeed());
   auto rng = gpu_test::CaseRng(static_cast<uint64_t>(c.heads * 13 + c.kv_lora + c.kv_lens.size() * 977));
   const int latent = c.kv_lora + c.rope;
   const float scale = c.scale != 0.0f ? c.scale : 0.135230f;
   const int64_t seqs = static_cast<int64_t>(c.kv_lens.size());
   std::vector<SeqShape> shapes;
   for (int64_t n : c.kv_lens) shapes.push_back({n, 0});
-  gpu_test::PagedBatch b = gpu_test::MakePagedBatch(shapes, 64, 3, rng);
+  gpu_test::PagedBatch b = gpu_test::MakePagedBatch(shapes, c.block_size, 3, rng);
 
   // NaN everywhere, then the valid rows of every sequence.
   std::vector<uint16_t> cache(static_cast<size_t>(b.num_blocks * b.block_size * latent), gpu_test::kBf16NaNBits);
@@ -250,13 +253,19 @@ INSTANTIATE_TEST_SUITE_P(
         // 5 k-steps split 3 + 2); two head groups of 32 over latent 160; the fixtures'
         // 8 x (160 + 16) with an empty sequence.
         DecodeCase{16, 512, 64, 0.0f, {130, 3}}, DecodeCase{20, 64, 16, 0.3f, {200, 1, 64}},
-        DecodeCase{64, 128, 32, 0.2f, {70, 128}}, DecodeCase{8, 160, 16, 0.25f, {1, 5, 64, 65, 129, 0}}),
+        DecodeCase{64, 128, 32, 0.2f, {70, 128}}, DecodeCase{8, 160, 16, 0.25f, {1, 5, 64, 65, 129, 0}},
+        // Block sizes other than 64: a tile spans several blocks (16, 32: the
+        // tensor-core kernel stages it row by row), or lies in the first or
+        // second half of one (128: the contiguous copy at an offset).
+        DecodeCase{16, 512, 64, 0.0f, {130, 3, 64}, 16}, DecodeCase{8, 160, 16, 0.25f, {1, 65, 129}, 32},
+        DecodeCase{32, 512, 64, 0.0f, {200, 65, 128}, 128}),
     // Names for --gtest_filter (tests/gpu/run.sh runs a few under racecheck by name).
     [](const ::testing::TestParamInfo<DecodeCase>& info) {
       const DecodeCase& c = info.param;
       std::ostringstream name;
       name << "h" << c.heads << "_kv" << c.kv_lora << "_rope" << c.rope << "_len"
            << (c.kv_lens.empty() ? 0 : c.kv_lens.front()) << "_seqs" << c.kv_lens.size();
+      if (c.block_size != 64) name << "_bs" << c.block_size;
       return name.str();
     });
 
