@@ -431,29 +431,51 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
     }
     __syncthreads();
 
-    // O += P V over this warp's columns, 16 positions per k-step.
+    // O += P V over this warp's columns, 16 positions per k-step. With all
+    // kMaxColTiles column tiles (kv_lora 512: every warp) the loop has no
+    // branches, so each k-step's four V loads issue before its MMAs; the
+    // general loop's per-tile branches made every ldmatrix wait alone.
     const bf16* v_lane = kv + a_r * stride + col0 * 8 + a_c;
+    if (cols == kMaxColTiles) {
 #pragma unroll
-    for (int kk = 0; kk < kTile / 16; ++kk) {
-      uint32_t a[MT][4];
+      for (int kk = 0; kk < kTile / 16; ++kk) {
+        uint32_t a[MT][4], b[kMaxColTiles / 2][4];
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) LdMatrixX4(a[mt], SharedAddress(p_lane + mt * 16 * kPStride + kk * 16));
+        for (int mt = 0; mt < MT; ++mt) LdMatrixX4(a[mt], SharedAddress(p_lane + mt * 16 * kPStride + kk * 16));
 #pragma unroll
-      for (int i = 0; i < kMaxColTiles; i += 2) {
-        const bf16* v = v_lane + kk * 16 * stride + i * 8;
-        if (i + 1 < cols) {  // column tiles i and i + 1 in one x4
-          uint32_t b[4];
-          LdMatrixX4Trans(b, SharedAddress(v));
+        for (int i = 0; i < kMaxColTiles / 2; ++i) LdMatrixX4Trans(b[i], SharedAddress(v_lane + kk * 16 * stride + i * 16));
+#pragma unroll
+        for (int i = 0; i < kMaxColTiles / 2; ++i) {
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt) {
-            MmaBf16(acc[mt][i], a[mt], b[0], b[1]);
-            MmaBf16(acc[mt][i + 1], a[mt], b[2], b[3]);
+            MmaBf16(acc[mt][2 * i], a[mt], b[i][0], b[i][1]);
+            MmaBf16(acc[mt][2 * i + 1], a[mt], b[i][2], b[i][3]);
           }
-        } else if (i < cols) {
-          uint32_t b0, b1;
-          LdMatrixX2Trans(b0, b1, SharedAddress(v));
+        }
+      }
+    } else {
 #pragma unroll
-          for (int mt = 0; mt < MT; ++mt) MmaBf16(acc[mt][i], a[mt], b0, b1);
+      for (int kk = 0; kk < kTile / 16; ++kk) {
+        uint32_t a[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) LdMatrixX4(a[mt], SharedAddress(p_lane + mt * 16 * kPStride + kk * 16));
+#pragma unroll
+        for (int i = 0; i < kMaxColTiles; i += 2) {
+          const bf16* v = v_lane + kk * 16 * stride + i * 8;
+          if (i + 1 < cols) {  // column tiles i and i + 1 in one x4
+            uint32_t b[4];
+            LdMatrixX4Trans(b, SharedAddress(v));
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+              MmaBf16(acc[mt][i], a[mt], b[0], b[1]);
+              MmaBf16(acc[mt][i + 1], a[mt], b[2], b[3]);
+            }
+          } else if (i < cols) {
+            uint32_t b0, b1;
+            LdMatrixX2Trans(b0, b1, SharedAddress(v));
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) MmaBf16(acc[mt][i], a[mt], b0, b1);
+          }
         }
       }
     }
