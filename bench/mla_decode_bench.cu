@@ -387,7 +387,7 @@ int main(int argc, char** argv) {
         "\"heads_per_block\": %d, \"plan_sms\": %d, \"query\": \"%s\"}\n",
         s.batch, s.context, s.heads, r.ms, bytes / r.ms / 1e6, flops / r.ms / 1e9, copy_gbps, r.attn_ms,
         bytes / r.attn_ms / 1e6, r.simple_ms, r.items, r.merges, r.plan_us, r.max_abs, r.rel_l2,
-        r.heads_per_block, opt.plan_sms, opt.query == mla::cuda::MlaDecodeQuery::kRegisters ? "registers" : "shared");
+        r.heads_per_block, opt.plan_sms, opt.query == mla::cuda::MlaDecodeQuery::kShared ? "shared" : "registers");
     std::fflush(stdout);
     rows.push_back(r);
   }
@@ -402,7 +402,7 @@ int main(int argc, char** argv) {
   }
   if (json_only) return status;
   std::printf("\n%s, %d SMs; copy %.0f GB/s (read + written); plan for %d SMs; query in %s\n", prop.name, sms,
-              copy_gbps, opt.plan_sms, opt.query == mla::cuda::MlaDecodeQuery::kRegisters ? "registers" : "shared memory");
+              copy_gbps, opt.plan_sms, opt.query == mla::cuda::MlaDecodeQuery::kShared ? "shared memory" : "registers");
   std::printf("%-14s %9s %8s %7s %6s %9s %8s %4s %10s %7s %9s\n", "BxLxH", "ms", "GB/s", "%copy", "TF/s", "attn ms",
               "simple x", "hpb", "items/merg", "plan us", "rel L2");
   for (const Row& r : rows) {

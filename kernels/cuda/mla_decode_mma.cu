@@ -236,19 +236,29 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
         for (int n = 0; n < 4; ++n) part[mt][n][0] = part[mt][n][1] = part[mt][n][2] = part[mt][n][3] = 0.0f;
       }
       const bf16* k_lane = kv + (th * 32 + (lane & 7) + (lane >> 4) * 8) * stride + ((lane >> 3) & 1) * 8;
+      // K fragments one k-step ahead: step j + 1's loads issue before step
+      // j's MMAs (each step sits in a branch on kq_len, which would otherwise
+      // leave every step waiting for its own ldmatrix).
+      uint32_t b[2][2][4];  // [buffer][n-tile pair][regs]
+      if (kq_len > 0) {
+        LdMatrixX4(b[0][0], SharedAddress(k_lane + kq_begin * 16));
+        LdMatrixX4(b[0][1], SharedAddress(k_lane + 16 * stride + kq_begin * 16));
+      }
 #pragma unroll
       for (int j = 0; j < kMaxQuarterSteps; ++j) {
+        const int cur = j & 1;
+        if (j + 1 < kq_len) {
+          const int ks = kq_begin + j + 1;
+          LdMatrixX4(b[cur ^ 1][0], SharedAddress(k_lane + ks * 16));
+          LdMatrixX4(b[cur ^ 1][1], SharedAddress(k_lane + 16 * stride + ks * 16));
+        }
         if (j < kq_len) {
-          const int ks = kq_begin + j;
-          uint32_t b0[4], b1[4];
-          LdMatrixX4(b0, SharedAddress(k_lane + ks * 16));
-          LdMatrixX4(b1, SharedAddress(k_lane + 16 * stride + ks * 16));
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt) {
-            MmaBf16(part[mt][0], qf[mt][j], b0[0], b0[1]);
-            MmaBf16(part[mt][1], qf[mt][j], b0[2], b0[3]);
-            MmaBf16(part[mt][2], qf[mt][j], b1[0], b1[1]);
-            MmaBf16(part[mt][3], qf[mt][j], b1[2], b1[3]);
+            MmaBf16(part[mt][0], qf[mt][j], b[cur][0][0], b[cur][0][1]);
+            MmaBf16(part[mt][1], qf[mt][j], b[cur][0][2], b[cur][0][3]);
+            MmaBf16(part[mt][2], qf[mt][j], b[cur][1][0], b[cur][1][1]);
+            MmaBf16(part[mt][3], qf[mt][j], b[cur][1][2], b[cur][1][3]);
           }
         }
       }
@@ -604,8 +614,9 @@ cudaError_t Launch(const MlaDecodeParams& p, size_t smem, cudaStream_t stream) {
 
 cudaError_t LaunchMlaDecodeMma(const MlaDecodeParams& p, cudaStream_t stream) {
   const int latent = p.kv_lora + p.qk_rope;
-  // kAuto: the query in shared memory until a GPU run has compared the two.
-  const bool q_regs = p.query == MlaDecodeQuery::kRegisters;
+  // kAuto: the query in registers, 1-5% faster than in shared memory on
+  // every benchmark shape on an H200 (bench/RESULTS.md, 2026-11-28).
+  const bool q_regs = p.query != MlaDecodeQuery::kShared;
   const size_t smem = MlaDecodeMmaSharedBytes(latent, p.heads_per_block, q_regs);
   if (!MlaDecodeUsesTensorCores(p.kv_lora, p.qk_rope) || (p.heads_per_block != 16 && p.heads_per_block != 32) ||
       smem > kMaxSharedBytes || p.num_work_items <= 0 || p.num_merge_items < 0 ||

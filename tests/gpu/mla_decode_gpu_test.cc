@@ -142,8 +142,9 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
   // 2^20 SMs (every sequence split into single tiles: the merge at its widest),
   // and the device's SMs with the other head-group size (16 heads per block
   // where the default is 32 and the reverse, as the benchmark may choose);
-  // then the query-in-registers variant under the device's plan with either
-  // head-group size and under the widest plan.
+  // then the query-in-shared-memory variant (the default, kAuto, keeps it in
+  // registers) under the device's plan with either head-group size and under
+  // the widest plan.
   // On the CPU emulator (tests/emu) the widest plan also runs with the fibers
   // in reverse and in two seeded random orders: a missing barrier tends to
   // show under one order or another. (order: 0 forward, 1 reverse, 2+ random.)
@@ -160,12 +161,12 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
                            {device_sms, 0, 0},
                            {1 << 20, 0, 0},
                            {device_sms, 0, other_hpb},
-                           {device_sms, 0, 0, Query::kRegisters},
-                           {device_sms, 0, other_hpb, Query::kRegisters},
-                           {1 << 20, 0, 0, Query::kRegisters}};
+                           {device_sms, 0, 0, Query::kShared},
+                           {device_sms, 0, other_hpb, Query::kShared},
+                           {1 << 20, 0, 0, Query::kShared}};
 #if defined(MLA_CUDA_EMULATED)
-  runs.insert(runs.end(), {{1 << 20, 1, 0}, {1 << 20, 2, 0}, {1 << 20, 3, 0}, {1 << 20, 1, 0, Query::kRegisters},
-                           {1 << 20, 2, 0, Query::kRegisters}});
+  runs.insert(runs.end(), {{1 << 20, 1, 0}, {1 << 20, 2, 0}, {1 << 20, 3, 0}, {1 << 20, 1, 0, Query::kShared},
+                           {1 << 20, 2, 0, Query::kShared}});
 #endif
   for (const auto& [sms, order, hpb, query] : runs) {
 #if defined(MLA_CUDA_EMULATED)
@@ -175,7 +176,7 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
     SCOPED_TRACE(sms == 0 ? std::string("simple kernel")
                           : "plan for " + std::to_string(sms) + " SMs, heads per block " +
                                 (hpb == 0 ? std::string("default") : std::to_string(hpb)) +
-                                (query == Query::kRegisters ? ", query in registers" : "") + ", fiber order " +
+                                (query == Query::kShared ? ", query in shared memory" : "") + ", fiber order " +
                                 std::to_string(order));
     cuda::MlaDecodeParams p;
     p.q_latent = d_q_lat.bf16();
