@@ -123,6 +123,17 @@ TEST(MlaDecodePlanTest, FillsTheSmsForSmallBatches) {
     EXPECT_EQ(plan.items[g].head_begin, 32 * g);
     EXPECT_EQ(plan.items[g].kv_begin, plan.items[0].kv_begin);
   }
+  // 128 x 4096 at 16 heads: splitting each sequence in two (256 items of 32
+  // tiles) takes two waves, no sooner than 128 whole sequences in one: no split.
+  plan = PlanMlaDecode(std::vector<int32_t>(128, 4096), 16, 132);
+  EXPECT_EQ(plan.items.size(), 128u);
+  EXPECT_TRUE(plan.merges.empty());
+  // ... but one long sequence among short ones is still split over the idle SMs.
+  std::vector<int32_t> lens(100, 64);
+  lens.push_back(64 * 64);
+  plan = PlanMlaDecode(lens, 16, 132);
+  EXPECT_GT(plan.items.size(), 101u);
+  EXPECT_EQ(plan.merges.size(), 1u);
   // Enough work per SM already: no split, no partials.
   plan = PlanMlaDecode(std::vector<int32_t>(256, 1000), 16, 132);
   EXPECT_EQ(plan.num_partials, 0);
