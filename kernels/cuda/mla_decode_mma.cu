@@ -18,8 +18,7 @@ using bf16 = __nv_bfloat16;
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kTokenGroups = 4;  // of 16 positions per tile; two warps (k halves) each
-constexpr int kTile = kMlaDecodeTileTokens;  // cached positions per tile (one softmax step)
-constexpr int kHalf = kTile / 2;             // cached positions per stage slot
+constexpr int kTile = kMlaDecodeTileTokens;  // cached positions per stage
 // Shared-memory rows are padded by 8 BF16 (16 bytes): with latent % 16 == 0
 // the row pitch is an odd number of 16-byte units, so the 8 row addresses of
 // an ldmatrix fall in different banks.
@@ -36,46 +35,31 @@ constexpr int kMaxQuarterSteps = 10;  // k-steps of 16 per quarter: latent <= 64
 constexpr int kFineGroups = kWarps;   // softmax groups of 8 positions
 
 // Bytes of the first region of a work item's shared memory: the query rows;
-// with the query in registers, the four k-quarters' partial scores
-// [kWarps][MT][4 n][4 e][32 lanes] instead (the query is staged in the last
-// two cache slots, which the first tile's loads overwrite only after every
-// warp has its fragments).
+// with the query in registers (staged there for the fragments, then dead) also
+// the four k-quarters' partial scores [kWarps][MT][4 n][4 e][32 lanes] that
+// take their place: the larger of the two.
 __host__ __device__ size_t QueryRegionBytes(int latent, int heads_per_block, bool query_in_registers) {
-  return query_in_registers ? sizeof(float) * kWarps * (heads_per_block / 16) * 16 * 32
-                            : sizeof(bf16) * heads_per_block * (static_cast<size_t>(latent) + kPad);
+  const size_t q_bytes = sizeof(bf16) * heads_per_block * (static_cast<size_t>(latent) + kPad);
+  const size_t partial_bytes = sizeof(float) * kWarps * (heads_per_block / 16) * 16 * 32;
+  return query_in_registers && partial_bytes > q_bytes ? partial_bytes : q_bytes;
 }
 
-// Dynamic shared memory of one work item with `slots` cache slots of kHalf
-// rows (bytes): the query region, the slots, the BF16 probabilities, the row
+// Dynamic shared memory of one work item (bytes): the query region, two
+// stages of kMlaDecodeTileTokens cache rows, the BF16 probabilities, the row
 // statistics of the position groups (4, or 8 with the query in registers) and,
 // with the query in shared memory, the score hand-over between k halves.
-__host__ __device__ size_t SharedBytesWithSlots(int latent, int heads_per_block, bool query_in_registers, int slots) {
+size_t MlaDecodeMmaSharedBytes(int latent, int heads_per_block, bool query_in_registers) {
   const size_t stride = static_cast<size_t>(latent) + kPad;
   const size_t rows = static_cast<size_t>(heads_per_block);
   const size_t stats =
       query_in_registers ? kFineGroups * rows : kTokenGroups * rows + kTokenGroups * (rows / 16) * 8 * 32;
   return QueryRegionBytes(latent, heads_per_block, query_in_registers) +
-         sizeof(bf16) * (static_cast<size_t>(slots) * kHalf * stride + rows * kPStride) + sizeof(float) * stats;
-}
-
-// Cache slots of kHalf rows, a ring: a tile is computed from two while the
-// others load. Five where they fit (three slots, 96 rows, in flight during a
-// tile's math; DeepSeek-V3's latent at either head-group size with the query
-// in registers, and at 16 heads with it in shared memory), else four (two in
-// flight, as plain double buffering of whole tiles).
-__host__ __device__ int StageSlots(int latent, int heads_per_block, bool query_in_registers) {
-  return SharedBytesWithSlots(latent, heads_per_block, query_in_registers, 5) <= kMaxSharedBytes ? 5 : 4;
-}
-
-size_t MlaDecodeMmaSharedBytes(int latent, int heads_per_block, bool query_in_registers) {
-  return SharedBytesWithSlots(latent, heads_per_block, query_in_registers,
-                              StageSlots(latent, heads_per_block, query_in_registers));
+         sizeof(bf16) * (2 * kTile * stride + rows * kPStride) + sizeof(float) * stats;
 }
 
 // One work item (MlaDecodeWorkItem) per block: 16 * MT heads of one sequence
-// over its cached positions [kv_begin, kv_end), in tiles of 64 positions
-// staged with cp.async as halves through a ring of slots (StageSlots): up to
-// three halves load while a tile is computed. Per tile:
+// over its cached positions [kv_begin, kv_end), in tiles of 64 positions,
+// double-buffered with cp.async. Per tile:
 //   S = Q K^T   [16 MT heads x 64 positions], K = the cached rows (kv_lora
 //               and rope parts alike). Query in shared memory (kQRegs
 //               false): warp w takes positions 16 (w % 4) + [0, 16) over half
@@ -104,14 +88,13 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
   MLA_DYNAMIC_SHARED(smem_raw);
   const int latent = p.kv_lora + p.qk_rope;
   const int stride = latent + kPad;  // BF16 per cached / query row in shared memory
-  const int slots = StageSlots(latent, kRows, kQRegs);
-  bf16* kv_s = reinterpret_cast<bf16*>(smem_raw + QueryRegionBytes(latent, kRows, kQRegs));  // [slots, kHalf, stride]
-  // The query rows [kRows, stride]: the first region, or (query in registers)
-  // the last two slots until its fragments are loaded.
-  bf16* q_s = kQRegs ? kv_s + (slots - 2) * kHalf * stride : reinterpret_cast<bf16*>(smem_raw);
-  bf16* p_s = kv_s + slots * kHalf * stride;                  // [kRows, kPStride]
+  bf16* q_s = reinterpret_cast<bf16*>(smem_raw);  // [kRows, stride]
+  // Query in registers: q_s is dead once the fragments are loaded, and the
+  // quarters' partial scores [kWarps][MT][4 n][4 e][32 lanes] take its place.
+  bf16* kv_s = reinterpret_cast<bf16*>(smem_raw + QueryRegionBytes(latent, kRows, kQRegs));  // [2, kTile, stride]
+  bf16* p_s = kv_s + 2 * kTile * stride;                      // [kRows, kPStride]
   float* red = reinterpret_cast<float*>(p_s + kRows * kPStride);  // [kGroups, kRows]
-  // Query in shared memory: [kTokenGroups, MT * 8 scores, 32 lanes]; in registers: the first region.
+  // Query in shared memory: [kTokenGroups, MT * 8 scores, 32 lanes]; in registers: over q_s.
   float* sx = kQRegs ? reinterpret_cast<float*>(smem_raw) : red + kGroups * kRows;
 
   const MlaDecodeWorkItem item = p.work_items[blockIdx.x];
@@ -137,47 +120,41 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
   }
   if constexpr (kQRegs) CpAsyncCommit();  // Q alone: its fragments are loaded before the first tile lands
   const int32_t* table = p.block_tables + static_cast<int64_t>(item.seq) * p.max_blocks_per_seq;
-  // Staging half a tile (kHalf rows) into a slot. Items start at tile
-  // boundaries, so where block_size is a multiple of kTile (64 in practice) a
-  // half lies in one cache block: its rows are kHalf * latent contiguous BF16.
-  // Thread i then copies 16-byte pieces c = i + kThreads j, piece c going to
-  // row c / chunks of the padded slot, i.e. to BF16 offset 8 (c + c /
-  // chunks). The division is a multiply by ceil-ish 2^20 / chunks and a
-  // shift, exact for c < kHalf * chunks (<= 32 * 80: the rounding adds under
-  // 2560 / 2^20 < 1 / chunks). Before, each warp walked its rows with a
-  // runtime-length loop over a row's 72 pieces and a table load per row: about
-  // 1000 issued instructions per warp per tile, most of the kernel's (Nsight
-  // Compute: it is issue- and latency-bound at 2 warps per scheduler). Other
-  // block sizes: warp w stages rows w + 8 j, one table load per row. Rows past
-  // kv_end are zero-filled (a NaN there must not meet P = 0); halves of tiles
-  // past kv_end are not loaded.
+  // Staging a tile. Items start at tile boundaries, so where block_size is a
+  // multiple of kTile (64 in practice) a tile lies in one cache block: its
+  // rows are kTile * latent contiguous BF16. Thread i then copies 16-byte
+  // pieces c = i + kThreads j, piece c going to row c / chunks of the padded
+  // stage, i.e. to BF16 offset 8 (c + c / chunks). The division is a multiply
+  // by ceil-ish 2^20 / chunks and a shift, exact for c < kTile * chunks (<= 64
+  // * 80: the rounding adds under 5120 / 2^20 < 1 / chunks). Before, each warp
+  // walked its 8 rows with a runtime-length loop over a row's 72 pieces and a
+  // table load per row: about 1000 issued instructions per warp per tile,
+  // most of the kernel's (Nsight Compute: the kernel is issue- and
+  // latency-bound at 2 warps per scheduler). Other block sizes: warp w stages
+  // rows w + 8 j, one table load per row.
   const bool contiguous = p.block_size % kTile == 0;
   const uint32_t magic = (1u << 20) / static_cast<uint32_t>(chunks) + 1u;
-  const int half_pieces = kHalf * chunks;
-  auto load_half = [&](int h, int slot) {  // h: the item's half index; positions kv_begin + kHalf h + [0, kHalf)
-    const int h0 = item.kv_begin + h * kHalf;
-    if (item.kv_begin + (h / 2) * kTile >= item.kv_end) return;  // its tile is past the end
-    bf16* dst = kv_s + slot * kHalf * stride;
-    const int valid_rows = min(kHalf, item.kv_end - h0);  // may be <= 0: all zeros
+  const int tile_pieces = kTile * chunks;
+  auto load_tile = [&](int t0, int stage) {
+    bf16* dst = kv_s + stage * kTile * stride;
+    const int valid_rows = min(kTile, item.kv_end - t0);
     if (contiguous) {
-      const bf16* base =
-          valid_rows > 0
-              ? p.cache + (static_cast<int64_t>(table[h0 / p.block_size]) * p.block_size + h0 % p.block_size) * latent
-              : p.cache;
-      // Zero-filled rows keep source addresses inside the half's block (or
-      // the first block), so no select is needed (nothing is read).
+      const bf16* base = p.cache + (static_cast<int64_t>(table[t0 / p.block_size]) * p.block_size +
+                                    t0 % p.block_size) * latent;
+      // Rows past kv_end are zero-filled; their source addresses stay inside
+      // the tile's block, so no select is needed (nothing is read).
       const uint32_t dst_addr = SharedAddress(dst);
       const bf16* src = base + 8 * threadIdx.x;
       uint32_t cm = threadIdx.x * magic;
-      for (int c = threadIdx.x; c < half_pieces; c += kThreads, src += 8 * kThreads, cm += kThreads * magic) {
+      for (int c = threadIdx.x; c < tile_pieces; c += kThreads, src += 8 * kThreads, cm += kThreads * magic) {
         const int r = static_cast<int>(cm >> 20);
         CpAsync16(dst_addr + 16 * (c + r), src, r < valid_rows ? 16 : 0);
       }
       return;
     }
-    for (int r = warp; r < kHalf; r += kWarps) {
+    for (int r = warp; r < kTile; r += kWarps) {
       const bool valid = r < valid_rows;
-      const int pos = h0 + r;
+      const int pos = t0 + r;
       const bf16* row =
           valid ? p.cache + (static_cast<int64_t>(table[pos / p.block_size]) * p.block_size + pos % p.block_size) *
                                 latent
@@ -187,12 +164,8 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
       }
     }
   };
-  // The first slots - 2 halves, one commit group each (empty past the end);
-  // the query's loads (in shared memory) join the first.
-  for (int h = 0; h < slots - 2; ++h) {
-    load_half(h, h);
-    CpAsyncCommit();
-  }
+  if (item.kv_begin < item.kv_end) load_tile(item.kv_begin, 0);
+  CpAsyncCommit();
 
   // This warp's output column tiles: [col0, col0 + cols), 8 columns each.
   const int per_warp = (kv_chunks + kWarps - 1) / kWarps;
@@ -228,12 +201,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
   const int kq_begin = min(k_steps, kq * quarter), kq_len = min(quarter, k_steps - kq_begin);
   uint32_t qf[kQRegs ? MT : 1][kQRegs ? kMaxQuarterSteps : 1][4];
   if constexpr (kQRegs) {
-    // Q's group; the first slots - 2 halves' may still be in flight.
-    if (slots == 5) {
-      CpAsyncWait<3>();
-    } else {
-      CpAsyncWait<2>();
-    }
+    CpAsyncWait<1>();  // Q's group (the first tile's may still be in flight)
     __syncthreads();
 #pragma unroll
     for (int j = 0; j < kMaxQuarterSteps; ++j) {
@@ -244,28 +212,14 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
     }
   }
 
-  // Tile i is halves 2i and 2i + 1, in slots (2i) % slots and (2i + 1) %
-  // slots; s0 is the first.
-  int s0 = 0;
-  for (int t0 = item.kv_begin, h = 0; t0 < item.kv_end; t0 += kTile, h += 2) {
-    // This tile's two halves are in (one later group may still be pending).
-    if (slots == 5) {
-      CpAsyncWait<1>();
-    } else {
-      CpAsyncWait<0>();
-    }
-    // ... in every thread's view; every warp is done with the previous tile's
-    // slots (which the next two halves take), p_s and red.
+  int stage = 0;
+  for (int t0 = item.kv_begin; t0 < item.kv_end; t0 += kTile, stage ^= 1) {
+    CpAsyncWait<0>();
+    // Tile t0 (and Q) are in; every warp is done with the other stage, p_s and red.
     __syncthreads();
-    const int s1 = s0 + 1 == slots ? 0 : s0 + 1;
-    load_half(h + slots - 2, s0 >= 2 ? s0 - 2 : s0 + slots - 2);
+    if (t0 + kTile < item.kv_end) load_tile(t0 + kTile, stage ^ 1);
     CpAsyncCommit();
-    load_half(h + slots - 1, s0 >= 1 ? s0 - 1 : s0 + slots - 1);
-    CpAsyncCommit();
-    // Rows [0, kHalf) of the tile, and [kHalf, kTile).
-    const bf16* kv_lo = kv_s + s0 * kHalf * stride;
-    const bf16* kv_hi = kv_s + s1 * kHalf * stride;
-    s0 = s1 + 1 == slots ? 0 : s1 + 1;
+    const bf16* kv = kv_s + stage * kTile * stride;
 
     // Scores of this lane's C fragments: [mt][n-tile][e]; the first position
     // of n-tile 0 (pos0), and who keeps them through the softmax (keep).
@@ -281,7 +235,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
 #pragma unroll
         for (int n = 0; n < 4; ++n) part[mt][n][0] = part[mt][n][1] = part[mt][n][2] = part[mt][n][3] = 0.0f;
       }
-      const bf16* k_lane = (th == 0 ? kv_lo : kv_hi) + ((lane & 7) + (lane >> 4) * 8) * stride + ((lane >> 3) & 1) * 8;
+      const bf16* k_lane = kv + (th * 32 + (lane & 7) + (lane >> 4) * 8) * stride + ((lane >> 3) & 1) * 8;
       // K fragments one k-step ahead: step j + 1's loads issue before step
       // j's MMAs (each step sits in a branch on kq_len, which would otherwise
       // leave every step waiting for its own ldmatrix).
@@ -340,8 +294,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
 #pragma unroll
         for (int n = 0; n < 2; ++n) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
       }
-      const bf16* k_lane =
-          (tg < 2 ? kv_lo : kv_hi) + ((tg & 1) * 16 + (lane & 7) + (lane >> 4) * 8) * stride + ((lane >> 3) & 1) * 8;
+      const bf16* k_lane = kv + (tg * 16 + (lane & 7) + (lane >> 4) * 8) * stride + ((lane >> 3) & 1) * 8;
       // Odd k-steps accumulate into s_odd: two independent MMA chains per
       // C fragment, and the next k-step's fragments load while these run.
       float s_odd[MT][2][4];
@@ -478,17 +431,12 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
         l_run[mt][0] = l_run[mt][0] * corr[mt][0] + sum0;
         l_run[mt][1] = l_run[mt][1] * corr[mt][1] + sum1;
       }
-      // A row whose maximum did not move has corr exactly 2^0 = 1: after the
-      // first tiles that is nearly every row, and skipping the multiply saves
-      // 32 FMULs per m-tile per tile.
-      if (corr[mt][0] != 1.0f || corr[mt][1] != 1.0f) {
 #pragma unroll
-        for (int i = 0; i < kMaxColTiles; ++i) {
-          acc[mt][i][0] *= corr[mt][0];
-          acc[mt][i][1] *= corr[mt][0];
-          acc[mt][i][2] *= corr[mt][1];
-          acc[mt][i][3] *= corr[mt][1];
-        }
+      for (int i = 0; i < kMaxColTiles; ++i) {
+        acc[mt][i][0] *= corr[mt][0];
+        acc[mt][i][1] *= corr[mt][0];
+        acc[mt][i][2] *= corr[mt][1];
+        acc[mt][i][3] *= corr[mt][1];
       }
     }
     __syncthreads();
@@ -497,9 +445,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
     // kMaxColTiles column tiles (kv_lora 512: every warp) the loop has no
     // branches, so each k-step's four V loads issue before its MMAs; the
     // general loop's per-tile branches made every ldmatrix wait alone.
-    // Positions 16 kk + [0, 16): slot kv_lo for kk < 2, kv_hi above.
-    const int v_off = a_r * stride + col0 * 8 + a_c;
-    auto v_lane = [&](int kk) { return (kk < 2 ? kv_lo : kv_hi) + (kk & 1) * 16 * stride + v_off; };
+    const bf16* v_lane = kv + a_r * stride + col0 * 8 + a_c;
     if (cols == kMaxColTiles) {
 #pragma unroll
       for (int kk = 0; kk < kTile / 16; ++kk) {
@@ -507,7 +453,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) LdMatrixX4(a[mt], SharedAddress(p_lane + mt * 16 * kPStride + kk * 16));
 #pragma unroll
-        for (int i = 0; i < kMaxColTiles / 2; ++i) LdMatrixX4Trans(b[i], SharedAddress(v_lane(kk) + i * 16));
+        for (int i = 0; i < kMaxColTiles / 2; ++i) LdMatrixX4Trans(b[i], SharedAddress(v_lane + kk * 16 * stride + i * 16));
 #pragma unroll
         for (int i = 0; i < kMaxColTiles / 2; ++i) {
 #pragma unroll
@@ -525,7 +471,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
         for (int mt = 0; mt < MT; ++mt) LdMatrixX4(a[mt], SharedAddress(p_lane + mt * 16 * kPStride + kk * 16));
 #pragma unroll
         for (int i = 0; i < kMaxColTiles; i += 2) {
-          const bf16* v = v_lane(kk) + i * 8;
+          const bf16* v = v_lane + kk * 16 * stride + i * 8;
           if (i + 1 < cols) {  // column tiles i and i + 1 in one x4
             uint32_t b[4];
             LdMatrixX4Trans(b, SharedAddress(v));
