@@ -84,7 +84,7 @@ size_t MlaDecodeMmaSharedBytes(int latent, int heads_per_block, bool query_in_re
 template <int MT, bool kQRegs>
 __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParams p) {
   constexpr int kRows = 16 * MT;
-  constexpr int kGroups = kQRegs ? kFineGroups : kTokenGroups;  // softmax position groups (red's rows)
+  constexpr int kGroups = kQRegs ? kFineGroups : kTokenGroups;  // softmax position groups (red's columns)
   MLA_DYNAMIC_SHARED(smem_raw);
   const int latent = p.kv_lora + p.qk_rope;
   const int stride = latent + kPad;  // BF16 per cached / query row in shared memory
@@ -93,9 +93,12 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
   // quarters' partial scores [kWarps][MT][4 n][4 e][32 lanes] take its place.
   bf16* kv_s = reinterpret_cast<bf16*>(smem_raw + QueryRegionBytes(latent, kRows, kQRegs));  // [2, kTile, stride]
   bf16* p_s = kv_s + 2 * kTile * stride;                      // [kRows, kPStride]
-  float* red = reinterpret_cast<float*>(p_s + kRows * kPStride);  // [kGroups, kRows]
-  // Query in shared memory: [kTokenGroups, MT * 8 scores, 32 lanes]; in registers: over q_s.
-  float* sx = kQRegs ? reinterpret_cast<float*>(smem_raw) : red + kGroups * kRows;
+  // Row statistics [kRows, kGroups]: a row's groups are read as float4s.
+  float* red = reinterpret_cast<float*>(p_s + kRows * kPStride);
+  // Partial scores, a lane's four of an n-tile as one float4: query in shared
+  // memory [kTokenGroups, MT, 2 n, 32 lanes]; in registers [kWarps, MT, 4 n,
+  // 32 lanes] over q_s. (Every region is a multiple of 16 bytes: aligned.)
+  float4* sx4 = reinterpret_cast<float4*>(kQRegs ? reinterpret_cast<float*>(smem_raw) : red + kGroups * kRows);
 
   const MlaDecodeWorkItem item = p.work_items[blockIdx.x];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -262,12 +265,14 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
           }
         }
       }
+      // A lane's four scores of an n-tile travel as one float4 (one 16-byte
+      // shared-memory access instead of four): sx4[warp][mt][n][lane].
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
         for (int n = 0; n < 4; ++n) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) sx[(((warp * MT + mt) * 4 + n) * 4 + e) * 32 + lane] = part[mt][n][e];
+          sx4[((warp * MT + mt) * 4 + n) * 32 + lane] =
+              make_float4(part[mt][n][0], part[mt][n][1], part[mt][n][2], part[mt][n][3]);
         }
       }
       __syncthreads();
@@ -275,12 +280,14 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
       // quarter order: the same sums on every run): positions 8 w + [0, 8).
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
+        s[mt][0][0] = s[mt][0][1] = s[mt][0][2] = s[mt][0][3] = 0.0f;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float v = 0.0f;
-#pragma unroll
-          for (int q = 0; q < kQuarters; ++q) v += sx[((((th + 2 * q) * MT + mt) * 4 + kq) * 4 + e) * 32 + lane];
-          s[mt][0][e] = v;
+        for (int q = 0; q < kQuarters; ++q) {
+          const float4 v = sx4[(((th + 2 * q) * MT + mt) * 4 + kq) * 32 + lane];
+          s[mt][0][0] += v.x;
+          s[mt][0][1] += v.y;
+          s[mt][0][2] += v.z;
+          s[mt][0][3] += v.w;
         }
       }
       pos0 = t0 + (th * 4 + kq) * 8 + 2 * t;
@@ -345,8 +352,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
         for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
           for (int n = 0; n < 2; ++n) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) sx[(tg * MT * 8 + (mt * 2 + n) * 4 + e) * 32 + lane] = s[mt][n][e];
+            sx4[((tg * MT + mt) * 2 + n) * 32 + lane] = make_float4(s[mt][n][0], s[mt][n][1], s[mt][n][2], s[mt][n][3]);
           }
         }
       }
@@ -356,8 +362,11 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
         for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
           for (int n = 0; n < 2; ++n) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[mt][n][e] += sx[(tg * MT * 8 + (mt * 2 + n) * 4 + e) * 32 + lane];
+            const float4 v = sx4[((tg * MT + mt) * 2 + n) * 32 + lane];
+            s[mt][n][0] += v.x;
+            s[mt][n][1] += v.y;
+            s[mt][n][2] += v.z;
+            s[mt][n][3] += v.w;
           }
         }
       }
@@ -388,8 +397,8 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
           mx1 = fmaxf(mx1, __shfl_xor_sync(kFullMask, mx1, o));
         }
         if (t == 0) {
-          red[group * kRows + mt * 16 + g] = mx0;
-          red[group * kRows + mt * 16 + g + 8] = mx1;
+          red[(mt * 16 + g) * kGroups + group] = mx0;
+          red[(mt * 16 + g + 8) * kGroups + group] = mx1;
         }
       }
     }
@@ -404,9 +413,12 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int row = mt * 16 + g + 8 * h;
-        float mx = red[row];
+        float mx = -INFINITY;
 #pragma unroll
-        for (int w = 1; w < kGroups; ++w) mx = fmaxf(mx, red[w * kRows + row]);
+        for (int j = 0; j < kGroups / 4; ++j) {
+          const float4 v = reinterpret_cast<const float4*>(red + row * kGroups)[j];
+          mx = fmaxf(mx, fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w)));
+        }
         const float m_new = fmaxf(m_run[mt][h], mx);
         corr[mt][h] = exp2f(m_run[mt][h] - m_new);  // 0 on the first tile (m_run -inf)
         m_run[mt][h] = m_new;
@@ -453,7 +465,9 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) LdMatrixX4(a[mt], SharedAddress(p_lane + mt * 16 * kPStride + kk * 16));
 #pragma unroll
-        for (int i = 0; i < kMaxColTiles / 2; ++i) LdMatrixX4Trans(b[i], SharedAddress(v_lane + kk * 16 * stride + i * 16));
+        for (int i = 0; i < kMaxColTiles / 2; ++i) {
+          LdMatrixX4Trans(b[i], SharedAddress(v_lane + kk * 16 * stride + i * 16));
+        }
 #pragma unroll
         for (int i = 0; i < kMaxColTiles / 2; ++i) {
 #pragma unroll
@@ -499,8 +513,8 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
     const int group = kQRegs ? warp : tg;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
-      red[group * kRows + mt * 16 + g] = l_run[mt][0];
-      red[group * kRows + mt * 16 + g + 8] = l_run[mt][1];
+      red[(mt * 16 + g) * kGroups + group] = l_run[mt][0];
+      red[(mt * 16 + g + 8) * kGroups + group] = l_run[mt][1];
     }
   }
   __syncthreads();
@@ -512,7 +526,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
       if (row >= heads_here) continue;
       float l = 0.0f;
 #pragma unroll
-      for (int w = 0; w < kGroups; ++w) l += red[w * kRows + row];
+      for (int w = 0; w < kGroups; ++w) l += red[row * kGroups + w];
       const float inv = l > 0.0f ? 1.0f / l : 0.0f;  // l == 0 only for kv_len 0: zeros
       if (item.partial < 0) {
         bf16* o = p.out_latent + (static_cast<int64_t>(item.seq) * p.num_heads + item.head_begin + row) * p.kv_lora;
