@@ -5,7 +5,7 @@
 # each with the same flags, so that every number compared comes from the same
 # card and the same call; then, where Nsight Compute (ncu) runs, a profile of
 # the current build's tensor-core decode kernel on two shapes: speed of light,
-# memory, warp stall reasons.
+# memory, warp stall reasons (every section's details: the stall table too).
 #
 #   tests/gpu/bench_ab.sh [DIR] [-- BENCH_ARGS...]
 #
@@ -61,7 +61,7 @@ if [[ ${MLA_AB_NCU:-1} != 0 && -n $ncu ]]; then
       echo "== ncu: $(basename "$b") $shape"
       timeout "${MLA_AB_NCU_TIMEOUT:-60}" "$ncu" --kernel-name regex:MlaDecodeMmaKernel --launch-count 1 \
         --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
-        --section Occupancy --section LaunchStats \
+        --section Occupancy --section LaunchStats --print-details all \
         "$b" --shapes "$shape" --iters 1 --no-simple-timing --copy-mib 16 >"$report" 2>&1
       echo "ncu rc $?"
       grep -E 'Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Stall|Warp Cycles Per Issued|Issued Warp|No Eligible|Registers|ERR_|==ERROR==' \
