@@ -36,7 +36,7 @@ constexpr int kFineGroups = kWarps;   // softmax groups of 8 positions
 
 // Bytes of the first region of a work item's shared memory: the query rows;
 // with the query in registers (staged there for the fragments, then dead) also
-// the four k-quarters' partial scores [kWarps][MT][4 n][4 e][32 lanes] that
+// the four k-quarters' partial scores [kWarps][MT][4 n][32 lanes] float4s that
 // take their place: the larger of the two.
 __host__ __device__ size_t QueryRegionBytes(int latent, int heads_per_block, bool query_in_registers) {
   const size_t q_bytes = sizeof(bf16) * heads_per_block * (static_cast<size_t>(latent) + kPad);
@@ -64,13 +64,15 @@ size_t MlaDecodeMmaSharedBytes(int latent, int heads_per_block, bool query_in_re
 //               and rope parts alike). Query in shared memory (kQRegs
 //               false): warp w takes positions 16 (w % 4) + [0, 16) over half
 //               (w / 4) of the latent's k-steps, and the upper half hands its
-//               partial sums over through shared memory; each Q fragment,
-//               read from shared memory every tile, serves two MMAs, so Q
-//               re-reads, not the MMAs, bound a tile at 128 heads. Query in
-//               registers (kQRegs): warp w takes positions 32 (w % 2) + [0,
-//               32) over quarter w / 2 of the k-steps with its Q fragments
-//               loaded once per item; the four quarters' partial sums meet in
-//               shared memory, where warp w sums positions 8 w + [0, 8).
+//               partial sums over through shared memory; each Q fragment is
+//               read from shared memory every tile and serves two MMAs.
+//               Query in registers (kQRegs, the default): warp w takes
+//               positions 32 (w % 2) + [0, 32) over quarter w / 2 of the
+//               k-steps with its Q fragments loaded once per item; the four
+//               quarters' partial sums meet in shared memory, where warp w
+//               sums positions 8 w + [0, 8). On an H200 neither is bound by
+//               shared memory or the MMAs: the kernel is issue- and
+//               latency-bound at 8 warps per SM (bench/RESULTS.md).
 //   online softmax in base 2: row maxima across the position groups through
 //               shared memory; the warps holding a group's scores keep its
 //               softmax sums.
@@ -90,7 +92,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
   const int stride = latent + kPad;  // BF16 per cached / query row in shared memory
   bf16* q_s = reinterpret_cast<bf16*>(smem_raw);  // [kRows, stride]
   // Query in registers: q_s is dead once the fragments are loaded, and the
-  // quarters' partial scores [kWarps][MT][4 n][4 e][32 lanes] take its place.
+  // quarters' partial scores [kWarps][MT][4 n][32 lanes] float4s take its place.
   bf16* kv_s = reinterpret_cast<bf16*>(smem_raw + QueryRegionBytes(latent, kRows, kQRegs));  // [2, kTile, stride]
   bf16* p_s = kv_s + 2 * kTile * stride;                      // [kRows, kPStride]
   // Row statistics [kRows, kGroups]: a row's groups are read as float4s.
