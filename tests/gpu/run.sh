@@ -145,7 +145,10 @@ run_gtest() {
 
 for t in "${tests[@]}"; do
   if [[ ${MLA_GPU_SANITIZE:-0} == 1 ]]; then
-    run_gtest "$(basename "$t")" "$sanitizer" --tool memcheck --error-exitcode 99 "$t" "$@"
+    # Memory errors only: NCCL 2.28 itself makes failing cudaFuncGetAttributes
+    # calls while it loads (60 "no kernel image" reports in the NCCL test, none
+    # from our code, on an H200), and our own CUDA calls are checked anyway.
+    run_gtest "$(basename "$t")" "$sanitizer" --tool memcheck --report-api-errors no --error-exitcode 99 "$t" "$@"
   else
     run_gtest "$(basename "$t")" "$t" "$@"
   fi
