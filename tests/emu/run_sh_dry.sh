@@ -4,8 +4,9 @@
 # tests under their GPU names, the emulated serving binaries for the launcher
 # check, and an emulated mla-bench-decode held to small shapes. Checks that
 # the script runs every part (tests, launcher check, benchmark, its variants,
-# the closing table) and exits 0; then that a failing test binary makes it
-# exit 1. So a GPU session's few minutes are not spent on a broken script.
+# the closing table) and exits 0; then bench_ab.sh over two builds of the
+# benchmark; then that a failing test binary makes run.sh exit 1. So a GPU
+# session's few minutes are not spent on a broken script.
 #
 #   run_sh_dry.sh BUILD_DIR      (ctest: run_sh_dry_emu_test)
 set -uo pipefail
@@ -46,6 +47,21 @@ done
 # The closing table: its header, then one row per test binary and the launcher check.
 rows=$(sed -n '/^test  *result  *passed/,$p' "$log" | grep -cE ' (PASSED|FAILED|SKIPPED|TIMEOUT) ')
 ((rows == 5)) || fail "the closing table has $rows rows, expected 5"
+
+# bench_ab.sh on the same folder, with a second "build" of the benchmark as
+# mla-bench-decode-COMMIT: one round over both, no ncu (none here), exit 0.
+cp "$work/dry/bin/mla-bench-decode" "$work/dry/bin/mla-bench-decode-0123abc"
+mkdir -p "$work/ab"
+OUT=$work/ab MLA_AB_ROUNDS=1 MLA_AB_NCU=0 timeout 300 bash "$repo/tests/gpu/bench_ab.sh" "$work/dry" >"$log" 2>&1
+rc=$?
+cat "$log"
+((rc == 0)) || fail "bench_ab.sh exited $rc"
+for want in "== round 1: mla-bench-decode --no-simple-timing" "== round 1: mla-bench-decode-0123abc --no-simple-timing" \
+  "2x130x16"; do
+  grep -qF -- "$want" "$log" || fail "no '$want' in bench_ab.sh's output"
+done
+[[ -s $work/ab/ab_mla-bench-decode-0123abc.log ]] || fail "bench_ab.sh wrote no log for the second build"
+rm "$work/dry/bin/mla-bench-decode-0123abc"
 
 # A test binary that fails: run.sh must say so and exit 1.
 cat >"$work/dry/bin/broken_gpu_test" <<'EOF'

@@ -71,4 +71,5 @@ if [[ ${MLA_AB_NCU:-1} != 0 && -n $ncu ]]; then
 elif [[ ${MLA_AB_NCU:-1} != 0 ]]; then
   echo "bench_ab.sh: no ncu on this machine"
 fi
+echo "bench_ab.sh: logs in $logs"
 exit 0
