@@ -19,14 +19,15 @@
 //   mla-bench-decode [--shapes 1x4096x128,16x4096x128,...] [--iters 20] [--json] [--check]
 //                    [--copy-mib 2048]   (the copy measured for the bandwidth floor)
 //                    [--heads-per-block 16|32] [--plan-waves 1.0] [--query shared|registers]
-//                    [--no-simple-timing]
+//                    [--copy cp-async|bulk] [--no-simple-timing]
 //
-// The last four try variants of the kernel and its work partition in one GPU
+// The last five try variants of the kernel and its work partition in one GPU
 // call (tests/gpu/run.sh runs a few after the main table): the head-group
 // size (default: 16 up to 16 heads, 32 above), the plan's target in waves of
 // the device's SMs (default one: about one item per SM), where the kernel
-// keeps the query (MlaDecodeQuery; default: its kAuto), and skipping the
-// simple kernel's timing (it still runs once for the check).
+// keeps the query (MlaDecodeQuery; default: its kAuto), how it stages the
+// cache (MlaDecodeCopy; default: its kAuto), and skipping the simple kernel's
+// timing (it still runs once for the check).
 //
 // Prints one JSON object per shape (with --json, only those) and a table.
 // --check: exit 1 when a shape's tensor-core output is off the simple
@@ -167,6 +168,7 @@ struct Options {
   int plan_sms = 0;         // the plan's target: items that run at once
   int heads_per_block = 0;  // 0: the default for the head count
   mla::cuda::MlaDecodeQuery query = mla::cuda::MlaDecodeQuery::kAuto;
+  mla::cuda::MlaDecodeCopy copy = mla::cuda::MlaDecodeCopy::kAuto;
   bool time_simple = true;
 };
 
@@ -238,6 +240,7 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
   p.num_merge_items = static_cast<int>(plan.merges.size());
   p.heads_per_block = plan.heads_per_block;
   p.query = opt.query;
+  p.copy = opt.copy;
   p.partial_out = partial;
   p.partial_lse = partial_lse;
   MlaDecodeParams simple = p;
@@ -326,7 +329,7 @@ int main(int argc, char** argv) {
   const char* usage =
       "usage: mla-bench-decode [--shapes BxLxH,...] [--iters N] [--json] [--check] [--copy-mib N]\n"
       "                        [--heads-per-block 16|32] [--plan-waves X] [--query shared|registers]\n"
-      "                        [--no-simple-timing]\n";
+      "                        [--copy cp-async|bulk] [--no-simple-timing]\n";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--shapes" && i + 1 < argc) {
@@ -361,6 +364,16 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "mla-bench-decode: --query %s: expected shared or registers\n", q.c_str());
         return 2;
       }
+    } else if (a == "--copy" && i + 1 < argc) {
+      const std::string c = argv[++i];
+      if (c == "cp-async") {
+        opt.copy = mla::cuda::MlaDecodeCopy::kCpAsync;
+      } else if (c == "bulk") {
+        opt.copy = mla::cuda::MlaDecodeCopy::kBulk;
+      } else {
+        std::fprintf(stderr, "mla-bench-decode: --copy %s: expected cp-async or bulk\n", c.c_str());
+        return 2;
+      }
     } else if (a == "--no-simple-timing") {
       opt.time_simple = false;
     } else {
@@ -388,10 +401,11 @@ int main(int argc, char** argv) {
         "\"copy_gbps\": %.1f, \"attn_ms\": %.4f, \"attn_gbps\": %.1f, \"gemm_ms\": %.4f, \"simple_ms\": %.4f, "
         "\"items\": %d, "
         "\"merges\": %d, \"plan_us\": %.1f, \"max_abs_vs_simple\": %.3g, \"rel_l2_vs_simple\": %.3g, "
-        "\"heads_per_block\": %d, \"plan_sms\": %d, \"query\": \"%s\"}\n",
+        "\"heads_per_block\": %d, \"plan_sms\": %d, \"query\": \"%s\", \"copy\": \"%s\"}\n",
         s.batch, s.context, s.heads, r.ms, bytes / r.ms / 1e6, flops / r.ms / 1e9, copy_gbps, r.attn_ms,
         bytes / r.attn_ms / 1e6, r.gemm_ms, r.simple_ms, r.items, r.merges, r.plan_us, r.max_abs, r.rel_l2,
-        r.heads_per_block, opt.plan_sms, opt.query == mla::cuda::MlaDecodeQuery::kShared ? "shared" : "registers");
+        r.heads_per_block, opt.plan_sms, opt.query == mla::cuda::MlaDecodeQuery::kShared ? "shared" : "registers",
+        opt.copy == mla::cuda::MlaDecodeCopy::kBulk ? "bulk" : "cp-async");
     std::fflush(stdout);
     rows.push_back(r);
   }
@@ -405,8 +419,10 @@ int main(int argc, char** argv) {
     }
   }
   if (json_only) return status;
-  std::printf("\n%s, %d SMs; copy %.0f GB/s (read + written); plan for %d SMs; query in %s\n", prop.name, sms,
-              copy_gbps, opt.plan_sms, opt.query == mla::cuda::MlaDecodeQuery::kShared ? "shared memory" : "registers");
+  std::printf("\n%s, %d SMs; copy %.0f GB/s (read + written); plan for %d SMs; query in %s; cache staged by %s\n",
+              prop.name, sms, copy_gbps, opt.plan_sms,
+              opt.query == mla::cuda::MlaDecodeQuery::kShared ? "shared memory" : "registers",
+              opt.copy == mla::cuda::MlaDecodeCopy::kBulk ? "bulk copies" : "cp.async");
   std::printf("%-14s %9s %8s %7s %6s %9s %8s %8s %4s %10s %7s %9s\n", "BxLxH", "ms", "GB/s", "%copy", "TF/s",
               "attn ms", "gemm ms", "simple x", "hpb", "items/merg", "plan us", "rel L2");
   for (const Row& r : rows) {

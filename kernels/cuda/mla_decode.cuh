@@ -32,7 +32,14 @@ namespace mla::cuda {
 // third less shared-memory traffic per tile at 32 heads per block, the price
 // being registers and a four-way sum of partial scores). kAuto is
 // kRegisters, 1-5% faster on every benchmark shape on an H200 (bench/RESULTS.md).
-enum class MlaDecodeQuery { kAuto, kShared, kRegisters };
+enum class MlaDecodeQuery : uint8_t { kAuto, kShared, kRegisters };
+
+// How the tensor-core kernel stages the cache: 16-byte cp.async from every
+// thread (kCpAsync), or bulk copies of whole rows from one warp completing on
+// an mbarrier (kBulk, sm_90's TMA engine: far fewer issued instructions per
+// tile, the kernel being issue-bound). kAuto is kCpAsync until a GPU run has
+// compared them (bench/RESULTS.md).
+enum class MlaDecodeCopy : uint8_t { kAuto, kCpAsync, kBulk };
 
 struct MlaDecodeParams {
   const __nv_bfloat16* q_latent = nullptr;  // [num_seqs, num_heads, kv_lora]
@@ -59,9 +66,11 @@ struct MlaDecodeParams {
   int num_work_items = 0;
   int num_merge_items = 0;
   int heads_per_block = 0;  // the plan's
-  // In the padding before the pointers: the struct keeps its size (one 8 bytes
-  // larger made ptxas spill 16 bytes in the simple kernel, MlaDecodeKernel<18>).
+  // In the padding before the pointers, a byte each: the struct keeps its size
+  // (one 8 bytes larger made ptxas spill 16 bytes in the simple kernel,
+  // MlaDecodeKernel<18>).
   MlaDecodeQuery query = MlaDecodeQuery::kAuto;
+  MlaDecodeCopy copy = MlaDecodeCopy::kAuto;
   float* partial_out = nullptr;  // [partials, heads_per_block, kv_lora]
   float* partial_lse = nullptr;  // [partials, heads_per_block], base 2
 };

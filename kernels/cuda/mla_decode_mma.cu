@@ -33,6 +33,7 @@ constexpr size_t kMaxSharedBytes = 227 * 1024;  // opt-in limit per block on sm_
 constexpr int kQuarters = 4;
 constexpr int kMaxQuarterSteps = 10;  // k-steps of 16 per quarter: latent <= 640
 constexpr int kFineGroups = kWarps;   // softmax groups of 8 positions
+constexpr size_t kBarBytes = 16;      // two 8-byte mbarriers, one per stage (bulk copies)
 
 // Bytes of the first region of a work item's shared memory: the query rows;
 // with the query in registers (staged there for the fragments, then dead) also
@@ -44,16 +45,18 @@ __host__ __device__ size_t QueryRegionBytes(int latent, int heads_per_block, boo
   return query_in_registers && partial_bytes > q_bytes ? partial_bytes : q_bytes;
 }
 
-// Dynamic shared memory of one work item (bytes): the query region, two
-// stages of kMlaDecodeTileTokens cache rows, the BF16 probabilities, the row
-// statistics of the position groups (4, or 8 with the query in registers) and,
-// with the query in shared memory, the score hand-over between k halves.
+// Dynamic shared memory of one work item (bytes): the two stages' mbarriers
+// (bulk copies; kBarBytes either way, so the layout is one), the query
+// region, two stages of kMlaDecodeTileTokens cache rows, the BF16
+// probabilities, the row statistics of the position groups (4, or 8 with the
+// query in registers) and, with the query in shared memory, the score
+// hand-over between k halves.
 size_t MlaDecodeMmaSharedBytes(int latent, int heads_per_block, bool query_in_registers) {
   const size_t stride = static_cast<size_t>(latent) + kPad;
   const size_t rows = static_cast<size_t>(heads_per_block);
   const size_t stats =
       query_in_registers ? kFineGroups * rows : kTokenGroups * rows + kTokenGroups * (rows / 16) * 8 * 32;
-  return QueryRegionBytes(latent, heads_per_block, query_in_registers) +
+  return kBarBytes + QueryRegionBytes(latent, heads_per_block, query_in_registers) +
          sizeof(bf16) * (2 * kTile * stride + rows * kPStride) + sizeof(float) * stats;
 }
 
@@ -83,11 +86,13 @@ size_t MlaDecodeMmaSharedBytes(int latent, int heads_per_block, bool query_in_re
 // memory (never read from the cache: NaN there must not reach 0 * NaN) and
 // score -inf. The result goes to out_latent (BF16) for a whole sequence, or
 // to its partial slot (FP32, normalised, plus the base-2 log-sum-exp).
-template <int MT, bool kQRegs>
+template <int MT, bool kQRegs, bool kBulk>
 __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParams p) {
   constexpr int kRows = 16 * MT;
   constexpr int kGroups = kQRegs ? kFineGroups : kTokenGroups;  // softmax position groups (red's columns)
-  MLA_DYNAMIC_SHARED(smem_raw);
+  MLA_DYNAMIC_SHARED(smem_bars);
+  const uint32_t bars = SharedAddress(smem_bars);  // stage s's mbarrier at bars + 8 s (bulk copies)
+  unsigned char* smem_raw = smem_bars + kBarBytes;
   const int latent = p.kv_lora + p.qk_rope;
   const int stride = latent + kPad;  // BF16 per cached / query row in shared memory
   bf16* q_s = reinterpret_cast<bf16*>(smem_raw);  // [kRows, stride]
@@ -143,6 +148,34 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
   auto load_tile = [&](int t0, int stage) {
     bf16* dst = kv_s + stage * kTile * stride;
     const int valid_rows = min(kTile, item.kv_end - t0);
+    if constexpr (kBulk) {
+      // Bulk copies (the TMA engine), a whole row per copy: warp w's lanes j
+      // < 8 copy rows w + 8 j, about 8 issued copies a warp instead of 18
+      // cp.async a thread. (A copy's addresses go through uniform registers,
+      // so a warp issues its lanes' copies one after another: spread over the
+      // warps, none lags at the next barrier.) Each warp's lane 0 first tells
+      // the stage's mbarrier (kWarps arrivals a phase) the bytes its lanes
+      // will land; rows past kv_end are zeroed by plain stores instead (the
+      // top-of-tile barrier orders them before any read).
+      const int row_bytes = latent * static_cast<int>(sizeof(bf16));
+      const uint32_t bar = bars + 8 * stage;
+      const int r = warp + kWarps * lane;  // this lane's row (lanes < kTile / kWarps)
+      const int warp_rows = max(0, min(kTile / kWarps, (valid_rows - warp + kWarps - 1) / kWarps));
+      if (lane == 0) MbarArriveExpectTx(bar, warp_rows * row_bytes);
+      __syncwarp();
+      if (lane < kTile / kWarps) {
+        if (r < valid_rows) {
+          FenceProxyAsync();  // this thread's earlier accesses to the stage come first
+          const int pos = t0 + r;
+          const bf16* row =
+              p.cache + (static_cast<int64_t>(table[pos / p.block_size]) * p.block_size + pos % p.block_size) * latent;
+          BulkCopyG2S(SharedAddress(dst + r * stride), row, row_bytes, bar);
+        } else {
+          for (int k = 0; k < chunks; ++k) *reinterpret_cast<uint4*>(dst + r * stride + k * 8) = make_uint4(0, 0, 0, 0);
+        }
+      }
+      return;
+    }
     if (contiguous) {
       const bf16* base = p.cache + (static_cast<int64_t>(table[t0 / p.block_size]) * p.block_size +
                                     t0 % p.block_size) * latent;
@@ -169,8 +202,16 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
       }
     }
   };
+  if constexpr (kBulk) {
+    if (threadIdx.x == 0) {
+      MbarInit(bars, kWarps);  // an arrival a phase from each warp's lane 0, with its bytes
+      MbarInit(bars + 8, kWarps);
+      FenceMbarInit();
+    }
+    __syncthreads();
+  }
   if (item.kv_begin < item.kv_end) load_tile(item.kv_begin, 0);
-  CpAsyncCommit();
+  CpAsyncCommit();  // empty with bulk copies
 
   // This warp's output column tiles: [col0, col0 + cols), 8 columns each.
   const int per_warp = (kv_chunks + kWarps - 1) / kWarps;
@@ -218,7 +259,10 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
   }
 
   int stage = 0;
-  for (int t0 = item.kv_begin; t0 < item.kv_end; t0 += kTile, stage ^= 1) {
+  for (int t0 = item.kv_begin, tile = 0; t0 < item.kv_end; t0 += kTile, stage ^= 1, ++tile) {
+    // Bulk copies: a stage's k-th tile completes its mbarrier's phase k, of
+    // parity k & 1 (stage = tile & 1, k = tile >> 1).
+    if constexpr (kBulk) MbarWaitParity(bars + 8 * stage, (tile >> 1) & 1);
     CpAsyncWait<0>();
     // Tile t0 (and Q) are in; every warp is done with the other stage, p_s and red.
     __syncthreads();
@@ -604,26 +648,32 @@ constexpr int kMaxDevices = 64;
 // Opts the kernel into kMaxSharedBytes of dynamic shared memory, once per
 // device (the attribute belongs to the current device; setting it twice from
 // two threads is harmless).
-template <int MT, bool kQRegs>
+template <int MT, bool kQRegs, bool kBulk>
 cudaError_t OptIntoSharedMemory() {
   static std::atomic<bool> done[kMaxDevices];
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
   if (device >= 0 && device < kMaxDevices && done[device].load(std::memory_order_acquire)) return cudaSuccess;
-  err = cudaFuncSetAttribute(reinterpret_cast<const void*>(&MlaDecodeMmaKernel<MT, kQRegs>),
+  err = cudaFuncSetAttribute(reinterpret_cast<const void*>(&MlaDecodeMmaKernel<MT, kQRegs, kBulk>),
                              cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(kMaxSharedBytes));
   if (err == cudaSuccess && device >= 0 && device < kMaxDevices) done[device].store(true, std::memory_order_release);
   return err;
 }
 
-template <int MT, bool kQRegs>
+template <int MT, bool kQRegs, bool kBulk>
 cudaError_t Launch(const MlaDecodeParams& p, size_t smem, cudaStream_t stream) {
-  const cudaError_t err = OptIntoSharedMemory<MT, kQRegs>();
+  const cudaError_t err = OptIntoSharedMemory<MT, kQRegs, kBulk>();
   if (err != cudaSuccess) return err;
-  detail::LaunchKernel(MlaDecodeMmaKernel<MT, kQRegs>, p.num_work_items, kThreads, smem, stream, p);
+  detail::LaunchKernel(MlaDecodeMmaKernel<MT, kQRegs, kBulk>, p.num_work_items, kThreads, smem, stream, p);
   return cudaGetLastError();
+}
+
+template <int MT>
+cudaError_t LaunchFor(bool q_regs, bool bulk, const MlaDecodeParams& p, size_t smem, cudaStream_t stream) {
+  if (q_regs) return bulk ? Launch<MT, true, true>(p, smem, stream) : Launch<MT, true, false>(p, smem, stream);
+  return bulk ? Launch<MT, false, true>(p, smem, stream) : Launch<MT, false, false>(p, smem, stream);
 }
 
 }  // namespace
@@ -639,8 +689,10 @@ cudaError_t LaunchMlaDecodeMma(const MlaDecodeParams& p, cudaStream_t stream) {
       (p.num_merge_items > 0 && (p.partial_out == nullptr || p.partial_lse == nullptr))) {
     return cudaErrorInvalidValue;
   }
-  cudaError_t err = p.heads_per_block == 16 ? (q_regs ? Launch<1, true>(p, smem, stream) : Launch<1, false>(p, smem, stream))
-                                             : (q_regs ? Launch<2, true>(p, smem, stream) : Launch<2, false>(p, smem, stream));
+  // kAuto: cp.async until a GPU run has compared the bulk copies.
+  const bool bulk = p.copy == MlaDecodeCopy::kBulk;
+  cudaError_t err = p.heads_per_block == 16 ? LaunchFor<1>(q_regs, bulk, p, smem, stream)
+                                             : LaunchFor<2>(q_regs, bulk, p, smem, stream);
   if (err != cudaSuccess || p.num_merge_items == 0) return err;
   const dim3 grid(static_cast<unsigned>(p.num_merge_items), static_cast<unsigned>(p.heads_per_block));
   detail::LaunchKernel(MlaDecodeMergeKernel, grid, kMergeThreads, 0, stream, p);

@@ -1,4 +1,5 @@
-// Warp-level tensor-core and async-copy primitives (PTX, sm_80 and later):
+// Warp-level tensor-core and async-copy primitives (PTX, sm_80 and later;
+// the bulk copies and mbarrier transaction counts sm_90):
 // BF16 mma.sync m16n8k16 with FP32 accumulators, ldmatrix, cp.async. Compiled by nvcc for the device; in a
 // host build (tests/emu/cuda_emu.h, which runs kernel sources on the CPU) the
 // emulator has defined the same names first and only PackBf16 comes from here.
@@ -80,6 +81,46 @@ __device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_
 template <int N>
 __device__ __forceinline__ void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Bulk copies (sm_90, the TMA engine without a tensor map) completing on an
+// mbarrier in shared memory. One thread initialises the barrier for `count`
+// arrivals; a producer arrives with the bytes it expects, then issues copies
+// of whole rows (bytes a multiple of 16, both addresses 16-byte aligned) that
+// complete that many bytes on it; consumers wait for the phase's parity.
+__device__ __forceinline__ void MbarInit(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+
+// Makes barrier initialisation visible to the asynchronous proxy (the copies).
+__device__ __forceinline__ void FenceMbarInit() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+
+// Orders this thread's earlier shared-memory accesses before later bulk copies.
+__device__ __forceinline__ void FenceProxyAsync() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+__device__ __forceinline__ void MbarArriveExpectTx(uint32_t bar, int bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+
+__device__ __forceinline__ void BulkCopyG2S(uint32_t dst, const void* src, int bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+
+// Returns once the phase of parity `parity` has completed.
+__device__ __forceinline__ void MbarWaitParity(uint32_t bar, int parity) {
+  asm volatile(
+      "{\n"  // the braces scope the labels: every inlined copy has its own
+      ".reg .pred done;\n"
+      "retry:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra retry;\n"
+      "}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
 }
 
 }  // namespace mla::cuda::detail

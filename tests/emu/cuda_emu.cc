@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
+#include <map>
 #include <memory>
 #include <random>
 #include <vector>
@@ -83,7 +84,25 @@ struct Warp {
   uint32_t words[32][8];
 };
 
+struct BulkCopy {
+  unsigned char* dst;
+  const unsigned char* src;
+  int bytes;
+};
+
+// An mbarrier: arrivals left in the current phase, its transaction count
+// (bytes expected less bytes landed), the phase number, and the bulk copies
+// queued on it that have not landed.
+struct Mbar {
+  int count = 0;
+  int pending = 0;
+  int64_t tx = 0;
+  uint64_t phase = 0;
+  std::vector<BulkCopy> queued;
+};
+
 struct Block {
+  std::map<const unsigned char*, Mbar> mbars;  // by address in shared memory
   std::vector<Fiber> fibers;
   std::vector<Warp> warps;
   Barrier block_barrier;
@@ -251,6 +270,88 @@ void CpAsyncQueue(unsigned char* dst, const void* src, int src_bytes) {
   g_block->fibers[g_block->current].pending.push_back({dst, static_cast<const unsigned char*>(src), src_bytes});
 }
 
+namespace {
+
+Mbar& FindMbar(unsigned char* bar, const char* op) {
+  if (bar < SharedBase() || bar + 8 > SharedBase() + SharedBytes() || reinterpret_cast<uintptr_t>(bar) % 8 != 0) {
+    Fail("an mbarrier outside the block's shared memory or not 8-byte aligned");
+  }
+  auto it = g_block->mbars.find(bar);
+  if (it == g_block->mbars.end()) {
+    std::fprintf(stderr, "cuda_emu: %s on an uninitialised mbarrier\n", op);
+    Fail("mbarrier not initialised");
+  }
+  return it->second;
+}
+
+// The phase completes once every arrival is in and every expected byte landed.
+void MaybeCompletePhase(Mbar& m) {
+  if (m.pending == 0 && m.tx == 0) {
+    ++m.phase;
+    m.pending = m.count;
+  }
+}
+
+}  // namespace
+
+void MbarInit(unsigned char* bar, int count) {
+  if (bar < SharedBase() || bar + 8 > SharedBase() + SharedBytes() || reinterpret_cast<uintptr_t>(bar) % 8 != 0) {
+    Fail("mbarrier.init outside the block's shared memory or not 8-byte aligned");
+  }
+  if (count < 1) Fail("mbarrier.init with a count below 1");
+  Mbar& m = g_block->mbars[bar];
+  if (!m.queued.empty()) Fail("mbarrier.init while bulk copies are in flight on it");
+  m = Mbar{};
+  m.count = m.pending = count;
+}
+
+void MbarArriveExpectTx(unsigned char* bar, int bytes) {
+  Mbar& m = FindMbar(bar, "mbarrier.arrive.expect_tx");
+  if (bytes < 0) Fail("mbarrier.arrive.expect_tx with a negative byte count");
+  if (m.pending == 0) Fail("mbarrier.arrive.expect_tx beyond the phase's arrival count");
+  m.tx += bytes;
+  --m.pending;
+  ++g_block->progress;  // a waiting thread may now see its phase complete
+  MaybeCompletePhase(m);
+}
+
+void BulkCopyQueue(unsigned char* dst, const void* src, int bytes, unsigned char* bar) {
+  Mbar& m = FindMbar(bar, "cp.async.bulk");
+  if (bytes <= 0 || bytes % 16 != 0) Fail("cp.async.bulk of a size that is not a positive multiple of 16");
+  if (dst < SharedBase() || dst + bytes > SharedBase() + SharedBytes()) Fail("cp.async.bulk outside shared memory");
+  if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || reinterpret_cast<uintptr_t>(src) % 16 != 0) {
+    Fail("cp.async.bulk addresses not 16-byte aligned");
+  }
+  m.queued.push_back({dst, static_cast<const unsigned char*>(src), bytes});
+}
+
+void MbarWaitParity(unsigned char* bar, int parity) {
+  Block& b = *g_block;
+  const long stall_limit = 2 * static_cast<long>(b.fibers.size());
+  long stalled = 0;
+  uint64_t seen = b.progress;
+  for (;;) {
+    Mbar& m = FindMbar(bar, "mbarrier.try_wait.parity");
+    // The copies queued so far land now (a real wait would see them land).
+    for (const BulkCopy& c : m.queued) {
+      std::memcpy(c.dst, c.src, static_cast<size_t>(c.bytes));
+      m.tx -= c.bytes;
+    }
+    m.queued.clear();
+    MaybeCompletePhase(m);
+    // Done when the phase of this parity has completed: the current phase
+    // number's parity differs.
+    if (static_cast<int>(m.phase & 1) != (parity & 1)) return;
+    Yield();  // an arrival may still come from another thread
+    if (b.progress != seen) {
+      seen = b.progress;
+      stalled = 0;
+    } else if (++stalled > stall_limit) {
+      Fail("an mbarrier phase can never complete (no arrival or expected bytes that never land)");
+    }
+  }
+}
+
 void CpAsyncCommitGroup() {
   Fiber& f = g_block->fibers[g_block->current];
   f.groups.push_back(std::move(f.pending));
@@ -297,6 +398,7 @@ void* InitialStack(char* stack) {
   ASAN_POISON_MEMORY_REGION(b.shared.data() + shared_bytes, 16);
 #endif
   b.block_barrier = Barrier{};
+  b.mbars.clear();
   for (Warp& w : b.warps) w.barrier = Barrier{};
   const int threads = static_cast<int>(b.fibers.size());
   for (int i = 0; i < threads; ++i) {
@@ -312,6 +414,11 @@ void* InitialStack(char* stack) {
   b.main_stack = nullptr;  // learnt by the first fiber
   Fiber& first = b.fibers[static_cast<size_t>(b.current)];
   Switch(&b.main_sp, first.sp, first.stack.get(), kStackBytes, false);  // back when every fiber is done
+  // On a GPU a bulk copy would still be writing the finished block's shared
+  // memory (possibly the next block's by then).
+  for (const auto& [addr, m] : b.mbars) {
+    if (!m.queued.empty()) Fail("the block finished with bulk copies in flight (never waited for)");
+  }
 }
 
 }  // namespace

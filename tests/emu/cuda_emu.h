@@ -88,6 +88,13 @@ size_t SharedBytes();  // the dynamic shared memory's size (bounds checks)
 void CpAsyncQueue(unsigned char* dst, const void* src, int src_bytes);
 void CpAsyncCommitGroup();
 void CpAsyncWaitGroups(int keep);
+// mbarriers with transaction counts and bulk copies (kernels/cuda/warp_mma.cuh).
+// A bulk copy is queued on its barrier and lands when a thread waits there, so
+// a read without the wait sees the slot's old contents.
+void MbarInit(unsigned char* bar, int count);
+void MbarArriveExpectTx(unsigned char* bar, int bytes);
+void BulkCopyQueue(unsigned char* dst, const void* src, int bytes, unsigned char* bar);
+void MbarWaitParity(unsigned char* bar, int parity);
 
 // The order in which fibers get the processor: threads 0, 1, ..., the
 // reverse, or a seeded random pick at every switch. A kernel missing a barrier
@@ -164,6 +171,18 @@ inline void CpAsync16(uint32_t dst, const void* src, int src_bytes) {
   ::mla::emu::CpAsyncQueue(::mla::emu::SharedBase() + dst, src, src_bytes);
 }
 inline void CpAsyncCommit() { ::mla::emu::CpAsyncCommitGroup(); }
+inline void MbarInit(uint32_t bar, int count) { ::mla::emu::MbarInit(::mla::emu::SharedBase() + bar, count); }
+inline void FenceMbarInit() {}    // one memory, one proxy here
+inline void FenceProxyAsync() {}
+inline void MbarArriveExpectTx(uint32_t bar, int bytes) {
+  ::mla::emu::MbarArriveExpectTx(::mla::emu::SharedBase() + bar, bytes);
+}
+inline void BulkCopyG2S(uint32_t dst, const void* src, int bytes, uint32_t bar) {
+  ::mla::emu::BulkCopyQueue(::mla::emu::SharedBase() + dst, src, bytes, ::mla::emu::SharedBase() + bar);
+}
+inline void MbarWaitParity(uint32_t bar, int parity) {
+  ::mla::emu::MbarWaitParity(::mla::emu::SharedBase() + bar, parity);
+}
 template <int N>
 void CpAsyncWait() {
   ::mla::emu::CpAsyncWaitGroups(N);

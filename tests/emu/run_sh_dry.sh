@@ -40,7 +40,7 @@ rc=$?
 cat "$log"
 ((rc == 0)) || fail "run.sh exited $rc on passing tests"
 for want in "-- nccl_communicator_gpu_test: PASSED" "launcher_cuda_tp1_emulated PASSED" \
-  "== decode benchmark: " "== decode benchmark variant: --query shared" \
+  "== decode benchmark: " "== decode benchmark variant: --copy bulk" "cache staged by bulk copies" "== decode benchmark variant: --query shared" \
   "== decode benchmark variant: --plan-waves 0.5" "query in registers" "query in shared memory"; do
   grep -qF -- "$want" "$log" || fail "no '$want' in run.sh's output"
 done

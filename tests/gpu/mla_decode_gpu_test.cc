@@ -144,16 +144,21 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
   // where the default is 32 and the reverse, as the benchmark may choose);
   // then the query-in-shared-memory variant (the default, kAuto, keeps it in
   // registers) under the device's plan with either head-group size and under
-  // the widest plan.
+  // the widest plan, and under the one-SM plan (whole sequences: many tiles
+  // an item, both stages reused); then the bulk-copy staging
+  // (MlaDecodeCopy::kBulk) the same three ways and under the one- and
+  // three-SM plans, the query in registers or shared memory.
   // On the CPU emulator (tests/emu) the widest plan also runs with the fibers
   // in reverse and in two seeded random orders: a missing barrier tends to
   // show under one order or another. (order: 0 forward, 1 reverse, 2+ random.)
   const bool mma = cuda::MlaDecodeUsesTensorCores(c.kv_lora, c.rope);
   const int other_hpb = cuda::MlaDecodeHeadsPerBlock(static_cast<int>(c.heads)) == 16 ? 32 : 16;
   using Query = cuda::MlaDecodeQuery;
+  using Copy = cuda::MlaDecodeCopy;
   struct Run {
     int sms, order, heads_per_block;  // sms 0: the simple kernel; heads_per_block 0: the default
     Query query = Query::kAuto;
+    Copy copy = Copy::kAuto;
   };
   std::vector<Run> runs = {{0, 0, 0},
                            {1, 0, 0},
@@ -163,12 +168,19 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
                            {device_sms, 0, other_hpb},
                            {device_sms, 0, 0, Query::kShared},
                            {device_sms, 0, other_hpb, Query::kShared},
-                           {1 << 20, 0, 0, Query::kShared}};
+                           {1 << 20, 0, 0, Query::kShared},
+                           {1, 0, 0, Query::kShared},
+                           {device_sms, 0, 0, Query::kAuto, Copy::kBulk},
+                           {device_sms, 0, other_hpb, Query::kShared, Copy::kBulk},
+                           {1 << 20, 0, 0, Query::kAuto, Copy::kBulk},
+                           {1, 0, 0, Query::kAuto, Copy::kBulk},
+                           {3, 0, 0, Query::kShared, Copy::kBulk}};
 #if defined(MLA_CUDA_EMULATED)
   runs.insert(runs.end(), {{1 << 20, 1, 0}, {1 << 20, 2, 0}, {1 << 20, 3, 0}, {1 << 20, 1, 0, Query::kShared},
-                           {1 << 20, 2, 0, Query::kShared}});
+                           {1 << 20, 2, 0, Query::kShared}, {1 << 20, 1, 0, Query::kAuto, Copy::kBulk},
+                           {1 << 20, 2, 0, Query::kShared, Copy::kBulk}, {1, 1, 0, Query::kAuto, Copy::kBulk}});
 #endif
-  for (const auto& [sms, order, hpb, query] : runs) {
+  for (const auto& [sms, order, hpb, query, copy] : runs) {
 #if defined(MLA_CUDA_EMULATED)
     emu::SetSchedule(order == 0 ? emu::Schedule::kForward : order == 1 ? emu::Schedule::kReverse : emu::Schedule::kRandom,
                      static_cast<uint64_t>(order));
@@ -176,7 +188,8 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
     SCOPED_TRACE(sms == 0 ? std::string("simple kernel")
                           : "plan for " + std::to_string(sms) + " SMs, heads per block " +
                                 (hpb == 0 ? std::string("default") : std::to_string(hpb)) +
-                                (query == Query::kShared ? ", query in shared memory" : "") + ", fiber order " +
+                                (query == Query::kShared ? ", query in shared memory" : "") +
+                                (copy == Copy::kBulk ? ", bulk copies" : "") + ", fiber order " +
                                 std::to_string(order));
     cuda::MlaDecodeParams p;
     p.q_latent = d_q_lat.bf16();
@@ -210,6 +223,7 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
       p.num_merge_items = static_cast<int>(plan.merges.size());
       p.heads_per_block = plan.heads_per_block;
       p.query = query;
+      p.copy = copy;
       p.partial_out = d_part.get();
       p.partial_lse = d_lse.get();
     }

@@ -216,12 +216,13 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
     echo "run.sh: no PyTorch baseline script (MLA_TORCH_BASELINE): the benchmark ran alone"
   fi
   # Variants of the kernel and its work partition, for the next change to
-  # start from a measurement (bench/RESULTS.md): the query in shared memory
-  # (the default keeps it in registers since the first GPU runs), 16 heads per block
+  # start from a measurement (bench/RESULTS.md): the cache staged by bulk
+  # copies (TMA, one warp) instead of cp.async from every thread, the query in
+  # shared memory (the default keeps it in registers since the first GPU runs), 16 heads per block
   # at 128 heads (Q re-read for every 16 heads instead of 32, but twice the
   # blocks over the same cache tiles), and plans for two waves and half a wave.
   if [[ ${MLA_GPU_BENCH_SWEEP:-1} != 0 ]]; then
-    for variant in "--query shared" "--heads-per-block 16 --shapes 1x4096x128,16x4096x128,64x8192x128" \
+    for variant in "--copy bulk" "--query shared" "--heads-per-block 16 --shapes 1x4096x128,16x4096x128,64x8192x128" \
                    "--plan-waves 2" "--plan-waves 0.5"; do
       echo "== decode benchmark variant: $variant"
       # shellcheck disable=SC2086  # the variant is several flags
