@@ -225,8 +225,9 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
     for variant in "--copy bulk" "--query shared" "--heads-per-block 16 --shapes 1x4096x128,16x4096x128,64x8192x128" \
                    "--plan-waves 2" "--plan-waves 0.5"; do
       echo "== decode benchmark variant: $variant"
+      # 120 s: a variant takes about 10 s on an H200; a hung one must not eat the call.
       # shellcheck disable=SC2086  # the variant is several flags
-      timeout 300 "$bench" --check --no-simple-timing --copy-mib 512 $variant 2>&1 |
+      timeout 120 "$bench" --check --no-simple-timing --copy-mib 512 $variant 2>&1 |
         tee -a "$logs/decode_bench_variants.jsonl" | grep -v '^{' || echo "run.sh: variant '$variant' failed"
     done
   fi
