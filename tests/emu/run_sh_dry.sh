@@ -57,7 +57,7 @@ rc=$?
 cat "$log"
 ((rc == 0)) || fail "bench_ab.sh exited $rc"
 for want in "== round 1: mla-bench-decode --no-simple-timing" "== round 1: mla-bench-decode-0123abc --no-simple-timing" \
-  "2x130x16"; do
+  "2x130x16" "ratio to mla-bench-decode" "mla-bench-decode-0123abc"; do
   grep -qF -- "$want" "$log" || fail "no '$want' in bench_ab.sh's output"
 done
 [[ -s $work/ab/ab_mla-bench-decode-0123abc.log ]] || fail "bench_ab.sh wrote no log for the second build"

@@ -3,9 +3,11 @@
 # runs every mla-bench-decode* binary in DIR/bin (the current build, plus older
 # builds copied beside it as mla-bench-decode-COMMIT) in turn, ROUNDS rounds,
 # each with the same flags, so that every number compared comes from the same
-# card and the same call; then, where Nsight Compute (ncu) runs, a profile of
-# the current build's tensor-core decode kernel on two shapes: speed of light,
-# memory, warp stall reasons (every section's details: the stall table too).
+# card and the same call; prints each build's mean per shape and its ratio to
+# the current build (bench/decode_ab_summary.py); then, where Nsight Compute
+# (ncu) runs, a profile of the current build's tensor-core decode kernel on
+# two shapes: speed of light, memory, warp stall reasons (every section's
+# details: the stall table too).
 #
 #   tests/gpu/bench_ab.sh [DIR] [-- BENCH_ARGS...]
 #
@@ -51,6 +53,19 @@ for ((round = 1; round <= ${MLA_AB_ROUNDS:-2}; ++round)); do
     timeout 300 "$b" "${args[@]}" 2>&1 | tee -a "$logs/ab_$(basename "$b").log" | grep -v '^{'
   done
 done
+
+# The summary: each build's mean ms per shape and its ratio to the current build.
+summary=$dir/bench/decode_ab_summary.py
+[[ -f $summary ]] || summary=$here/../../bench/decode_ab_summary.py
+if [[ -f $summary ]] && command -v python3 >/dev/null; then
+  others=()
+  for b in "${bins[@]}"; do
+    [[ $(basename "$b") != mla-bench-decode ]] && others+=("$logs/ab_$(basename "$b").log")
+  done
+  echo "== summary"
+  # Python without the packed libraries on its path.
+  LD_LIBRARY_PATH= python3 "$summary" "$logs/ab_mla-bench-decode.log" "${others[@]}" || echo "bench_ab.sh: no summary"
+fi
 
 ncu=$(command -v ncu || find /usr/local/cuda/bin /opt/nvidia -name ncu -type f -print -quit 2>/dev/null)
 if [[ ${MLA_AB_NCU:-1} != 0 && -n $ncu ]]; then

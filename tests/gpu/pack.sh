@@ -110,7 +110,7 @@ cp "$root/tests/gpu/launcher_check.sh" "$dest/launcher_check.sh"
 cp "$root/tests/gpu/stage_packed.sh" "$dest/stage_packed.sh"
 cp "$root/tests/gpu/bench_ab.sh" "$dest/bench_ab.sh"
 mkdir -p "$dest/bench"
-cp "$root/bench/decode_bench_compare.py" "$dest/bench/"
+cp "$root/bench/decode_bench_compare.py" "$root/bench/decode_ab_summary.py" "$dest/bench/"
 if [[ -f $baseline ]]; then
   cp "$baseline" "$dest/bench/"
 else
