@@ -5,28 +5,22 @@ in its log) and its ratio to the first build named (above 1: slower than it).
     python3 decode_ab_summary.py BASE.log OTHER.log [MORE.log ...]
 
 Each LOG holds one build's JSON lines, all rounds appended (bench_ab.sh's
-ab_NAME.log). Exit status 0 whatever the numbers (a benchmark, not a test); 2
+ab_NAME.log), read as decode_bench_compare.py reads them. Exit status 0 whatever the numbers (a benchmark, not a test); 2
 when a log is missing or unreadable.
 """
-import json
 import os
 import sys
+
+from decode_bench_compare import json_rows, shape_of  # packed beside this script
 
 
 def read_means(path):
     """{(batch, context, heads): (mean ms, rounds)} from one build's log."""
     sums = {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line.startswith("{"):
-                continue
-            obj = json.loads(line)
-            if "batch" not in obj or "ms" not in obj:
-                continue
-            key = (obj["batch"], obj["context"], obj["heads"])
-            total, n = sums.get(key, (0.0, 0))
-            sums[key] = (total + float(obj["ms"]), n + 1)
+    for obj in json_rows(path):
+        key = shape_of(obj)
+        total, n = sums.get(key, (0.0, 0))
+        sums[key] = (total + float(obj["ms"]), n + 1)
     return {k: (total / n, n) for k, (total, n) in sums.items()}
 
 

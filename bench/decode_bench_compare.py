@@ -13,8 +13,8 @@ import json
 import sys
 
 
-def read_rows(path):
-    rows = {}
+def json_rows(path):
+    """The per-shape JSON objects of a benchmark log, in order (other lines skipped)."""
     with open(path) as f:
         for line in f:
             line = line.strip()
@@ -22,8 +22,15 @@ def read_rows(path):
                 continue
             obj = json.loads(line)
             if "batch" in obj:  # the baseline's closing summary has no "batch"
-                rows[(obj["batch"], obj["context"], obj["heads"])] = obj
-    return rows
+                yield obj
+
+
+def shape_of(obj):
+    return (obj["batch"], obj["context"], obj["heads"])
+
+
+def read_rows(path):
+    return {shape_of(obj): obj for obj in json_rows(path)}
 
 
 def main():

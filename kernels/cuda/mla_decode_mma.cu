@@ -142,6 +142,10 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
   // most of the kernel's (Nsight Compute: the kernel is issue- and
   // latency-bound at 2 warps per scheduler). Other block sizes: warp w stages
   // rows w + 8 j, one table load per row.
+  // The cache row of one of the sequence's positions.
+  auto cache_row = [&](int pos) {
+    return p.cache + (static_cast<int64_t>(table[pos / p.block_size]) * p.block_size + pos % p.block_size) * latent;
+  };
   const bool contiguous = p.block_size % kTile == 0;
   const uint32_t magic = (1u << 20) / static_cast<uint32_t>(chunks) + 1u;
   const int tile_pieces = kTile * chunks;
@@ -166,10 +170,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
       if (lane < kTile / kWarps) {
         if (r < valid_rows) {
           FenceProxyAsync();  // this thread's earlier accesses to the stage come first
-          const int pos = t0 + r;
-          const bf16* row =
-              p.cache + (static_cast<int64_t>(table[pos / p.block_size]) * p.block_size + pos % p.block_size) * latent;
-          BulkCopyG2S(SharedAddress(dst + r * stride), row, row_bytes, bar);
+          BulkCopyG2S(SharedAddress(dst + r * stride), cache_row(t0 + r), row_bytes, bar);
         } else {
           for (int k = 0; k < chunks; ++k) *reinterpret_cast<uint4*>(dst + r * stride + k * 8) = make_uint4(0, 0, 0, 0);
         }
@@ -177,12 +178,10 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
       return;
     }
     if (contiguous) {
-      const bf16* base = p.cache + (static_cast<int64_t>(table[t0 / p.block_size]) * p.block_size +
-                                    t0 % p.block_size) * latent;
       // Rows past kv_end are zero-filled; their source addresses stay inside
       // the tile's block, so no select is needed (nothing is read).
       const uint32_t dst_addr = SharedAddress(dst);
-      const bf16* src = base + 8 * threadIdx.x;
+      const bf16* src = cache_row(t0) + 8 * threadIdx.x;
       uint32_t cm = threadIdx.x * magic;
       for (int c = threadIdx.x; c < tile_pieces; c += kThreads, src += 8 * kThreads, cm += kThreads * magic) {
         const int r = static_cast<int>(cm >> 20);
@@ -192,11 +191,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
     }
     for (int r = warp; r < kTile; r += kWarps) {
       const bool valid = r < valid_rows;
-      const int pos = t0 + r;
-      const bf16* row =
-          valid ? p.cache + (static_cast<int64_t>(table[pos / p.block_size]) * p.block_size + pos % p.block_size) *
-                                latent
-                : p.cache;
+      const bf16* row = valid ? cache_row(t0 + r) : p.cache;
       for (int k = lane; k < chunks; k += 32) {
         CpAsync16(SharedAddress(dst + r * stride + k * 8), valid ? row + k * 8 : row, valid ? 16 : 0);
       }

@@ -31,8 +31,13 @@ MlaDecodePlan PlanMlaDecode(std::span<const int32_t> kv_lens, int num_heads, int
       heads_per_block == 16 || heads_per_block == 32 ? heads_per_block : MlaDecodeHeadsPerBlock(num_heads);
   const int64_t groups = CeilDiv(std::max(num_heads, 1), plan.heads_per_block);
   const int64_t tile = kMlaDecodeTileTokens;
-  int64_t total = 0;  // tiles over all (sequence, head group) pairs
-  for (int32_t len : kv_lens) total += groups * CeilDiv(std::max(len, 0), tile);
+  int64_t total = 0;      // tiles over all (sequence, head group) pairs
+  int64_t max_tiles = 0;  // of the longest sequence
+  for (int32_t len : kv_lens) {
+    const int64_t tiles = CeilDiv(std::max(len, 0), tile);
+    total += groups * tiles;
+    max_tiles = std::max(max_tiles, tiles);
+  }
   // Tiles per item. The smallest choice, ceil(total / num_sms), makes one wave
   // of num_sms items; a larger one (splitting the longest sequence into fewer
   // pieces) can finish as soon, as when 128 sequences of 64 tiles on 132 SMs
@@ -41,8 +46,6 @@ MlaDecodePlan PlanMlaDecode(std::span<const int32_t> kv_lens, int num_heads, int
   // So each candidate's makespan is estimated as waves x longest item, and
   // the cheapest wins, ties going to fewer items.
   const int64_t sms = std::max(num_sms, 1);
-  int64_t max_tiles = 0;
-  for (int32_t len : kv_lens) max_tiles = std::max(max_tiles, CeilDiv(std::max(len, 0), tile));
   auto makespan = [&](int64_t limit, int64_t* num_items) {
     int64_t n = 0, longest = 0;
     for (int32_t len : kv_lens) {

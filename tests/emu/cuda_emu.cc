@@ -165,30 +165,38 @@ void Yield() {
   }
 }
 
-// Waits until `participants` fibers have arrived. A waiting fiber that gets
-// the processor back twice around the block with no arrival or exit anywhere
-// in between is in a deadlock: every live fiber waits.
-void Arrive(Barrier& bar, int participants) {
+// Yields until done() holds. A waiting fiber that gets the processor back
+// twice around the block with no progress (a barrier arrival, an mbarrier
+// arrival, a fiber exit) anywhere in between is in a deadlock: every live
+// fiber waits. Then `deadlock` is the failure.
+template <typename Done>
+void WaitFor(const Done& done, const char* deadlock) {
   Block& b = *g_block;
-  ++b.progress;
+  const long stall_limit = 2 * static_cast<long>(b.fibers.size());
+  long stalled = 0;
+  uint64_t seen = b.progress;
+  while (!done()) {
+    Yield();
+    if (b.progress != seen) {
+      seen = b.progress;
+      stalled = 0;
+    } else if (++stalled > stall_limit) {
+      Fail(deadlock);
+    }
+  }
+}
+
+// Waits until `participants` fibers have arrived.
+void Arrive(Barrier& bar, int participants) {
+  ++g_block->progress;
   const uint64_t phase = bar.phase;
   if (++bar.arrived == participants) {
     bar.arrived = 0;
     ++bar.phase;
     return;
   }
-  const long stall_limit = 2 * static_cast<long>(b.fibers.size());
-  long stalled = 0;
-  uint64_t seen = b.progress;
-  while (bar.phase == phase) {
-    Yield();
-    if (b.progress != seen) {
-      seen = b.progress;
-      stalled = 0;
-    } else if (++stalled > stall_limit) {
-      Fail("a barrier can never complete (a thread exited early or diverged at a barrier)");
-    }
-  }
+  WaitFor([&] { return bar.phase != phase; },
+          "a barrier can never complete (a thread exited early or diverged at a barrier)");
 }
 
 void Land(const std::vector<Copy>& group) {
@@ -272,10 +280,15 @@ void CpAsyncQueue(unsigned char* dst, const void* src, int src_bytes) {
 
 namespace {
 
-Mbar& FindMbar(unsigned char* bar, const char* op) {
+void CheckMbarAddress(const unsigned char* bar, const char* op) {
   if (bar < SharedBase() || bar + 8 > SharedBase() + SharedBytes() || reinterpret_cast<uintptr_t>(bar) % 8 != 0) {
+    std::fprintf(stderr, "cuda_emu: %s\n", op);
     Fail("an mbarrier outside the block's shared memory or not 8-byte aligned");
   }
+}
+
+Mbar& FindMbar(unsigned char* bar, const char* op) {
+  CheckMbarAddress(bar, op);
   auto it = g_block->mbars.find(bar);
   if (it == g_block->mbars.end()) {
     std::fprintf(stderr, "cuda_emu: %s on an uninitialised mbarrier\n", op);
@@ -295,9 +308,7 @@ void MaybeCompletePhase(Mbar& m) {
 }  // namespace
 
 void MbarInit(unsigned char* bar, int count) {
-  if (bar < SharedBase() || bar + 8 > SharedBase() + SharedBytes() || reinterpret_cast<uintptr_t>(bar) % 8 != 0) {
-    Fail("mbarrier.init outside the block's shared memory or not 8-byte aligned");
-  }
+  CheckMbarAddress(bar, "mbarrier.init");
   if (count < 1) Fail("mbarrier.init with a count below 1");
   Mbar& m = g_block->mbars[bar];
   if (!m.queued.empty()) Fail("mbarrier.init while bulk copies are in flight on it");
@@ -326,30 +337,21 @@ void BulkCopyQueue(unsigned char* dst, const void* src, int bytes, unsigned char
 }
 
 void MbarWaitParity(unsigned char* bar, int parity) {
-  Block& b = *g_block;
-  const long stall_limit = 2 * static_cast<long>(b.fibers.size());
-  long stalled = 0;
-  uint64_t seen = b.progress;
-  for (;;) {
-    Mbar& m = FindMbar(bar, "mbarrier.try_wait.parity");
-    // The copies queued so far land now (a real wait would see them land).
-    for (const BulkCopy& c : m.queued) {
-      std::memcpy(c.dst, c.src, static_cast<size_t>(c.bytes));
-      m.tx -= c.bytes;
-    }
-    m.queued.clear();
-    MaybeCompletePhase(m);
-    // Done when the phase of this parity has completed: the current phase
-    // number's parity differs.
-    if (static_cast<int>(m.phase & 1) != (parity & 1)) return;
-    Yield();  // an arrival may still come from another thread
-    if (b.progress != seen) {
-      seen = b.progress;
-      stalled = 0;
-    } else if (++stalled > stall_limit) {
-      Fail("an mbarrier phase can never complete (no arrival or expected bytes that never land)");
-    }
-  }
+  WaitFor(
+      [&] {
+        Mbar& m = FindMbar(bar, "mbarrier.try_wait.parity");
+        // The copies queued so far land now (a real wait would see them land).
+        for (const BulkCopy& c : m.queued) {
+          std::memcpy(c.dst, c.src, static_cast<size_t>(c.bytes));
+          m.tx -= c.bytes;
+        }
+        m.queued.clear();
+        MaybeCompletePhase(m);
+        // Done when the phase of this parity has completed: the current
+        // phase number's parity differs. Else an arrival may still come.
+        return static_cast<int>(m.phase & 1) != (parity & 1);
+      },
+      "an mbarrier phase can never complete (no arrival or expected bytes that never land)");
 }
 
 void CpAsyncCommitGroup() {

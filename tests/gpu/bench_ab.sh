@@ -21,25 +21,13 @@
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-if [[ $# -gt 0 && $1 != -- ]]; then
-  dir=$1
-  shift
-elif [[ -d $here/bin ]]; then
-  dir=$here
-else
-  dir=build
-fi
+source "$here/stage_packed.sh" || exit 2
+dir=$(pick_dir "$here" "${1:-}")
+[[ $# -gt 0 && $1 != -- ]] && shift
 [[ ${1:-} == -- ]] && shift
 dir=$(cd "$dir" 2>/dev/null && pwd) || { echo "bench_ab.sh: no folder $dir" >&2; exit 2; }
-source "$here/stage_packed.sh" || exit 2
-staged=$(stage_packed "$dir") || { echo "bench_ab.sh: cannot unpack $dir" >&2; exit 2; }
-[[ $staged != "$dir" ]] && trap 'rm -rf "$staged"' EXIT
-dir=$staged
-[[ -d $dir/lib ]] && export LD_LIBRARY_PATH="$dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-if ! ldconfig -p 2>/dev/null | grep -q 'libcublas.so.13 '; then
-  blas=$(find /usr/local/cuda/lib64 /usr/local/cuda/targets /usr /opt -name libcublas.so.13 -print -quit 2>/dev/null)
-  [[ -n $blas ]] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$blas")"
-fi
+enter_packed bench_ab.sh || exit 2
+use_machine_lib bench_ab.sh libcublas.so.13
 logs=${OUT:-$(mktemp -d)}
 mapfile -t bins < <(find "$dir/bin" -maxdepth 1 -type f -name 'mla-bench-decode*' -perm -u+x | sort)
 (( ${#bins[@]} > 0 )) || { echo "bench_ab.sh: no mla-bench-decode* in $dir/bin" >&2; exit 2; }

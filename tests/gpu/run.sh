@@ -33,26 +33,14 @@ set -uo pipefail
 
 machine_ld_path=${LD_LIBRARY_PATH:-}  # for python3 (PyTorch): without the packed Debian libraries
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-if [[ $# -gt 0 && $1 != -- ]]; then
-  dir=$1
-  shift
-elif [[ -d $here/bin ]]; then
-  dir=$here
-else
-  dir=build
-fi
+source "$here/stage_packed.sh" || exit 2
+dir=$(pick_dir "$here" "${1:-}")
+[[ $# -gt 0 && $1 != -- ]] && shift
 [[ ${1:-} == -- ]] && shift
 dir=$(cd "$dir" 2>/dev/null && pwd) || { echo "run.sh: no folder $dir" >&2; exit 2; }
 # A packed folder's compressed files (see stage_packed.sh) are unpacked into a
 # temporary copy, removed on exit; everything below runs from it.
-source "$here/stage_packed.sh" || exit 2
-staged=$(stage_packed "$dir") || { echo "run.sh: cannot unpack $dir" >&2; exit 2; }
-if [[ $staged != "$dir" ]]; then
-  trap 'rm -rf "$staged"' EXIT
-  echo "run.sh: unpacked $dir into $staged"
-  dir=$staged
-fi
-[[ -d $dir/lib ]] && export LD_LIBRARY_PATH="$dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+enter_packed run.sh || exit 2
 # The golden fixtures travel with the working tree, not in the packed folder: the
 # repository's tests/data, found from a packed folder at the repo root (.gpu/),
 # from tests/gpu/ or from a build tree at the repo root.
@@ -64,25 +52,8 @@ if [[ -z ${MLA_TEST_DATA_DIR:-} ]]; then
     fi
   done
 fi
-# Libraries the packed folder leaves to this machine's CUDA installation: when the
-# loader does not know NAME, look in the toolkit, then anywhere under /usr and /opt
-# (pip wheels such as nvidia-cublas), and append its folder to LD_LIBRARY_PATH.
-use_machine_lib() {  # NAME
-  ldconfig -p 2>/dev/null | grep -q "^[[:space:]]*$1 " && return 0
-  local d found=""
-  for d in ${CUDA_HOME:+"$CUDA_HOME/lib64"} /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [[ -e $d/$1 ]] && { found=$d/$1; break; }
-  done
-  [[ -n $found ]] || found=$(find /usr /opt -name "$1" -print -quit 2>/dev/null)
-  if [[ -n $found ]]; then
-    echo "run.sh: $1 from $(dirname "$found")"
-    export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$(dirname "$found")"
-  else
-    echo "run.sh: $1 not found on this machine (tests that need it will fail to start)" >&2
-  fi
-}
-use_machine_lib libcublas.so.13  # the CUDA model (cuda_model_gpu_test, mla-worker); libcublasLt.so.13 sits beside it
-use_machine_lib libnccl.so.2     # nccl_communicator_gpu_test, mla-worker (NCCL even for --tp 1)
+use_machine_lib run.sh libcublas.so.13  # the CUDA model (cuda_model_gpu_test, mla-worker); libcublasLt.so.13 sits beside it
+use_machine_lib run.sh libnccl.so.2     # nccl_communicator_gpu_test, mla-worker (NCCL even for --tp 1)
 mapfile -t tests < <(find "$dir/bin" -maxdepth 1 -type f -name '*_gpu_test' -perm -u+x 2>/dev/null | sort)
 if (( ${#tests[@]} == 0 )); then
   echo "run.sh: no *_gpu_test binaries in $dir/bin (build them, or pack with tests/gpu/pack.sh)" >&2
