@@ -18,7 +18,7 @@
 //
 //   mla-bench-decode [--shapes 1x4096x128,16x4096x128,...] [--iters 20] [--json] [--check]
 //                    [--copy-mib 2048]   (the copy measured for the bandwidth floor)
-//                    [--heads-per-block 16|32] [--plan-waves 1.0] [--query shared|registers]
+//                    [--heads-per-block 16|32|64] [--plan-waves 1.0] [--query shared|registers]
 //                    [--copy cp-async|bulk] [--no-simple-timing]
 //
 // The last five try variants of the kernel and its work partition in one GPU
@@ -328,7 +328,7 @@ int main(int argc, char** argv) {
   bool json_only = false, check = false;
   const char* usage =
       "usage: mla-bench-decode [--shapes BxLxH,...] [--iters N] [--json] [--check] [--copy-mib N]\n"
-      "                        [--heads-per-block 16|32] [--plan-waves X] [--query shared|registers]\n"
+      "                        [--heads-per-block 16|32|64] [--plan-waves X] [--query shared|registers]\n"
       "                        [--copy cp-async|bulk] [--no-simple-timing]\n";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -344,8 +344,9 @@ int main(int argc, char** argv) {
       copy_mib = static_cast<size_t>(std::max(1, std::atoi(argv[++i])));
     } else if (a == "--heads-per-block" && i + 1 < argc) {
       opt.heads_per_block = std::atoi(argv[++i]);
-      if (opt.heads_per_block != 16 && opt.heads_per_block != 32) {
-        std::fprintf(stderr, "mla-bench-decode: --heads-per-block %s: expected 16 or 32\n", argv[i]);
+      if (opt.heads_per_block != 16 && opt.heads_per_block != 32 && opt.heads_per_block != 64) {
+        std::fprintf(stderr, "mla-bench-decode: --heads-per-block %s: expected 16, 32 or 64 (the wgmma kernel)\n",
+                     argv[i]);
         return 2;
       }
     } else if (a == "--plan-waves" && i + 1 < argc) {

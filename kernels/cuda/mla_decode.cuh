@@ -8,11 +8,14 @@
 // kernels/cpu/attention.h MlaAbsorbedAttention is the reference. kv_len 0 gives
 // a zero output.
 //
-// Two kernels behind LaunchMlaDecode:
-// - the tensor-core split-KV kernel (mla_decode_mma.cu), for the shapes
-//   MlaDecodeUsesTensorCores accepts (DeepSeek-V3's 512 + 64 among them): it
-//   runs the work items of a host plan (mla_decode_plan.h) and merges split
-//   sequences by log-sum-exp;
+// Three kernels behind LaunchMlaDecode:
+// - the tensor-core split-KV kernel (mla_decode_mma.cu, mma.sync), for the
+//   shapes MlaDecodeUsesTensorCores accepts (DeepSeek-V3's 512 + 64 among
+//   them): it runs the work items of a host plan (mla_decode_plan.h) and
+//   merges split sequences by log-sum-exp;
+// - its warpgroup-MMA twin (mla_decode_wgmma.cu, sm_90a wgmma, 64 heads per
+//   work item), for DeepSeek-V3's latent under a plan with heads_per_block
+//   64 (MlaDecodeUsesWgmma), with the same merge;
 // - the simple kernel (one warp per head, FP32 FMA, no split), for the other
 //   shapes or when no plan is given.
 #pragma once

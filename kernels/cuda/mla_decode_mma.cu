@@ -8,6 +8,7 @@
 
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/mla_decode_wgmma.cuh"
 #include "kernels/cuda/warp_mma.cuh"
 
 namespace mla::cuda::detail {
@@ -678,16 +679,19 @@ cudaError_t LaunchMlaDecodeMma(const MlaDecodeParams& p, cudaStream_t stream) {
   // kAuto: the query in registers, 1-5% faster than in shared memory on
   // every benchmark shape on an H200 (bench/RESULTS.md, 2026-11-28).
   const bool q_regs = p.query != MlaDecodeQuery::kShared;
-  const size_t smem = MlaDecodeMmaSharedBytes(latent, p.heads_per_block, q_regs);
-  if (!MlaDecodeUsesTensorCores(p.kv_lora, p.qk_rope) || (p.heads_per_block != 16 && p.heads_per_block != 32) ||
-      smem > kMaxSharedBytes || p.num_work_items <= 0 || p.num_merge_items < 0 ||
+  const bool wgmma = MlaDecodeWgmmaTakes(p.kv_lora, p.qk_rope, p.heads_per_block);
+  const size_t smem = wgmma ? 0 : MlaDecodeMmaSharedBytes(latent, p.heads_per_block, q_regs);
+  if (!MlaDecodeUsesTensorCores(p.kv_lora, p.qk_rope) ||
+      (p.heads_per_block != 16 && p.heads_per_block != 32 && !wgmma) || smem > kMaxSharedBytes ||
+      p.num_work_items <= 0 || p.num_merge_items < 0 ||
       (p.num_merge_items > 0 && (p.partial_out == nullptr || p.partial_lse == nullptr))) {
     return cudaErrorInvalidValue;
   }
   // kAuto: cp.async until a GPU run has compared the bulk copies.
   const bool bulk = p.copy == MlaDecodeCopy::kBulk;
-  cudaError_t err = p.heads_per_block == 16 ? LaunchFor<1>(q_regs, bulk, p, smem, stream)
-                                             : LaunchFor<2>(q_regs, bulk, p, smem, stream);
+  cudaError_t err = wgmma                    ? LaunchMlaDecodeWgmma(p, stream)
+                    : p.heads_per_block == 16 ? LaunchFor<1>(q_regs, bulk, p, smem, stream)
+                                              : LaunchFor<2>(q_regs, bulk, p, smem, stream);
   if (err != cudaSuccess || p.num_merge_items == 0) return err;
   const dim3 grid(static_cast<unsigned>(p.num_merge_items), static_cast<unsigned>(p.heads_per_block));
   detail::LaunchKernel(MlaDecodeMergeKernel, grid, kMergeThreads, 0, stream, p);

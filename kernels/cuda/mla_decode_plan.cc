@@ -14,6 +14,8 @@ bool MlaDecodeUsesTensorCores(int kv_lora, int qk_rope) {
          kv_lora + qk_rope <= 640;
 }
 
+bool MlaDecodeUsesWgmma(int kv_lora, int qk_rope) { return kv_lora == 512 && qk_rope == 64; }
+
 int MlaDecodeHeadsPerBlock(int num_heads) { return num_heads <= 16 ? 16 : 32; }
 
 // A split (sequence, head group) has tiles > per_item and gets
@@ -28,7 +30,7 @@ MlaDecodePlan PlanMlaDecode(std::span<const int32_t> kv_lens, int num_heads, int
 MlaDecodePlan PlanMlaDecode(std::span<const int32_t> kv_lens, int num_heads, int num_sms, int heads_per_block) {
   MlaDecodePlan plan;
   plan.heads_per_block =
-      heads_per_block == 16 || heads_per_block == 32 ? heads_per_block : MlaDecodeHeadsPerBlock(num_heads);
+      heads_per_block == 16 || heads_per_block == 32 || heads_per_block == 64 ? heads_per_block : MlaDecodeHeadsPerBlock(num_heads);
   const int64_t groups = CeilDiv(std::max(num_heads, 1), plan.heads_per_block);
   const int64_t tile = kMlaDecodeTileTokens;
   int64_t total = 0;      // tiles over all (sequence, head group) pairs

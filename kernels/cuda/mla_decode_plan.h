@@ -50,6 +50,11 @@ struct MlaDecodePlan {
 // KiB of shared memory). Other shapes run the simple kernel, needing no plan.
 bool MlaDecodeUsesTensorCores(int kv_lora, int qk_rope);
 
+// Shapes the warpgroup-MMA kernel (sm_90a wgmma, mla_decode_wgmma.cu) takes,
+// selected by a plan with heads_per_block 64: DeepSeek-V3's kv_lora 512 +
+// rope 64 only (its shared-memory layout is laid out for that shape).
+bool MlaDecodeUsesWgmma(int kv_lora, int qk_rope);
+
 // Heads per work item: one 16-row MMA tile up to 16 heads, two above (the
 // cache tile in shared memory then serves 32 heads). The kernel runs either
 // for any head count (rows past the last head are zero); this is the default.
@@ -64,8 +69,9 @@ int64_t MlaDecodeMaxPartials(int num_sms);
 // num_sms: thread blocks that run at once (the kernel runs one per SM); the
 // plan aims at one wave of about that many items.
 MlaDecodePlan PlanMlaDecode(std::span<const int32_t> kv_lens, int num_heads, int num_sms);
-// The same with heads_per_block chosen by the caller (a benchmark comparing
-// the two): 16 or 32; any other value takes MlaDecodeHeadsPerBlock(num_heads).
+// The same with heads_per_block chosen by the caller: 16 or 32 (the mma.sync
+// kernel), or 64 (the wgmma kernel, for kv_lora 512 and rope 64 only:
+// mla_decode_wgmma.cuh); any other value takes MlaDecodeHeadsPerBlock(num_heads).
 MlaDecodePlan PlanMlaDecode(std::span<const int32_t> kv_lens, int num_heads, int num_sms, int heads_per_block);
 
 }  // namespace mla::cuda

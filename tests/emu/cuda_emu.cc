@@ -65,13 +65,30 @@ struct Copy {
   int src_bytes;
 };
 
+// A wgmma operand's descriptor, decoded: byte offsets in the dynamic shared memory.
+struct WgmmaOperand {
+  uint32_t start, lbo, sbo;
+};
+
+// A queued wgmma of one thread: its accumulators (n / 2 floats, in the
+// thread's frame: a kernel that waits before they go out of scope, as it must
+// on the hardware, keeps them valid) and what to compute into them.
+struct WgmmaOp {
+  float* d;
+  int n;
+  WgmmaOperand a, b;
+  bool trans_b, accumulate;
+};
+
 struct Fiber {
   void* sp = nullptr;  // saved stack pointer while switched out
   std::unique_ptr<char[]> stack;
   Dim3 tid;
   bool done = false;
-  std::vector<Copy> pending;              // cp.async not yet committed
-  std::deque<std::vector<Copy>> groups;   // committed, not yet landed
+  std::vector<Copy> pending;                      // cp.async not yet committed
+  std::deque<std::vector<Copy>> groups;           // committed, not yet landed
+  std::vector<WgmmaOp> wgmma_open;                // wgmma issued, not yet committed
+  std::deque<std::vector<WgmmaOp>> wgmma_groups;  // committed, not yet run
 };
 
 struct Barrier {
@@ -224,6 +241,12 @@ void FiberEntry() {
   // The hardware lands a finished thread's copies anyway.
   CpAsyncWaitGroups(0);
   Land(me.pending);
+  // But an mma writes registers: after the thread's exit nothing could read
+  // them, and a kernel that never waits reads its accumulators before they
+  // are written (or leaves the mma reading shared memory the next block owns).
+  if (!me.wgmma_open.empty() || !me.wgmma_groups.empty()) {
+    Fail("a thread finished with wgmma ops never waited for (committed or not)");
+  }
   me.done = true;
   --b.live;
   ++b.progress;
@@ -370,6 +393,103 @@ void CpAsyncWaitGroups(int keep) {
 
 namespace {
 
+// The no-swizzle matrix descriptor (PTX ISA, "Matrix Descriptor Format"):
+// bits 0-13 start >> 4, 16-29 LBO >> 4, 32-45 SBO >> 4, 49-51 base offset,
+// 62-63 swizzle mode; the other bits are reserved. Decoded here on its own,
+// not through wgmma.cuh's packer, so a packer bug shows as a wrong result.
+WgmmaOperand DecodeWgmmaDesc(uint64_t desc, const char* operand) {
+  constexpr uint64_t kField = 0x3FFF;
+  constexpr uint64_t kKnown = kField | (kField << 16) | (kField << 32) | (uint64_t{7} << 49) | (uint64_t{3} << 62);
+  const char* bad = (desc >> 62) != 0          ? "wgmma descriptor with a swizzle mode (only no-swizzle is modelled)"
+                    : ((desc >> 49) & 7) != 0  ? "wgmma descriptor with a non-zero base offset"
+                    : (desc & ~kKnown) != 0    ? "wgmma descriptor with reserved bits set"
+                                               : nullptr;
+  if (bad != nullptr) {
+    std::fprintf(stderr, "cuda_emu: wgmma operand %s, descriptor 0x%016llx\n", operand,
+                 static_cast<unsigned long long>(desc));
+    Fail(bad);
+  }
+  return {static_cast<uint32_t>(desc & kField) << 4, static_cast<uint32_t>((desc >> 16) & kField) << 4,
+          static_cast<uint32_t>((desc >> 32) & kField) << 4};
+}
+
+// Byte offsets of the no-swizzle layouts (wgmma.cuh's comment): core matrices
+// of 8 rows x 16 bytes, LBO stepping along K and SBO along M or N. K-major:
+// element (row of M or N, k); MN-major: element (k, n).
+uint32_t KMajorOffset(const WgmmaOperand& o, int row, int k) {
+  return o.start + static_cast<uint32_t>(row / 8) * o.sbo + static_cast<uint32_t>(k / 8) * o.lbo +
+         static_cast<uint32_t>((row % 8) * 16 + (k % 8) * 2);
+}
+uint32_t MnMajorOffset(const WgmmaOperand& o, int k, int n) {
+  return o.start + static_cast<uint32_t>(n / 8) * o.sbo + static_cast<uint32_t>(k / 8) * o.lbo +
+         static_cast<uint32_t>((k % 8) * 16 + (n % 8) * 2);
+}
+uint32_t WgmmaAOffset(const WgmmaOp& op, int row, int k) { return KMajorOffset(op.a, row, k); }
+uint32_t WgmmaBOffset(const WgmmaOp& op, int k, int n) {
+  return op.trans_b ? MnMajorOffset(op.b, k, n) : KMajorOffset(op.b, n, k);
+}
+
+// Thread i of the warpgroup computes its own fragment (wgmma.cuh's comment):
+// w = i / 32, g = (i % 32) / 4, t = i % 4; d[4j + e] is row 16 w + g (+ 8 for
+// e >= 2), column 8 j + 2 t + e % 2. Products of BF16 values are exact in
+// FP32; they are summed over k in order, then added to D (or to 0: D's old
+// value, even NaN, is ignored).
+void RunWgmma(const WgmmaOp& op) {
+  const unsigned char* shared = SharedBase();
+  auto load = [&](uint32_t offset) {
+    uint16_t bits;
+    std::memcpy(&bits, shared + offset, sizeof(bits));
+    return cpu::Bf16ToFloat(bits);
+  };
+  const int i = static_cast<int>(ThreadIdx().x % 128), w = i / 32, g = (i % 32) / 4, t = i % 4;
+  for (int j = 0; j < op.n / 8; ++j) {
+    for (int e = 0; e < 4; ++e) {
+      const int row = 16 * w + g + (e >= 2 ? 8 : 0), col = 8 * j + 2 * t + e % 2;
+      float sum = 0.0f;
+      for (int k = 0; k < 16; ++k) sum += load(WgmmaAOffset(op, row, k)) * load(WgmmaBOffset(op, k, col));
+      float& d = op.d[4 * j + e];
+      d = (op.accumulate ? d : 0.0f) + sum;
+    }
+  }
+}
+
+}  // namespace
+
+void WgmmaQueue(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool trans_b, bool accumulate) {
+  // A warpgroup is 4 consecutive warps from a multiple of 128 threads: a
+  // block with a partial one cannot issue wgmma there.
+  if (BlockDim().x % 128 != 0) Fail("wgmma needs threads per block in whole warpgroups (a multiple of 128)");
+  if (n < 8 || n > 256 || n % 8 != 0) Fail("wgmma m64nNk16 with N not a multiple of 8 in [8, 256]");
+  const WgmmaOp op{d, n, DecodeWgmmaDesc(desc_a, "A"), DecodeWgmmaDesc(desc_b, "B"), trans_b, accumulate};
+  // Checked whole (the warpgroup reads all of A[64 x 16] and B[16 x N]) and
+  // once: the offsets only grow with each index, so the last element of each
+  // operand is the farthest, and the shared memory's size is fixed for the block.
+  const uint32_t a_end = WgmmaAOffset(op, 63, 15) + 2, b_end = WgmmaBOffset(op, 15, n - 1) + 2;
+  if (a_end > SharedBytes() || b_end > SharedBytes()) {
+    std::fprintf(stderr, "cuda_emu: wgmma A at %u..%u, B at %u..%u, dynamic shared memory %zu bytes\n",
+                 op.a.start, a_end, op.b.start, b_end, SharedBytes());
+    Fail("wgmma operand outside the dynamic shared memory");
+  }
+  g_block->fibers[g_block->current].wgmma_open.push_back(op);
+}
+
+void WgmmaCommitGroup() {
+  Fiber& f = g_block->fibers[g_block->current];
+  f.wgmma_groups.push_back(std::move(f.wgmma_open));
+  f.wgmma_open.clear();
+}
+
+// Uncommitted mmas belong to no group: no wait retires them.
+void WgmmaWaitGroups(int keep) {
+  Fiber& f = g_block->fibers[g_block->current];
+  while (static_cast<int>(f.wgmma_groups.size()) > keep) {
+    for (const WgmmaOp& op : f.wgmma_groups.front()) RunWgmma(op);
+    f.wgmma_groups.pop_front();
+  }
+}
+
+namespace {
+
 // A fresh fiber's stack, laid out as mla_emu_switch leaves a switched-out one:
 // six zero registers, then the return address FiberEntry, then a null fake
 // return address for FiberEntry itself (which never returns), so that
@@ -409,6 +529,8 @@ void* InitialStack(char* stack) {
     f.done = false;
     f.pending.clear();
     f.groups.clear();
+    f.wgmma_open.clear();
+    f.wgmma_groups.clear();
     f.sp = InitialStack(f.stack.get());
   }
   b.live = threads;

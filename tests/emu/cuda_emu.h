@@ -17,7 +17,12 @@
 //     kernels (warp_mma.cuh documents the same layouts);
 //   - cp.async as deferred copies: a group lands only when a wait_group
 //     releases it (the latest the hardware may land it), so reading a stage
-//     before waiting for it reads poison.
+//     before waiting for it reads poison;
+//   - wgmma m64nNk16 BF16 -> FP32 from no-swizzle shared-memory descriptors
+//     (kernels/cuda/wgmma.cuh), likewise deferred: each thread's mma runs at
+//     the wait that retires its group, reading shared memory then (the latest
+//     the hardware may read it), so accumulators read before the wait are
+//     stale and operands overwritten before it change the result.
 // Not modelled: timing, memory-model races beyond the above, warp divergence
 // inside collectives (every lane must call them, as the kernels here do).
 // A barrier that can never complete (a thread exited, or a divergent
@@ -95,6 +100,13 @@ void MbarInit(unsigned char* bar, int count);
 void MbarArriveExpectTx(unsigned char* bar, int bytes);
 void BulkCopyQueue(unsigned char* dst, const void* src, int bytes, unsigned char* bar);
 void MbarWaitParity(unsigned char* bar, int parity);
+// wgmma (kernels/cuda/wgmma.cuh), per thread: an mma is queued with the
+// calling thread's accumulators `d` (n / 2 floats) and computes that thread's
+// fragment of D[64 x n] when a wait retires its group; a thread that ends
+// with mmas queued (committed or not) fails, as they would never run.
+void WgmmaQueue(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool trans_b, bool accumulate);
+void WgmmaCommitGroup();
+void WgmmaWaitGroups(int keep);  // runs all committed groups but the newest `keep`
 
 // The order in which fibers get the processor: threads 0, 1, ..., the
 // reverse, or a seeded random pick at every switch. A kernel missing a barrier
@@ -186,6 +198,28 @@ inline void MbarWaitParity(uint32_t bar, int parity) {
 template <int N>
 void CpAsyncWait() {
   ::mla::emu::CpAsyncWaitGroups(N);
+}
+
+// The device part of kernels/cuda/wgmma.cuh (its WgmmaDesc packer is host code
+// too and comes from there). The fences order registers and shared memory
+// against the async proxy and keep nvcc from moving accumulator accesses
+// across a wait: here there is one memory and the mma runs inside the wait
+// call, so there is nothing to order.
+inline void WgmmaFence() {}
+inline void WgmmaCommit() { ::mla::emu::WgmmaCommitGroup(); }
+template <int N>
+void WgmmaWait() {
+  static_assert(N >= 0, "wgmma.wait_group takes a non-negative count");
+  ::mla::emu::WgmmaWaitGroups(N);
+}
+template <int R>
+void WgmmaFenceOperand(float (& /*d*/)[R]) {}
+// Every shape m64nNk16 of the PTX ISA, not only those wgmma.cuh specialises,
+// so a kernel tried here with a new N runs before the device version exists.
+template <int N, bool kTransB>
+void WgmmaBf16(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
+  static_assert(N >= 8 && N <= 256 && N % 8 == 0, "wgmma m64nNk16: N is a multiple of 8 up to 256");
+  ::mla::emu::WgmmaQueue(d, N, desc_a, desc_b, kTransB, accumulate);
 }
 
 // kernels/cuda/launch.cuh's launcher: the grid runs to completion on the

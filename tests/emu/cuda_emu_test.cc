@@ -2,16 +2,25 @@
 // tests alone would not notice the emulator letting it through: the launch
 // limits (grid y/z, block size), dynamic shared memory above 48 KiB only after
 // cudaFuncSetAttribute on the same device, bulk copies that land only through
-// their mbarrier's wait, and (in the _asan build) a kernel reading past a
-// cudaMalloc'd buffer stopped by AddressSanitizer.
+// their mbarrier's wait, wgmma against a plain matmul (its operand layouts,
+// fragments and deferred execution; the failures it catches), and (in the
+// _asan build) a kernel reading past a cudaMalloc'd buffer stopped by
+// AddressSanitizer.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
+#include <random>
 #include <vector>
 
+#include "kernels/cpu/float_convert.h"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/warp_mma.cuh"
+#include "kernels/cuda/wgmma.cuh"
 
 namespace mla {
 namespace {
@@ -142,6 +151,219 @@ TEST(CudaEmuDeathTest, AnMbarrierPhaseThatCannotCompleteIsCaught) {
                "mbarrier phase can never complete");
   cudaFree(in);
   cudaFree(out);
+}
+
+// wgmma's shared-memory operands and fragments, written out again from
+// wgmma.cuh's comment: a K-major operand holds element (row of M or N, k), an
+// MN-major one element (k, n); LBO steps along K, SBO along M or N.
+struct Layout {
+  uint32_t start, lbo, sbo;
+};
+
+uint32_t KMajorAt(const Layout& l, int row, int k) {
+  return l.start + static_cast<uint32_t>((row / 8) * l.sbo + (k / 8) * l.lbo + (row % 8) * 16 + (k % 8) * 2);
+}
+
+uint32_t MnMajorAt(const Layout& l, int k, int n) {
+  return l.start + static_cast<uint32_t>((n / 8) * l.sbo + (k / 8) * l.lbo + (k % 8) * 16 + (n % 8) * 2);
+}
+
+uint64_t Desc(const Layout& l) { return cuda::detail::WgmmaDesc(l.start, l.lbo, l.sbo); }
+
+// Accumulator d[4 j + e] of thread i of a warpgroup: its row and column of D.
+int FragmentRow(int i, int e) { return 16 * (i / 32) + (i % 32) / 4 + (e >= 2 ? 8 : 0); }
+int FragmentCol(int i, int j, int e) { return 8 * j + 2 * (i % 4) + e % 2; }
+
+std::vector<uint16_t> RandomBf16(size_t n, std::mt19937& rng) {
+  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
+  std::vector<uint16_t> v(n);
+  for (uint16_t& x : v) x = cpu::FloatToBf16(dist(rng));
+  return v;
+}
+
+// Stores the BF16 value `bits` at byte `offset` of the dynamic shared memory.
+void Put(uint32_t offset, uint16_t bits) { std::memcpy(emu::SharedBase() + offset, &bits, sizeof(bits)); }
+
+// Row-major a[m x 16] and b[16 x n] of BF16 values: (c +) a b in float.
+std::vector<float> Matmul(const std::vector<uint16_t>& a, const std::vector<uint16_t>& b, const std::vector<float>* c,
+                          int m, int n) {
+  std::vector<float> d(static_cast<size_t>(m * n));
+  for (int r = 0; r < m; ++r) {
+    for (int col = 0; col < n; ++col) {
+      float sum = 0.0f;
+      for (int k = 0; k < 16; ++k) sum += cpu::Bf16ToFloat(a[r * 16 + k]) * cpu::Bf16ToFloat(b[k * n + col]);
+      d[r * n + col] = (c ? (*c)[r * n + col] : 0.0f) + sum;
+    }
+  }
+  return d;
+}
+
+void ExpectNearRelative(const std::vector<float>& got, const std::vector<float>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_NEAR(got[i], want[i], 1e-4f * std::max(1.0f, std::abs(want[i]))) << "element " << i;
+  }
+}
+
+// m64n32k16, A and B K-major, two warpgroups (an A tile each, one B). The core
+// matrices are spread out: A's row blocks 384 bytes apart (256 used), B's K
+// blocks 544 apart (512 used); the gaps keep the poison (NaN), so a read at a
+// wrong offset shows. accumulate adds onto D; without it D's NaN is ignored.
+TEST(CudaEmuTest, WgmmaKMajorMatchesAPlainMatmul) {
+  constexpr int kN = 32, kRows = 128;
+  const Layout a_tiles[2] = {{0, 128, 384}, {3072, 128, 384}};
+  const Layout b_layout{6144, 544, 128};
+  constexpr size_t kShared = 7232;  // B ends at 6144 + 544 + 4 * 128 = 7200
+  std::mt19937 rng(7);
+  const std::vector<uint16_t> a = RandomBf16(kRows * 16, rng), b = RandomBf16(16 * kN, rng);
+  std::vector<float> c(kRows * kN);
+  for (float& x : c) x = std::uniform_real_distribution<float>(-8.0f, 8.0f)(rng);
+  for (bool accumulate : {true, false}) {
+    SCOPED_TRACE(accumulate ? "accumulate" : "overwrite");
+    std::vector<float> got(kRows * kN, 0.0f);
+    emu::LaunchGrid(emu::Dim3{}, 256, kShared, [&] {
+      const int tid = static_cast<int>(threadIdx.x), threads = static_cast<int>(blockDim.x);
+      const int wg = tid / 128, i = tid % 128;
+      for (int x = tid; x < kRows * 16; x += threads) Put(KMajorAt(a_tiles[x / 16 / 64], x / 16 % 64, x % 16), a[x]);
+      for (int x = tid; x < 16 * kN; x += threads) Put(KMajorAt(b_layout, x % kN, x / kN), b[x]);
+      float d[kN / 2];
+      for (int j = 0; j < kN / 8; ++j) {
+        for (int e = 0; e < 4; ++e) {
+          d[4 * j + e] = accumulate ? c[(64 * wg + FragmentRow(i, e)) * kN + FragmentCol(i, j, e)] : NAN;
+        }
+      }
+      __syncthreads();
+      cuda::detail::WgmmaFence();
+      cuda::detail::WgmmaBf16<kN, false>(d, Desc(a_tiles[wg]), Desc(b_layout), accumulate);
+      cuda::detail::WgmmaCommit();
+      cuda::detail::WgmmaWait<0>();
+      cuda::detail::WgmmaFenceOperand(d);
+      for (int j = 0; j < kN / 8; ++j) {
+        for (int e = 0; e < 4; ++e) got[(64 * wg + FragmentRow(i, e)) * kN + FragmentCol(i, j, e)] = d[4 * j + e];
+      }
+    });
+    ExpectNearRelative(got, Matmul(a, b, accumulate ? &c : nullptr, kRows, kN));
+  }
+}
+
+// m64n256k16 with B MN-major (kTransB): B's N blocks 272 bytes apart (256
+// used), A's K blocks 1056 apart (1024 used).
+TEST(CudaEmuTest, WgmmaMnMajorBMatchesAPlainMatmul) {
+  constexpr int kN = 256;
+  const Layout a_layout{0, 1056, 128}, b_layout{2304, 128, 272};
+  constexpr size_t kShared = 11008;  // B ends at 2304 + 31 * 272 + 256 = 10992
+  std::mt19937 rng(11);
+  const std::vector<uint16_t> a = RandomBf16(64 * 16, rng), b = RandomBf16(16 * kN, rng);
+  std::vector<float> c(64 * kN);
+  for (float& x : c) x = std::uniform_real_distribution<float>(-8.0f, 8.0f)(rng);
+  std::vector<float> got(64 * kN, 0.0f);
+  emu::LaunchGrid(emu::Dim3{}, 128, kShared, [&] {
+    const int i = static_cast<int>(threadIdx.x);
+    for (int x = i; x < 64 * 16; x += 128) Put(KMajorAt(a_layout, x / 16, x % 16), a[x]);
+    for (int x = i; x < 16 * kN; x += 128) Put(MnMajorAt(b_layout, x / kN, x % kN), b[x]);
+    float d[kN / 2];
+    for (int j = 0; j < kN / 8; ++j) {
+      for (int e = 0; e < 4; ++e) d[4 * j + e] = c[FragmentRow(i, e) * kN + FragmentCol(i, j, e)];
+    }
+    __syncthreads();
+    cuda::detail::WgmmaFence();
+    cuda::detail::WgmmaBf16<kN, true>(d, Desc(a_layout), Desc(b_layout), true);
+    cuda::detail::WgmmaCommit();
+    cuda::detail::WgmmaWait<0>();
+    cuda::detail::WgmmaFenceOperand(d);
+    for (int j = 0; j < kN / 8; ++j) {
+      for (int e = 0; e < 4; ++e) got[FragmentRow(i, e) * kN + FragmentCol(i, j, e)] = d[4 * j + e];
+    }
+  });
+  ExpectNearRelative(got, Matmul(a, b, &c, 64, kN));
+}
+
+// Two groups in flight: A B1 (N 16, K-major B) and then A B2 (N 8, MN-major).
+// Before any wait both accumulators are stale; WgmmaWait<1> runs only the
+// older; B2 rewritten before WgmmaWait<0> is what the newer one reads (on the
+// hardware a race: the emulator reads at the latest moment the hardware may).
+TEST(CudaEmuTest, WgmmaWaitRetiresOnlyOlderGroups) {
+  const Layout a_layout{0, 128, 256}, b1_layout{2048, 128, 256}, b2_layout{2560, 128, 256};
+  constexpr size_t kShared = 2816;  // B2 ends at 2560 + 2 * 128
+  constexpr float kStale = 7.0f;
+  std::mt19937 rng(13);
+  const std::vector<uint16_t> a = RandomBf16(64 * 16, rng), b1 = RandomBf16(16 * 16, rng),
+                              b2_old = RandomBf16(16 * 8, rng), b2 = RandomBf16(16 * 8, rng);
+  std::vector<float> got1(64 * 16, 0.0f), got2(64 * 8, 0.0f);
+  bool stale_before_waits = true, d2_stale_after_first_wait = true;
+  emu::LaunchGrid(emu::Dim3{}, 128, kShared, [&] {
+    const int i = static_cast<int>(threadIdx.x);
+    for (int x = i; x < 64 * 16; x += 128) Put(KMajorAt(a_layout, x / 16, x % 16), a[x]);
+    for (int x = i; x < 16 * 16; x += 128) Put(KMajorAt(b1_layout, x % 16, x / 16), b1[x]);
+    for (int x = i; x < 16 * 8; x += 128) Put(MnMajorAt(b2_layout, x / 8, x % 8), b2_old[x]);
+    float d1[8], d2[4];
+    std::fill(d1, d1 + 8, kStale);
+    std::fill(d2, d2 + 4, kStale);
+    __syncthreads();
+    cuda::detail::WgmmaFence();
+    cuda::detail::WgmmaBf16<16, false>(d1, Desc(a_layout), Desc(b1_layout), false);
+    cuda::detail::WgmmaCommit();
+    cuda::detail::WgmmaBf16<8, true>(d2, Desc(a_layout), Desc(b2_layout), false);
+    cuda::detail::WgmmaCommit();
+    for (float v : d1) stale_before_waits &= v == kStale;
+    for (float v : d2) stale_before_waits &= v == kStale;
+    cuda::detail::WgmmaWait<1>();
+    cuda::detail::WgmmaFenceOperand(d1);
+    for (float v : d2) d2_stale_after_first_wait &= v == kStale;
+    for (int j = 0; j < 2; ++j) {
+      for (int e = 0; e < 4; ++e) got1[FragmentRow(i, e) * 16 + FragmentCol(i, j, e)] = d1[4 * j + e];
+    }
+    __syncthreads();
+    for (int x = i; x < 16 * 8; x += 128) Put(MnMajorAt(b2_layout, x / 8, x % 8), b2[x]);
+    __syncthreads();
+    cuda::detail::WgmmaWait<0>();
+    cuda::detail::WgmmaFenceOperand(d2);
+    for (int e = 0; e < 4; ++e) got2[FragmentRow(i, e) * 8 + FragmentCol(i, 0, e)] = d2[e];
+  });
+  EXPECT_TRUE(stale_before_waits);
+  EXPECT_TRUE(d2_stale_after_first_wait);
+  ExpectNearRelative(got1, Matmul(a, b1, nullptr, 64, 16));
+  ExpectNearRelative(got2, Matmul(a, b2, nullptr, 64, 8));
+}
+
+// One m64n8k16 (K-major A and B) per thread, then commit and wait or not.
+enum class WgmmaEnd { kWait, kNoWait, kNoCommit };
+
+void OneWgmma(int threads, size_t shared, uint64_t desc_a, uint64_t desc_b, WgmmaEnd end) {
+  emu::LaunchGrid(emu::Dim3{}, threads, shared, [&] {
+    float d[4] = {};
+    cuda::detail::WgmmaBf16<8, false>(d, desc_a, desc_b, false);
+    if (end != WgmmaEnd::kNoCommit) cuda::detail::WgmmaCommit();
+    if (end != WgmmaEnd::kNoWait) cuda::detail::WgmmaWait<0>();  // kNoCommit: retires nothing
+  });
+}
+
+// A 2048 bytes, B 256 after it.
+const Layout kOneA{0, 128, 256}, kOneB{2048, 128, 128};
+constexpr size_t kOneShared = 2304;
+
+TEST(CudaEmuDeathTest, WgmmaNeverWaitedForIsCaught) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  OneWgmma(128, kOneShared, Desc(kOneA), Desc(kOneB), WgmmaEnd::kWait);  // fine
+  EXPECT_DEATH(OneWgmma(128, kOneShared, Desc(kOneA), Desc(kOneB), WgmmaEnd::kNoWait),
+               "a thread finished with wgmma ops never waited for");
+  EXPECT_DEATH(OneWgmma(128, kOneShared, Desc(kOneA), Desc(kOneB), WgmmaEnd::kNoCommit),
+               "a thread finished with wgmma ops never waited for");
+}
+
+TEST(CudaEmuDeathTest, WgmmaBadOperandsAreCaught) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  // A's last row block at 7 * 512: past the 2304 bytes.
+  EXPECT_DEATH(OneWgmma(128, kOneShared, Desc({0, 128, 512}), Desc(kOneB), WgmmaEnd::kWait),
+               "wgmma operand outside the dynamic shared memory");
+  EXPECT_DEATH(OneWgmma(128, kOneShared, Desc(kOneA), Desc({2064, 128, 128}), WgmmaEnd::kWait),
+               "wgmma operand outside the dynamic shared memory");
+  EXPECT_DEATH(OneWgmma(128, kOneShared, Desc(kOneA) | (uint64_t{1} << 62), Desc(kOneB), WgmmaEnd::kWait),
+               "wgmma descriptor with a swizzle mode");
+  EXPECT_DEATH(OneWgmma(128, kOneShared, Desc(kOneA), Desc(kOneB) | (uint64_t{1} << 49), WgmmaEnd::kWait),
+               "wgmma descriptor with a non-zero base offset");
+  EXPECT_DEATH(OneWgmma(96, kOneShared, Desc(kOneA), Desc(kOneB), WgmmaEnd::kWait),
+               "wgmma needs threads per block in whole warpgroups");
 }
 
 #if defined(__SANITIZE_ADDRESS__)

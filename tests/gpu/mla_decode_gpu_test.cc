@@ -1,6 +1,7 @@
 // Absorbed-form MLA decode over the paged BF16 latent cache, the simple and
-// the tensor-core split-KV kernel, against cpu::MlaAbsorbedAttention (one
-// query per sequence, reading the same BF16 cache through a PagedLatentView). Spare blocks and the rows past each
+// the tensor-core split-KV kernels (mma.sync, and wgmma at 64 heads per block),
+// against cpu::MlaAbsorbedAttention (one query per sequence, reading the same
+// BF16 cache through a PagedLatentView). Spare blocks and the rows past each
 // sequence's length are NaN and the table padding is out of range, so any
 // stray read shows up (as NaN in the output, or as a fault).
 // Tolerance: rtol 1e-2 for the BF16 output (at most 2^-8 relative), atol 2e-5:
@@ -148,6 +149,8 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
   // an item, both stages reused); then the bulk-copy staging
   // (MlaDecodeCopy::kBulk) the same three ways and under the one- and
   // three-SM plans, the query in registers or shared memory.
+  // Where the shape allows (DeepSeek-V3's latent), the warpgroup-MMA kernel
+  // (64 heads per block) under the one-, three-, device- and 2^20-SM plans.
   // On the CPU emulator (tests/emu) the widest plan also runs with the fibers
   // in reverse and in two seeded random orders: a missing barrier tends to
   // show under one order or another. (order: 0 forward, 1 reverse, 2+ random.)
@@ -175,10 +178,24 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
                            {1 << 20, 0, 0, Query::kAuto, Copy::kBulk},
                            {1, 0, 0, Query::kAuto, Copy::kBulk},
                            {3, 0, 0, Query::kShared, Copy::kBulk}};
+  constexpr int kWgmmaHeads = 64;
+  bool wgmma = cuda::MlaDecodeUsesWgmma(c.kv_lora, c.rope);
+#if defined(MLA_CUDA_EMULATED)
+  // The emulator computes each wgmma thread by thread (about 0.1 s a 64-head
+  // tile under ASan): the long cases run it on the GPU only.
+  int64_t wgmma_tiles = 0;
+  for (int64_t n : c.kv_lens) wgmma_tiles += (n + 63) / 64 * ((c.heads + kWgmmaHeads - 1) / kWgmmaHeads);
+  wgmma = wgmma && wgmma_tiles <= 40;
+#endif
+  if (wgmma) {
+    runs.insert(runs.end(), {{1, 0, kWgmmaHeads}, {3, 0, kWgmmaHeads}, {device_sms, 0, kWgmmaHeads},
+                             {1 << 20, 0, kWgmmaHeads}});
+  }
 #if defined(MLA_CUDA_EMULATED)
   runs.insert(runs.end(), {{1 << 20, 1, 0}, {1 << 20, 2, 0}, {1 << 20, 3, 0}, {1 << 20, 1, 0, Query::kShared},
                            {1 << 20, 2, 0, Query::kShared}, {1 << 20, 1, 0, Query::kAuto, Copy::kBulk},
                            {1 << 20, 2, 0, Query::kShared, Copy::kBulk}, {1, 1, 0, Query::kAuto, Copy::kBulk}});
+  if (wgmma) runs.insert(runs.end(), {{1 << 20, 1, kWgmmaHeads}, {1 << 20, 2, kWgmmaHeads}, {1, 3, kWgmmaHeads}});
 #endif
   for (const auto& [sms, order, hpb, query, copy] : runs) {
 #if defined(MLA_CUDA_EMULATED)

@@ -104,7 +104,7 @@ TEST(MlaDecodePlanTest, CoversEveryPositionOnce) {
     for (int32_t& n : lens) n = static_cast<int32_t>(rng() % 3 == 0 ? rng() % 65 : rng() % 9000);
     const int heads = std::vector<int>{1, 8, 16, 17, 32, 64, 128}[rng() % 7];
     CheckPlan(lens, heads, static_cast<int>(1 + rng() % 200));
-    CheckPlan(lens, heads, static_cast<int>(1 + rng() % 200), rng() % 2 == 0 ? 16 : 32);
+    CheckPlan(lens, heads, static_cast<int>(1 + rng() % 200), std::vector<int>{16, 32, 64}[rng() % 3]);
   }
 }
 
@@ -150,10 +150,16 @@ TEST(MlaDecodePlanTest, ShapesForTheTensorCores) {
   EXPECT_EQ(MlaDecodeHeadsPerBlock(16), 16);
   EXPECT_EQ(MlaDecodeHeadsPerBlock(17), 32);
   EXPECT_EQ(MlaDecodeHeadsPerBlock(128), 32);
-  // A caller's choice of 16 or 32 holds; anything else is the default.
+  // The wgmma kernel's shape: DeepSeek-V3's latent only.
+  EXPECT_TRUE(MlaDecodeUsesWgmma(512, 64));
+  EXPECT_FALSE(MlaDecodeUsesWgmma(160, 16));
+  EXPECT_FALSE(MlaDecodeUsesWgmma(512, 32));
+  // A caller's choice of 16, 32 or 64 holds; anything else is the default.
   EXPECT_EQ(PlanMlaDecode(std::vector<int32_t>{100}, 128, 132, 16).heads_per_block, 16);
   EXPECT_EQ(PlanMlaDecode(std::vector<int32_t>{100}, 128, 132, 16).items.size(), 8u * 2u);
   EXPECT_EQ(PlanMlaDecode(std::vector<int32_t>{100}, 8, 132, 32).heads_per_block, 32);
+  EXPECT_EQ(PlanMlaDecode(std::vector<int32_t>{100}, 128, 132, 64).heads_per_block, 64);
+  EXPECT_EQ(PlanMlaDecode(std::vector<int32_t>{100}, 128, 132, 64).items.size(), 2u * 2u);
   EXPECT_EQ(PlanMlaDecode(std::vector<int32_t>{100}, 128, 132, 24).heads_per_block, 32);
 }
 

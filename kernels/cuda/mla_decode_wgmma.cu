@@ -1,0 +1,305 @@
+#include "kernels/cuda/mla_decode_wgmma.cuh"
+
+#include <cuda_bf16.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/warp_mma.cuh"
+#include "kernels/cuda/wgmma.cuh"
+
+namespace mla::cuda::detail {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+// DeepSeek-V3's latent: kv_lora 512 + rope 64 BF16 per cached position.
+constexpr int kKvLora = kMlaDecodeWgmmaKvLora;
+constexpr int kLatent = kMlaDecodeWgmmaKvLora + kMlaDecodeWgmmaRope;
+constexpr int kChunks = kLatent / 8;          // 16-byte pieces of a row: 72
+constexpr int kRows = kMlaDecodeWgmmaHeads;   // heads per work item: one wgmma M of 64
+constexpr int kTile = kMlaDecodeTileTokens;   // cached positions per stage: 64
+constexpr int kWarpGroups = 2;
+constexpr int kThreads = kWarpGroups * 128;
+constexpr int kScoreN = kTile / kWarpGroups;  // positions per warpgroup in S = Q K^T: 32
+constexpr int kOutN = kKvLora / kWarpGroups;  // output columns per warpgroup in O += P V: 256
+
+// Shared memory in core matrices (wgmma.cuh: 8 rows x 16 bytes, 128
+// contiguous bytes), no padding: a matrix of `rows` x kLatent (the query, a
+// cache stage) keeps row r's 16-byte piece c at byte
+//   (r / 8) * kGroupBytes + c * 128 + (r % 8) * 16,
+// so piece q = (r / 8) * 8 kChunks + 8 c + r % 8 of a row-major walk over
+// (row group, piece, row in group) lands at byte 16 q. As a wgmma operand,
+// K-major along the latent (Q as A, K as B of the scores) it has LBO 128
+// (next 8 latent values) and SBO kGroupBytes (next 8 rows); MN-major (V as B
+// of P V, rows = positions = K) LBO kGroupBytes and SBO 128.
+constexpr uint32_t kGroupBytes = 128 * kChunks;  // 8 rows: 9216
+constexpr uint32_t kMatBytes = kGroupBytes * (kRows / 8);  // 64 rows: 73728 (query, and a stage)
+// P [kRows heads x kTile positions], K-major: LBO 128, SBO kPGroupBytes.
+constexpr uint32_t kPGroupBytes = 128 * (kTile / 8);  // 1024
+constexpr uint32_t kPBytes = kPGroupBytes * (kRows / 8);  // 8192
+// Row statistics exchanged between the warpgroups: [kWarpGroups][kRows] floats.
+constexpr uint32_t kRedBytes = sizeof(float) * kWarpGroups * kRows;
+constexpr size_t kSharedBytes = 3 * static_cast<size_t>(kMatBytes) + kPBytes + kRedBytes;  // 229888
+static_assert(kSharedBytes <= 227 * 1024, "query, two stages, P and the statistics fit sm_90's 227 KiB");
+static_assert(kTile == 64 && kRows == 64 && kChunks == 72, "the layouts below assume DeepSeek-V3's shape");
+
+// One work item (MlaDecodeWorkItem) per block: 64 heads of one sequence over
+// its cached positions [kv_begin, kv_end) in tiles of 64, double-buffered with
+// cp.async, on warpgroup MMAs (wgmma) from shared memory. Two warpgroups; per
+// tile:
+//   S = Q K^T  warpgroup wg scores positions 32 wg + [0, 32) for all 64 heads:
+//              36 wgmma m64n32k16 (Q and K from shared memory);
+//   softmax    online, base 2; the row maxima of both halves meet in shared
+//              memory, each warpgroup keeps the softmax sums of its positions;
+//   O += P V   P (BF16, all 64 positions) through shared memory; warpgroup wg
+//              owns output columns 256 wg + [0, 256): 4 wgmma m64n256k16 with
+//              V, the kv_lora columns of the same cached rows, MN-major.
+// The mma.sync kernel (mla_decode_mma.cu) at 32 heads per block is bound by
+// issuing ldmatrix and mma.sync (about 1100 MMAs per tile) at 8 warps per SM;
+// here a tile is 40 wgmma per warpgroup, and each cache tile serves 64 heads.
+// Three barriers per tile. Positions past kv_end are zero-filled and score
+// -inf, as in the mma.sync kernel, and the result goes to out_latent (BF16)
+// or the item's partial slot (FP32 normalised, plus the base-2 log-sum-exp).
+__global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmmaKernel(MlaDecodeParams p) {
+  MLA_DYNAMIC_SHARED(smem);
+  const uint32_t q_addr = SharedAddress(smem);
+  const uint32_t kv_addr = q_addr + kMatBytes;  // stage s at kv_addr + s * kMatBytes
+  const uint32_t p_addr = kv_addr + 2 * kMatBytes;
+  float* red = reinterpret_cast<float*>(smem + 3 * kMatBytes + kPBytes);  // [kWarpGroups][kRows]
+
+  const MlaDecodeWorkItem item = p.work_items[blockIdx.x];
+  const int wg = threadIdx.x / 128, wt = threadIdx.x % 128;  // warpgroup, thread in it
+  const int w = wt / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int r0 = 16 * w + g, r1 = r0 + 8;  // this thread's accumulator rows (heads)
+  const int heads_here = min(kRows, p.num_heads - item.head_begin);
+
+  // Q rows: q_latent then q_pe of each head; rows past the last head are zero.
+  for (int q = threadIdx.x; q < kRows * kChunks; q += kThreads) {
+    const int rem = q % (8 * kChunks);
+    const int r = q / (8 * kChunks) * 8 + rem % 8, c = rem / 8;
+    const bf16* src = p.q_latent;
+    int bytes = 0;
+    if (r < heads_here) {
+      const int64_t qh = static_cast<int64_t>(item.seq) * p.num_heads + item.head_begin + r;
+      src = c < kKvLora / 8 ? p.q_latent + qh * kKvLora + c * 8 : p.q_pe + qh * kMlaDecodeWgmmaRope + (c - kKvLora / 8) * 8;
+      bytes = 16;
+    }
+    CpAsync16(q_addr + 16 * q, src, bytes);
+  }
+
+  const int32_t* table = p.block_tables + static_cast<int64_t>(item.seq) * p.max_blocks_per_seq;
+  auto cache_row = [&](int pos) {
+    return p.cache + (static_cast<int64_t>(table[pos / p.block_size]) * p.block_size + pos % p.block_size) * kLatent;
+  };
+  const bool contiguous = p.block_size % kTile == 0;
+  // Staging a tile: piece q of the walk above is row r's 16-byte piece c. A
+  // warp's 32 pieces are 4 consecutive pieces of 8 rows: 512 contiguous bytes
+  // of shared memory (no bank conflicts) from 8 runs of 64 bytes in the
+  // cache. Where the tile lies in one cache block (block_size a multiple of
+  // 64) its rows are contiguous there and one table load serves them.
+  auto load_tile = [&](int t0, int stage) {
+    const uint32_t dst = kv_addr + stage * kMatBytes;
+    const int valid_rows = min(kTile, item.kv_end - t0);
+    const bf16* base = contiguous ? cache_row(t0) : p.cache;
+    for (int q = threadIdx.x; q < kTile * kChunks; q += kThreads) {
+      const int rem = q % (8 * kChunks);
+      const int r = q / (8 * kChunks) * 8 + rem % 8, c = rem / 8;
+      const bool valid = r < valid_rows;
+      // Rows past kv_end: zero-filled, nothing read (the address stays inside the tile's block).
+      const bf16* src = contiguous ? base + r * kLatent + c * 8 : (valid ? cache_row(t0 + r) + c * 8 : p.cache);
+      CpAsync16(dst + 16 * q, src, valid ? 16 : 0);
+    }
+  };
+  if (item.kv_begin < item.kv_end) load_tile(item.kv_begin, 0);
+  CpAsyncCommit();
+
+  // O [64 heads x 256 columns] of this warpgroup (wgmma.cuh's fragment:
+  // o[4j + e], column 256 wg + 8j + 2t + (e & 1), row r0 for e < 2 else r1).
+  float o[kOutN / 2];
+#pragma unroll
+  for (int i = 0; i < kOutN / 2; ++i) o[i] = 0.0f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};  // rows r0, r1; l over this warpgroup's positions
+  const float scale_log2 = p.scale * 1.4426950408889634f;  // scores in log2 units: exp2 below
+
+  int stage = 0;
+  for (int t0 = item.kv_begin; t0 < item.kv_end; t0 += kTile, stage ^= 1) {
+    CpAsyncWait<0>();
+    // cp.async writes through the generic proxy; wgmma reads through the
+    // async proxy: the fence orders this thread's landed copies before the
+    // barrier, after which any warpgroup's wgmma may read them.
+    FenceProxyAsync();
+    // Tile t0 (and Q) are in; every warpgroup is done with the other stage, P and red.
+    __syncthreads();
+    const uint32_t kv = kv_addr + stage * kMatBytes;
+
+    // S = Q K^T over this warpgroup's 32 positions: the descriptors step 256
+    // bytes (two core matrices, 16 latent values) per k-step. The next tile's
+    // copies are issued while the tensor cores work (they fill the other
+    // stage, which no mma in flight reads).
+    float s[kScoreN / 2];
+    const uint64_t q_desc = WgmmaDesc(q_addr, 128, kGroupBytes);
+    const uint64_t k_desc = WgmmaDesc(kv + wg * (kScoreN / 8) * kGroupBytes, 128, kGroupBytes);
+    WgmmaFence();
+#pragma unroll
+    for (int ks = 0; ks < kLatent / 16; ++ks) {
+      WgmmaBf16<kScoreN, false>(s, q_desc + (256 >> 4) * ks, k_desc + (256 >> 4) * ks, ks > 0);
+    }
+    WgmmaCommit();
+    if (t0 + kTile < item.kv_end) load_tile(t0 + kTile, stage ^ 1);
+    CpAsyncCommit();
+    WgmmaWait<0>();
+    WgmmaFenceOperand(s);
+
+    // Scale, mask and this warpgroup's row maxima (over a row's 4 lanes).
+    // s[4j + e] is at position t0 + 32 wg + 8 j + 2 t + (e & 1).
+    const int pos0 = t0 + wg * kScoreN + 2 * t;
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kScoreN / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[4 * j + e] = pos0 + 8 * j + (e & 1) < item.kv_end ? s[4 * j + e] * scale_log2 : -INFINITY;
+      }
+      mx0 = fmaxf(mx0, fmaxf(s[4 * j], s[4 * j + 1]));
+      mx1 = fmaxf(mx1, fmaxf(s[4 * j + 2], s[4 * j + 3]));
+    }
+#pragma unroll
+    for (int off = 1; off <= 2; off <<= 1) {
+      mx0 = fmaxf(mx0, __shfl_xor_sync(kFullMask, mx0, off));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(kFullMask, mx1, off));
+    }
+    if (t == 0) {
+      red[wg * kRows + r0] = mx0;
+      red[wg * kRows + r1] = mx1;
+    }
+    __syncthreads();
+
+    // Tile maxima (every tile holds a valid position: finite), rescale
+    // factors, P = 2^(s - m) into shared memory as BF16, and this
+    // warpgroup's softmax sums.
+    float corr[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = h == 0 ? r0 : r1;
+      const float m_new = fmaxf(m_run[h], fmaxf(red[row], red[kRows + row]));
+      corr[h] = exp2f(m_run[h] - m_new);  // 0 on the first tile (m_run -inf)
+      m_run[h] = m_new;
+    }
+    float sum0 = 0.0f, sum1 = 0.0f;
+    // P's core matrix (row group 2w (+1 for r1), position group 4 wg + j):
+    // this lane's pair at byte g * 16 + t * 4 of it.
+    unsigned char* p_row = smem + 3 * kMatBytes + (2 * w) * kPGroupBytes + g * 16 + t * 4;
+#pragma unroll
+    for (int j = 0; j < kScoreN / 8; ++j) {
+      const float p0 = exp2f(s[4 * j] - m_run[0]), p1 = exp2f(s[4 * j + 1] - m_run[0]);
+      const float p2 = exp2f(s[4 * j + 2] - m_run[1]), p3 = exp2f(s[4 * j + 3] - m_run[1]);
+      sum0 += p0 + p1;
+      sum1 += p2 + p3;
+      unsigned char* cm = p_row + (4 * wg + j) * 128;
+      *reinterpret_cast<uint32_t*>(cm) = PackBf16(p0, p1);
+      *reinterpret_cast<uint32_t*>(cm + kPGroupBytes) = PackBf16(p2, p3);
+    }
+#pragma unroll
+    for (int off = 1; off <= 2; off <<= 1) {
+      sum0 += __shfl_xor_sync(kFullMask, sum0, off);
+      sum1 += __shfl_xor_sync(kFullMask, sum1, off);
+    }
+    l_run[0] = l_run[0] * corr[0] + sum0;
+    l_run[1] = l_run[1] * corr[1] + sum1;
+#pragma unroll
+    for (int j = 0; j < kOutN / 8; ++j) {
+      o[4 * j] *= corr[0];
+      o[4 * j + 1] *= corr[0];
+      o[4 * j + 2] *= corr[1];
+      o[4 * j + 3] *= corr[1];
+    }
+    FenceProxyAsync();  // P's generic-proxy stores before the wgmma that reads them
+    __syncthreads();
+
+    // O += P V: k-steps of 16 positions (P: two core matrices along K, 256
+    // bytes; V: two row groups, 2 kGroupBytes), this warpgroup's 32 column
+    // core matrices starting at piece 32 wg.
+    const uint64_t p_desc = WgmmaDesc(p_addr, 128, kPGroupBytes);
+    const uint64_t v_desc = WgmmaDesc(kv + wg * (kOutN / 8) * 128, kGroupBytes, 128);
+    WgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < kTile / 16; ++kk) {
+      WgmmaBf16<kOutN, true>(o, p_desc + (256 >> 4) * kk, v_desc + ((2 * kGroupBytes) >> 4) * kk, true);
+    }
+    WgmmaCommit();
+    WgmmaWait<0>();
+    WgmmaFenceOperand(o);
+  }
+  CpAsyncWait<0>();  // an empty item still has Q in flight
+
+  // Softmax sums: both warpgroups' halves.
+  __syncthreads();  // every thread is past its last read of red
+  if (t == 0) {
+    red[wg * kRows + r0] = l_run[0];
+    red[wg * kRows + r1] = l_run[1];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = h == 0 ? r0 : r1;
+    if (row >= heads_here) continue;
+    const float l = red[row] + red[kRows + row];
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;  // l == 0 only for kv_len 0: zeros
+    const int col0 = wg * kOutN + 2 * t;
+    if (item.partial < 0) {
+      bf16* out = p.out_latent + (static_cast<int64_t>(item.seq) * p.num_heads + item.head_begin + row) * kKvLora + col0;
+#pragma unroll
+      for (int j = 0; j < kOutN / 8; ++j) {
+        *reinterpret_cast<__nv_bfloat162*>(out + 8 * j) =
+            __floats2bfloat162_rn(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
+      }
+    } else {
+      const int64_t slot_row = static_cast<int64_t>(item.partial) * kRows + row;
+      float* out = p.partial_out + slot_row * kKvLora + col0;
+#pragma unroll
+      for (int j = 0; j < kOutN / 8; ++j) {
+        *reinterpret_cast<float2*>(out + 8 * j) = make_float2(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
+      }
+      if (wg == 0 && t == 0) p.partial_lse[slot_row] = m_run[h] + log2f(l);
+    }
+  }
+}
+
+constexpr int kMaxDevices = 64;
+
+// Opts the kernel into its dynamic shared memory once per device (the
+// attribute belongs to the current device; setting it twice is harmless).
+cudaError_t OptIntoSharedMemory() {
+  static std::atomic<bool> done[kMaxDevices];
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  if (device >= 0 && device < kMaxDevices && done[device].load(std::memory_order_acquire)) return cudaSuccess;
+  err = cudaFuncSetAttribute(reinterpret_cast<const void*>(&MlaDecodeWgmmaKernel),
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSharedBytes));
+  if (err == cudaSuccess && device >= 0 && device < kMaxDevices) done[device].store(true, std::memory_order_release);
+  return err;
+}
+
+}  // namespace
+
+bool MlaDecodeWgmmaTakes(int kv_lora, int qk_rope, int heads_per_block) {
+  static_assert(kMlaDecodeWgmmaKvLora == 512 && kMlaDecodeWgmmaRope == 64, "MlaDecodeUsesWgmma's shape");
+  return MlaDecodeUsesWgmma(kv_lora, qk_rope) && heads_per_block == kMlaDecodeWgmmaHeads;
+}
+
+cudaError_t LaunchMlaDecodeWgmma(const MlaDecodeParams& p, cudaStream_t stream) {
+  if (!MlaDecodeWgmmaTakes(p.kv_lora, p.qk_rope, p.heads_per_block) || p.num_work_items <= 0) {
+    return cudaErrorInvalidValue;
+  }
+  const cudaError_t err = OptIntoSharedMemory();
+  if (err != cudaSuccess) return err;
+  LaunchKernel(MlaDecodeWgmmaKernel, p.num_work_items, kThreads, kSharedBytes, stream, p);
+  return cudaGetLastError();
+}
+
+}  // namespace mla::cuda::detail
