@@ -1,5 +1,6 @@
 // The whole absorbed MLA decode attention on one GPU, per (batch, context,
-// heads): q_lat = q_nope W_UK per head (cuBLAS, strided batch over heads),
+// heads): q_lat = q_nope W_UK per head (cuBLAS, strided batch over heads, or
+// --gemm head),
 // attention over the paged BF16 latent cache (LaunchMlaDecode: the
 // tensor-core split-KV kernel under the step's plan), out = o_lat W_UV^T per
 // head (cuBLAS). DeepSeek-V3 dims: kv_lora 512, rope 64, nope 128, v 128;
@@ -10,7 +11,7 @@
 // GB/s = (read + written) bytes of a 2 GiB device-to-device copy / time.
 //
 // Per shape it also times, in the same run: the attention kernels alone
-// (decode and merge: "attn ms"), the two cuBLAS GEMMs alone ("gemm ms"), the
+// (decode and merge: "attn ms"), the two per-head GEMMs alone ("gemm ms"), the
 // simple kernel (the earlier decode, no tensor cores, no split) in the same
 // pipeline, and checks the tensor-core output against the simple kernel's.
 // The plan is made on the host once per step (for all layers) and is not in
@@ -19,15 +20,17 @@
 //   mla-bench-decode [--shapes 1x4096x128,16x4096x128,...] [--iters 20] [--json] [--check]
 //                    [--copy-mib 2048]   (the copy measured for the bandwidth floor)
 //                    [--heads-per-block 16|32|64] [--plan-waves 1.0] [--query shared|registers]
-//                    [--copy cp-async|bulk] [--no-simple-timing]
+//                    [--copy cp-async|bulk] [--gemm cublas|head] [--no-simple-timing]
 //
-// The last five try variants of the kernel and its work partition in one GPU
+// The last six try variants of the kernel and its work partition in one GPU
 // call (tests/gpu/run.sh runs a few after the main table): the head-group
-// size (default: 16 up to 16 heads, 32 above), the plan's target in waves of
-// the device's SMs (default one: about one item per SM), where the kernel
-// keeps the query (MlaDecodeQuery; default: its kAuto), how it stages the
-// cache (MlaDecodeCopy; default: its kAuto), and skipping the simple kernel's
-// timing (it still runs once for the check).
+// size (default: 16 up to 16 heads, 32 above; 64: the wgmma kernel), the
+// plan's target in waves of the device's SMs (default one: about one item per
+// SM), where the kernel keeps the query (MlaDecodeQuery; default: its kAuto),
+// how it stages the cache (MlaDecodeCopy; default: its kAuto), who runs the
+// two per-head GEMMs (cuBLAS, the default, or kernels/cuda/head_gemm.cuh's
+// kernel, checked against cuBLAS's result: "gemm rel L2"), and skipping the
+// simple kernel's timing (it still runs once for the check).
 //
 // Prints one JSON object per shape (with --json, only those) and a table.
 // --check: exit 1 when a shape's tensor-core output is off the simple
@@ -50,6 +53,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/head_gemm.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/mla_decode.cuh"
 #include "kernels/cuda/mla_decode_plan.h"
@@ -169,12 +173,14 @@ struct Options {
   int heads_per_block = 0;  // 0: the default for the head count
   mla::cuda::MlaDecodeQuery query = mla::cuda::MlaDecodeQuery::kAuto;
   mla::cuda::MlaDecodeCopy copy = mla::cuda::MlaDecodeCopy::kAuto;
+  bool head_gemm = false;  // the per-head GEMMs on head_gemm.cuh's kernel instead of cuBLAS
   bool time_simple = true;
 };
 
 struct Row {
   Shape shape;
   double ms = 0, attn_ms = 0, gemm_ms = 0, simple_ms = 0, plan_us = 0, max_abs = 0, rel_l2 = 0;
+  double gemm_rel_l2 = 0;  // --gemm head: its q_lat and out against cuBLAS's
   int items = 0, merges = 0, heads_per_block = 0;
 };
 
@@ -248,17 +254,50 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
   simple.out_latent = o_ref;
 
   const float one = 1.0f, zero = 0.0f;
-  auto absorb = [&] {  // q_lat[b, h, :] = q_nope[b, h, :] W_UK[h]   (column-major: 512 x B per head)
+  // The same two GEMMs on head_gemm.cuh's kernel (--gemm head).
+  auto head_gemm = [&](const bf16* x, int k, const bf16* w, bool k_by_n, bf16* y, int n) {
+    mla::cuda::HeadGemmParams g;
+    g.x = x;
+    g.x_ld = static_cast<int64_t>(H) * k;
+    g.x_head_stride = k;
+    g.w = w;
+    g.w_ld = k_by_n ? n : k;
+    g.w_head_stride = static_cast<int64_t>(k) * n;
+    g.w_is_k_by_n = k_by_n;
+    g.out = y;
+    g.out_ld = static_cast<int64_t>(H) * n;
+    g.out_head_stride = n;
+    g.rows = B;
+    g.n = n;
+    g.k = k;
+    g.heads = H;
+    CHECK_CUDA(mla::cuda::LaunchHeadGemm(g, nullptr));
+  };
+  auto absorb_cublas = [&](bf16* q_out) {  // q_lat[b, h, :] = q_nope[b, h, :] W_UK[h]   (column-major: 512 x B per head)
     CHECK_CUBLAS(cublasGemmStridedBatchedEx(blas, CUBLAS_OP_N, CUBLAS_OP_N, kLatent, B, kNope, &one, w_uk,
                                             CUDA_R_16BF, kLatent, static_cast<int64_t>(kNope) * kLatent, q_nope,
-                                            CUDA_R_16BF, H * kNope, kNope, &zero, q_lat, CUDA_R_16BF, H * kLatent,
+                                            CUDA_R_16BF, H * kNope, kNope, &zero, q_out, CUDA_R_16BF, H * kLatent,
                                             kLatent, H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   };
-  auto unabsorb = [&](const bf16* o) {  // out[b, h, :] = W_UV[h] o[b, h, :]
+  auto unabsorb_cublas = [&](const bf16* o, bf16* y) {  // out[b, h, :] = W_UV[h] o[b, h, :]
     CHECK_CUBLAS(cublasGemmStridedBatchedEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, kV, B, kLatent, &one, w_uv, CUDA_R_16BF,
                                             kLatent, static_cast<int64_t>(kV) * kLatent, o, CUDA_R_16BF,
-                                            H * kLatent, kLatent, &zero, out, CUDA_R_16BF, H * kV, kV, H,
+                                            H * kLatent, kLatent, &zero, y, CUDA_R_16BF, H * kV, kV, H,
                                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  };
+  auto absorb = [&] {
+    if (opt.head_gemm) {
+      head_gemm(q_nope, kNope, w_uk, true, q_lat, kLatent);
+    } else {
+      absorb_cublas(q_lat);
+    }
+  };
+  auto unabsorb = [&](const bf16* o) {
+    if (opt.head_gemm) {
+      head_gemm(o, kLatent, w_uv, false, out, kV);
+    } else {
+      unabsorb_cublas(o, out);
+    }
   };
   auto attend = [&](const MlaDecodeParams& q) { CHECK_CUDA(mla::cuda::LaunchMlaDecode(q, nullptr)); };
 
@@ -270,7 +309,7 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
   row.heads_per_block = plan.heads_per_block;
   row.ms = MedianMs([&] { absorb(); attend(p); unabsorb(o_lat); }, iters);
   row.attn_ms = MedianMs([&] { attend(p); }, iters);
-  // The two cuBLAS GEMMs alone: what "ms" spends outside the attention kernels.
+  // The two per-head GEMMs alone: what "ms" spends outside the attention kernels.
   row.gemm_ms = MedianMs([&] { absorb(); unabsorb(o_lat); }, iters);
   if (opt.time_simple) row.simple_ms = MedianMs([&] { absorb(); attend(simple); unabsorb(o_ref); }, iters);
 
@@ -279,18 +318,34 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
   attend(p);
   attend(simple);
   CHECK_CUDA(cudaDeviceSynchronize());
-  const size_t n = static_cast<size_t>(B) * H * kLatent;
-  std::vector<bf16> got(n), ref(n);
-  CHECK_CUDA(cudaMemcpy(got.data(), o_lat, n * sizeof(bf16), cudaMemcpyDeviceToHost));
-  CHECK_CUDA(cudaMemcpy(ref.data(), o_ref, n * sizeof(bf16), cudaMemcpyDeviceToHost));
-  double err = 0, norm = 0;
-  for (size_t i = 0; i < n; ++i) {
-    const double g = __bfloat162float(got[i]), r = __bfloat162float(ref[i]);
-    row.max_abs = std::max(row.max_abs, std::isnan(g) ? INFINITY : std::fabs(g - r));
-    err += (g - r) * (g - r);
-    norm += r * r;
+  // Relative L2 distance of two device arrays of n BF16 (NaN in `got`: infinite),
+  // and their largest absolute difference into *max_abs.
+  auto rel_l2 = [](const bf16* got_dev, const bf16* ref_dev, size_t n, double* max_abs) {
+    std::vector<bf16> got(n), ref(n);
+    CHECK_CUDA(cudaMemcpy(got.data(), got_dev, n * sizeof(bf16), cudaMemcpyDeviceToHost));
+    CHECK_CUDA(cudaMemcpy(ref.data(), ref_dev, n * sizeof(bf16), cudaMemcpyDeviceToHost));
+    double err = 0, norm = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const double g = __bfloat162float(got[i]), r = __bfloat162float(ref[i]);
+      *max_abs = std::max(*max_abs, std::isnan(g) ? INFINITY : std::fabs(g - r));
+      err += (g - r) * (g - r);
+      norm += r * r;
+    }
+    return norm > 0 ? std::sqrt(err / norm) : std::sqrt(err);
+  };
+  row.rel_l2 = rel_l2(o_lat, o_ref, static_cast<size_t>(B) * H * kLatent, &row.max_abs);
+  if (opt.head_gemm) {
+    // head_gemm.cuh's results against cuBLAS's, o_ref holding cuBLAS's (q_lat, then out).
+    double ignored = 0;
+    absorb();
+    absorb_cublas(o_ref);
+    CHECK_CUDA(cudaDeviceSynchronize());
+    const double q_err = rel_l2(q_lat, o_ref, static_cast<size_t>(B) * H * kLatent, &ignored);
+    unabsorb(o_lat);
+    unabsorb_cublas(o_lat, o_ref);
+    CHECK_CUDA(cudaDeviceSynchronize());
+    row.gemm_rel_l2 = std::max(q_err, rel_l2(out, o_ref, static_cast<size_t>(B) * H * kV, &ignored));
   }
-  row.rel_l2 = norm > 0 ? std::sqrt(err / norm) : std::sqrt(err);
 
   for (void* ptr : std::initializer_list<void*>{cache, w_uk, w_uv, q_nope, q_pe, q_lat, o_lat, o_ref, out, tables,
                                                 kv_lens, items, merges, partial, partial_lse}) {
@@ -329,7 +384,7 @@ int main(int argc, char** argv) {
   const char* usage =
       "usage: mla-bench-decode [--shapes BxLxH,...] [--iters N] [--json] [--check] [--copy-mib N]\n"
       "                        [--heads-per-block 16|32|64] [--plan-waves X] [--query shared|registers]\n"
-      "                        [--copy cp-async|bulk] [--no-simple-timing]\n";
+      "                        [--copy cp-async|bulk] [--gemm cublas|head] [--no-simple-timing]\n";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--shapes" && i + 1 < argc) {
@@ -375,6 +430,14 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "mla-bench-decode: --copy %s: expected cp-async or bulk\n", c.c_str());
         return 2;
       }
+    } else if (a == "--gemm" && i + 1 < argc) {
+      const std::string g = argv[++i];
+      if (g == "cublas" || g == "head") {
+        opt.head_gemm = g == "head";
+      } else {
+        std::fprintf(stderr, "mla-bench-decode: --gemm %s: expected cublas or head\n", g.c_str());
+        return 2;
+      }
     } else if (a == "--no-simple-timing") {
       opt.time_simple = false;
     } else {
@@ -401,11 +464,13 @@ int main(int argc, char** argv) {
         "{\"batch\": %d, \"context\": %d, \"heads\": %d, \"ms\": %.4f, \"cache_gbps\": %.1f, \"tflops\": %.2f, "
         "\"copy_gbps\": %.1f, \"attn_ms\": %.4f, \"attn_gbps\": %.1f, \"gemm_ms\": %.4f, \"simple_ms\": %.4f, "
         "\"items\": %d, \"merges\": %d, \"plan_us\": %.1f, \"max_abs_vs_simple\": %.3g, \"rel_l2_vs_simple\": %.3g, "
-        "\"heads_per_block\": %d, \"plan_sms\": %d, \"query\": \"%s\", \"copy\": \"%s\"}\n",
+        "\"heads_per_block\": %d, \"plan_sms\": %d, \"query\": \"%s\", \"copy\": \"%s\", \"gemm\": \"%s\", "
+        "\"gemm_rel_l2_vs_cublas\": %.3g}\n",
         s.batch, s.context, s.heads, r.ms, bytes / r.ms / 1e6, flops / r.ms / 1e9, copy_gbps, r.attn_ms,
         bytes / r.attn_ms / 1e6, r.gemm_ms, r.simple_ms, r.items, r.merges, r.plan_us, r.max_abs, r.rel_l2,
         r.heads_per_block, opt.plan_sms, opt.query == mla::cuda::MlaDecodeQuery::kShared ? "shared" : "registers",
-        opt.copy == mla::cuda::MlaDecodeCopy::kBulk ? "bulk" : "cp-async");
+        opt.copy == mla::cuda::MlaDecodeCopy::kBulk ? "bulk" : "cp-async", opt.head_gemm ? "head" : "cublas",
+        r.gemm_rel_l2);
     std::fflush(stdout);
     rows.push_back(r);
   }
@@ -417,14 +482,23 @@ int main(int argc, char** argv) {
                    r.shape.batch, r.shape.context, r.shape.heads, r.rel_l2);
       status = 1;
     }
+    // BF16 outputs of FP32 sums in different orders: 2^-8 relative at most each.
+    if (check && !(r.gemm_rel_l2 <= 1e-2)) {
+      std::fprintf(stderr, "mla-bench-decode: %dx%dx%d: head_gemm.cuh's GEMMs %.3g relative L2 off cuBLAS's\n",
+                   r.shape.batch, r.shape.context, r.shape.heads, r.gemm_rel_l2);
+      status = 1;
+    }
   }
   if (json_only) return status;
-  std::printf("\n%s, %d SMs; copy %.0f GB/s (read + written); plan for %d SMs; query in %s; cache staged by %s\n",
-              prop.name, sms, copy_gbps, opt.plan_sms,
-              opt.query == mla::cuda::MlaDecodeQuery::kShared ? "shared memory" : "registers",
-              opt.copy == mla::cuda::MlaDecodeCopy::kBulk ? "bulk copies" : "cp.async");
-  std::printf("%-14s %9s %8s %7s %6s %9s %8s %8s %4s %10s %7s %9s\n", "BxLxH", "ms", "GB/s", "%copy", "TF/s",
-              "attn ms", "gemm ms", "simple x", "hpb", "items/merg", "plan us", "rel L2");
+  std::printf(
+      "\n%s, %d SMs; copy %.0f GB/s (read + written); plan for %d SMs; query in %s; cache staged by %s; GEMMs on "
+      "%s\n",
+      prop.name, sms, copy_gbps, opt.plan_sms,
+      opt.query == mla::cuda::MlaDecodeQuery::kShared ? "shared memory" : "registers",
+      opt.copy == mla::cuda::MlaDecodeCopy::kBulk ? "bulk copies" : "cp.async",
+      opt.head_gemm ? "head_gemm.cuh" : "cuBLAS");
+  std::printf("%-14s %9s %8s %7s %6s %9s %8s %8s %4s %10s %7s %9s %9s\n", "BxLxH", "ms", "GB/s", "%copy", "TF/s",
+              "attn ms", "gemm ms", "simple x", "hpb", "items/merg", "plan us", "rel L2", "gemm L2");
   for (const Row& r : rows) {
     const double bytes = CacheBytes(r.shape), flops = Flops(r.shape);
     const std::string name =
@@ -432,9 +506,9 @@ int main(int argc, char** argv) {
     const std::string im = std::to_string(r.items) + "/" + std::to_string(r.merges);
     char simple_x[16] = "-";
     if (r.simple_ms > 0) std::snprintf(simple_x, sizeof(simple_x), "%.2fx", r.simple_ms / r.ms);
-    std::printf("%-14s %9.4f %8.0f %6.1f%% %6.1f %9.4f %8.4f %8s %4d %10s %7.1f %9.2g\n", name.c_str(), r.ms,
+    std::printf("%-14s %9.4f %8.0f %6.1f%% %6.1f %9.4f %8.4f %8s %4d %10s %7.1f %9.2g %9.2g\n", name.c_str(), r.ms,
                 bytes / r.ms / 1e6, 100.0 * bytes / r.ms / 1e6 / copy_gbps, flops / r.ms / 1e9, r.attn_ms, r.gemm_ms,
-                simple_x, r.heads_per_block, im.c_str(), r.plan_us, r.rel_l2);
+                simple_x, r.heads_per_block, im.c_str(), r.plan_us, r.rel_l2, r.gemm_rel_l2);
   }
   return status;
 }

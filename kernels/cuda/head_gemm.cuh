@@ -1,0 +1,43 @@
+// The per-head GEMMs around MLA's absorbed decode attention (DESIGN.md
+// section 2): q_latent = q_nope W_UK per head before it, out = o_latent W_UV^T
+// per head after it. Each is `heads` small GEMMs with M = the decoding
+// sequences (1 to a few hundred), and cuBLAS's strided-batched GEMMs took 19
+// us for the pair at 16 heads and 64 sequences on an H200 (bench/RESULTS.md,
+// "gemm ms"), where reading the weights (4 MiB) takes about 1 us. This kernel is one launch of
+// 32 x BN output tiles of every head (mma.sync BF16, FP32 accumulation, BF16
+// out), sized so that small M still fills the SMs.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace mla::cuda {
+
+// out[m, h, n] = sum_k x[m, h, k] W_h(k, n) for m < rows, h < heads, n < n, k < k.
+// Element (m, h, k) of x lies at x + m * x_ld + h * x_head_stride + k, and
+// (m, h, n) of out at out + m * out_ld + h * out_head_stride + n. W_h(k, n) is
+// w[h * w_head_stride + k * w_ld + n] when w_is_k_by_n (W_UK read out of
+// kv_b), else w[h * w_head_stride + n * w_ld + k] (W_UV: a linear layer's [n, k]).
+struct HeadGemmParams {
+  const __nv_bfloat16* x = nullptr;
+  int64_t x_ld = 0, x_head_stride = 0;
+  const __nv_bfloat16* w = nullptr;
+  int64_t w_ld = 0, w_head_stride = 0;
+  bool w_is_k_by_n = false;
+  __nv_bfloat16* out = nullptr;
+  int64_t out_ld = 0, out_head_stride = 0;
+  int64_t rows = 0;  // M
+  int n = 0, k = 0, heads = 0;
+};
+
+// Whether LaunchHeadGemm takes these operands: n and k multiples of 8, every
+// leading dimension and head stride a multiple of 8 elements and x, w, out
+// 16-byte aligned (16-byte copies). Otherwise use cuBLAS.
+bool HeadGemmTakes(const HeadGemmParams& p);
+
+// cudaErrorInvalidValue where !HeadGemmTakes. rows 0 launches nothing.
+cudaError_t LaunchHeadGemm(const HeadGemmParams& p, cudaStream_t stream);
+
+}  // namespace mla::cuda

@@ -1,0 +1,38 @@
+// One warpgroup MMA (wgmma.cuh, m64nNk16 BF16 -> FP32) on operands handed over
+// in plain row-major global memory: a self-test of the conventions the wgmma
+// decode kernel relies on (tests/gpu/wgmma_gpu_test.cc). The kernel places A
+// and B in shared memory by wgmma.cuh's no-swizzle layouts with the caller's
+// strides, multiplies through descriptors that may carry other strides (a
+// wrong reading of LBO and SBO then shows as a mismatch, or as the swapped
+// strides matching), and writes D out by wgmma.cuh's fragment layout.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace mla::cuda {
+
+struct WgmmaProbeParams {
+  const __nv_bfloat16* a = nullptr;  // [64, 16] row-major (m, k)
+  const __nv_bfloat16* b = nullptr;  // [16, n] row-major (k, n)
+  float* d = nullptr;                // [64, n] row-major
+  int n = 32;                        // 32: B K-major; 256: B MN-major (transposed)
+  // Where the operands are placed (bytes between core matrices along K: lbo,
+  // along M or N: sbo; multiples of 16), and what the descriptors say.
+  uint32_t a_lbo = 128, a_sbo = 256, b_lbo = 128, b_sbo = 256;
+  uint32_t desc_a_lbo = 128, desc_a_sbo = 256, desc_b_lbo = 128, desc_b_sbo = 256;
+};
+
+// Shared memory the probe needs: A, then B, each covering the farthest byte
+// either the placement or the descriptors reach.
+size_t WgmmaProbeSharedBytes(const WgmmaProbeParams& p);
+
+// One block of 128 threads (one warpgroup). cudaErrorInvalidValue for an n
+// other than 32 or 256, strides not multiples of 16, or more shared memory
+// than a block may have (227 KiB).
+cudaError_t LaunchWgmmaProbe(const WgmmaProbeParams& p, cudaStream_t stream);
+
+}  // namespace mla::cuda

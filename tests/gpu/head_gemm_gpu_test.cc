@@ -1,0 +1,143 @@
+// The per-head GEMM around the absorbed decode (kernels/cuda/head_gemm.cuh)
+// against a double-precision product of the same BF16 values, at the shapes
+// and strides the CUDA model and the decode benchmark use (W_UK read out of
+// kv_b as [k, n], W_UV as [n, k]; x rows interleaved with other heads and the
+// rope part) and at ragged ones (rows past a tile, n past a 64-column tile).
+// Every output outside the product is NaN before and must stay NaN.
+// Tolerance: BF16 output (2^-9 relative) of FP32 sums: rtol 1e-2, atol 1e-3
+// (sums of up to 512 terms of magnitude about 1/sqrt(k)).
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <ostream>
+#include <vector>
+
+#include "kernels/cuda/head_gemm.cuh"
+#include "tests/gpu/gpu_test_util.h"
+
+namespace mla {
+namespace {
+
+using gpu_test::DeviceBuffer;
+
+struct HeadGemmCase {
+  int64_t rows;
+  int heads, n, k;
+  bool k_by_n;
+  int x_extra = 0;  // elements after each head's k in x (the rope part of q)
+};
+
+void PrintTo(const HeadGemmCase& c, std::ostream* os) {
+  *os << c.rows << " rows, " << c.heads << " heads, n " << c.n << " k " << c.k << (c.k_by_n ? " [k, n]" : " [n, k]")
+      << " x extra " << c.x_extra;
+}
+
+class HeadGemmGpuTest : public ::testing::TestWithParam<HeadGemmCase> {};
+
+TEST_P(HeadGemmGpuTest, MatchesCpu) {
+  MLA_SKIP_WITHOUT_GPU();
+  const HeadGemmCase& c = GetParam();
+  auto rng = gpu_test::CaseRng(static_cast<uint64_t>(c.rows * 31 + c.heads * 7 + c.n + c.k));
+  const int64_t x_head = c.k + c.x_extra, x_ld = c.heads * x_head;
+  // W: heads blocks of [k, n] or [n, k], each padded by 8 rows (a head stride
+  // larger than the matrix, as kv_b's W_UK rows are followed by W_UV's).
+  const int64_t w_ld = c.k_by_n ? c.n : c.k;
+  const int64_t w_rows = c.k_by_n ? c.k : c.n;
+  const int64_t w_head = (w_rows + 8) * w_ld;
+  const float w_scale = 1.0f / std::sqrt(static_cast<float>(c.k));
+  const std::vector<uint16_t> x_bits = gpu_test::RandomBf16(rng, c.rows * x_ld, -1.0f, 1.0f);
+  const std::vector<uint16_t> w_bits = gpu_test::RandomBf16(rng, c.heads * w_head, -w_scale, w_scale);
+  const std::vector<float> x = gpu_test::ToFloats(x_bits), w = gpu_test::ToFloats(w_bits);
+  // out: [rows, heads, n + 8]: the 8 columns after each head's n stay NaN.
+  const int64_t out_head = c.n + 8, out_ld = c.heads * out_head;
+  std::vector<float> want(static_cast<size_t>(c.rows * out_ld), NAN);
+  for (int64_t m = 0; m < c.rows; ++m) {
+    for (int h = 0; h < c.heads; ++h) {
+      for (int n = 0; n < c.n; ++n) {
+        double sum = 0.0;
+        for (int k = 0; k < c.k; ++k) {
+          const float wv = c.k_by_n ? w[h * w_head + k * w_ld + n] : w[h * w_head + n * w_ld + k];
+          sum += static_cast<double>(x[m * x_ld + h * x_head + k]) * wv;
+        }
+        want[m * out_ld + h * out_head + n] = static_cast<float>(sum);
+      }
+    }
+  }
+  DeviceBuffer<uint16_t> d_x(x_bits), d_w(w_bits), d_out(want.size());
+  MLA_ASSERT_CUDA(d_out.Poison());
+  cuda::HeadGemmParams p;
+  p.x = d_x.bf16();
+  p.x_ld = x_ld;
+  p.x_head_stride = x_head;
+  p.w = d_w.bf16();
+  p.w_ld = w_ld;
+  p.w_head_stride = w_head;
+  p.w_is_k_by_n = c.k_by_n;
+  p.out = d_out.bf16();
+  p.out_ld = out_ld;
+  p.out_head_stride = out_head;
+  p.rows = c.rows;
+  p.n = c.n;
+  p.k = c.k;
+  p.heads = c.heads;
+  ASSERT_TRUE(cuda::HeadGemmTakes(p));
+  MLA_ASSERT_CUDA(cuda::LaunchHeadGemm(p, nullptr));
+  MLA_ASSERT_CUDA(cudaDeviceSynchronize());
+  std::vector<uint16_t> got_bits;
+  MLA_ASSERT_CUDA(d_out.Download(got_bits));
+  const std::vector<float> got = gpu_test::ToFloats(got_bits);
+  std::vector<float> got_in, want_in;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (std::isnan(want[i])) {
+      ASSERT_TRUE(std::isnan(got[i])) << "wrote outside the product at " << i;
+    } else {
+      got_in.push_back(got[i]);
+      want_in.push_back(want[i]);
+    }
+  }
+  EXPECT_TRUE(gpu_test::AllClose(got_in, want_in, 1e-2, 1e-3));
+}
+
+TEST(HeadGemmTest, TakesOnlyWholePieces) {
+  cuda::HeadGemmParams p;
+  alignas(16) static const uint16_t buf[64] = {};
+  p.x = p.w = reinterpret_cast<const __nv_bfloat16*>(buf);
+  p.out = reinterpret_cast<__nv_bfloat16*>(const_cast<uint16_t*>(buf));
+  p.x_ld = p.w_ld = p.out_ld = 8;
+  p.rows = 1;
+  p.n = p.k = 8;
+  p.heads = 1;
+  EXPECT_TRUE(cuda::HeadGemmTakes(p));
+  p.n = 12;  // not a multiple of 8
+  EXPECT_FALSE(cuda::HeadGemmTakes(p));
+  p.n = 8;
+  p.x_ld = 12;
+  EXPECT_FALSE(cuda::HeadGemmTakes(p));
+  p.x_ld = 8;
+  p.x = reinterpret_cast<const __nv_bfloat16*>(buf + 1);  // 2-byte aligned
+  EXPECT_FALSE(cuda::HeadGemmTakes(p));
+  p.x = reinterpret_cast<const __nv_bfloat16*>(buf);
+  p.heads = 0;
+  EXPECT_FALSE(cuda::HeadGemmTakes(p));
+  EXPECT_EQ(cuda::LaunchHeadGemm(p, nullptr), cudaErrorInvalidValue);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, HeadGemmGpuTest,
+    ::testing::Values(
+        // DeepSeek-V3 at 16 heads (TP=8): W_UK ([k 128, n 512], q rows carry the
+        // 64 rope values after each head's 128) and W_UV ([n 128, k 512]).
+        HeadGemmCase{64, 16, 512, 128, true, 64}, HeadGemmCase{64, 16, 128, 512, false},
+        // One sequence at 128 heads, and a batch past one 32-row tile.
+        HeadGemmCase{1, 128, 512, 128, true, 64}, HeadGemmCase{1, 128, 128, 512, false},
+        HeadGemmCase{37, 16, 128, 512, false}, HeadGemmCase{70, 8, 512, 128, true},
+        // The golden fixtures' attention: kv_lora 160 (n past a 64-column tile,
+        // k past a 64 stage), nope 32, v 32.
+        HeadGemmCase{5, 8, 160, 32, true, 16}, HeadGemmCase{5, 8, 32, 160, false},
+        // Ragged k (a partial last stage) and n at one 8-column piece.
+        HeadGemmCase{3, 2, 8, 72, false}, HeadGemmCase{33, 3, 24, 200, true, 8}));
+
+}  // namespace
+}  // namespace mla

@@ -1,0 +1,123 @@
+// The warpgroup-MMA conventions of kernels/cuda/wgmma.cuh, on their own: one
+// m64nNk16 through the probe (kernels/cuda/wgmma_probe.cuh) against a CPU
+// product of the same BF16 values, at the strides the decode kernel
+// (mla_decode_wgmma.cu) uses and at others. If the decode kernel's hpb-64
+// runs fail on a GPU, this says whether the layouts are the cause: a failing
+// case also tries the descriptors with LBO and SBO swapped and reports
+// whether those match instead. On the emulator (tests/emu) it checks the
+// probe against the emulator's own reading of the same documentation.
+// Tolerance: exact BF16 products, FP32 sums of 16 terms in any order: 1e-5
+// relative to the sum of |terms| (atol 1e-4 over values in [-1, 1]).
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kernels/cuda/wgmma_probe.cuh"
+#include "tests/gpu/gpu_test_util.h"
+
+namespace mla {
+namespace {
+
+using gpu_test::DeviceBuffer;
+
+struct ProbeCase {
+  const char* name;
+  int n;  // 32: B K-major; 256: B MN-major
+  uint32_t a_lbo, a_sbo, b_lbo, b_sbo;
+};
+
+void PrintTo(const ProbeCase& c, std::ostream* os) { *os << c.name; }
+
+class WgmmaGpuTest : public ::testing::TestWithParam<ProbeCase> {};
+
+// D = A B through the probe with the descriptors' strides as given.
+std::vector<float> RunProbe(const ProbeCase& c, const DeviceBuffer<uint16_t>& a, const DeviceBuffer<uint16_t>& b,
+                            bool swap_desc) {
+  DeviceBuffer<float> d(static_cast<size_t>(64) * c.n);
+  cuda::WgmmaProbeParams p;
+  p.a = a.bf16();
+  p.b = b.bf16();
+  p.d = d.get();
+  p.n = c.n;
+  p.a_lbo = c.a_lbo;
+  p.a_sbo = c.a_sbo;
+  p.b_lbo = c.b_lbo;
+  p.b_sbo = c.b_sbo;
+  p.desc_a_lbo = swap_desc ? c.a_sbo : c.a_lbo;
+  p.desc_a_sbo = swap_desc ? c.a_lbo : c.a_sbo;
+  p.desc_b_lbo = swap_desc ? c.b_sbo : c.b_lbo;
+  p.desc_b_sbo = swap_desc ? c.b_lbo : c.b_sbo;
+  std::vector<float> got;
+  EXPECT_EQ(cuda::LaunchWgmmaProbe(p, nullptr), cudaSuccess);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(d.Download(got), cudaSuccess);
+  return got;
+}
+
+TEST_P(WgmmaGpuTest, MatchesCpuProduct) {
+  MLA_SKIP_WITHOUT_GPU();
+  const ProbeCase& c = GetParam();
+  auto rng = gpu_test::CaseRng(static_cast<uint64_t>(c.n) * 7 + c.a_sbo + c.b_lbo);
+  const std::vector<uint16_t> a_bits = gpu_test::RandomBf16(rng, 64 * 16, -1.0f, 1.0f);
+  const std::vector<uint16_t> b_bits = gpu_test::RandomBf16(rng, 16 * static_cast<size_t>(c.n), -1.0f, 1.0f);
+  const std::vector<float> a = gpu_test::ToFloats(a_bits), b = gpu_test::ToFloats(b_bits);
+  std::vector<float> want(static_cast<size_t>(64) * c.n);
+  for (int m = 0; m < 64; ++m) {
+    for (int n = 0; n < c.n; ++n) {
+      double sum = 0.0;
+      for (int k = 0; k < 16; ++k) sum += static_cast<double>(a[m * 16 + k]) * b[k * c.n + n];
+      want[m * c.n + n] = static_cast<float>(sum);
+    }
+  }
+  DeviceBuffer<uint16_t> d_a(a_bits), d_b(b_bits);
+  const std::vector<float> got = RunProbe(c, d_a, d_b, /*swap_desc=*/false);
+  const ::testing::AssertionResult match = gpu_test::AllClose(got, want, 1e-5, 1e-4);
+  if (!match) {
+    // Diagnosis for the next change: does the other reading of LBO and SBO fit?
+    const std::vector<float> swapped = RunProbe(c, d_a, d_b, /*swap_desc=*/true);
+    ADD_FAILURE() << "wgmma.cuh's layout reading does not match the hardware; with LBO and SBO swapped in the "
+                  << "descriptors the result " << (gpu_test::AllClose(swapped, want, 1e-5, 1e-4) ? "MATCHES" : "does not match either");
+  }
+  EXPECT_TRUE(match);
+}
+
+TEST(WgmmaProbeTest, RejectsBadShapes) {
+  MLA_SKIP_WITHOUT_GPU();
+  cuda::WgmmaProbeParams p;
+  DeviceBuffer<uint16_t> buf(64 * 256);
+  DeviceBuffer<float> d(64 * 256);
+  p.a = buf.bf16();
+  p.b = buf.bf16();
+  p.d = d.get();
+  p.n = 64;  // no probe for it
+  EXPECT_EQ(cuda::LaunchWgmmaProbe(p, nullptr), cudaErrorInvalidValue);
+  p.n = 32;
+  p.b_sbo = 200;  // not a multiple of 16
+  EXPECT_EQ(cuda::LaunchWgmmaProbe(p, nullptr), cudaErrorInvalidValue);
+  p.b_sbo = 256;
+  p.a_sbo = 64 * 1024;  // A alone beyond 227 KiB
+  EXPECT_EQ(cuda::LaunchWgmmaProbe(p, nullptr), cudaErrorInvalidValue);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Layouts, WgmmaGpuTest,
+    ::testing::Values(
+        // The decode kernel's score: Q and a cache stage as A and B, K-major,
+        // 8 rows of 72 pieces apart (SBO 9216), pieces adjacent (LBO 128).
+        ProbeCase{"decode_scores", 32, 128, 9216, 128, 9216},
+        // Its P V: P as A (8 heads 1024 apart), V as MN-major B: 8 positions
+        // (K) 9216 apart, 8 columns (N) 128 apart.
+        ProbeCase{"decode_pv", 256, 128, 1024, 9216, 128},
+        // Other strides: gaps between core matrices, K steps larger than M/N steps.
+        ProbeCase{"kmajor_gaps", 32, 2048, 160, 1104, 272},
+        ProbeCase{"mnmajor_gaps", 256, 1168, 144, 272, 4112}),
+    [](const ::testing::TestParamInfo<ProbeCase>& info) { return std::string(info.param.name); });
+
+}  // namespace
+}  // namespace mla
