@@ -59,6 +59,20 @@ __device__ __forceinline__ float BlockMax(float v, float* scratch) {
 
 __host__ __device__ constexpr int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+#if defined(__CUDACC__)
+// Programmatic dependent launch (launch.cuh's LaunchKernelPdl, sm_90). Wait:
+// returns once the grids this one depends on have finished and their writes
+// are visible (at once for a grid launched without the attribute). Launch:
+// this block no longer holds back the next grid's launch (it still waits for
+// this one's results through its own GridDependencyWait). (A host build of
+// the kernels, tests/emu/cuda_emu.h, runs grids one after another and defines
+// both as no-ops.)
+__device__ __forceinline__ void GridDependencyWait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+__device__ __forceinline__ void GridDependentsLaunch() {
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+}
+#endif
+
 inline bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 }  // namespace mla::cuda::detail

@@ -52,6 +52,10 @@ __global__ void __launch_bounds__(kThreads) HeadGemmKernel(HeadGemmParams p) {
   bf16 (*x_s)[kBm * kXStride] = reinterpret_cast<bf16 (*)[kBm * kXStride]>(smem);
   bf16 (*w_s)[kWRows * kWStride] = reinterpret_cast<bf16 (*)[kWRows * kWStride]>(x_s + 2);
 
+  // Programmatic dependent launch (p.pdl): let the next kernel's blocks be
+  // scheduled now, and read x only once the kernel that wrote it has ended.
+  detail::GridDependentsLaunch();
+  detail::GridDependencyWait();
   const int h = blockIdx.z;
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kBm;
   const int col0 = blockIdx.x * BN;
@@ -145,9 +149,10 @@ int SmCount() {
 template <int BN>
 void Launch(const HeadGemmParams& p, dim3 grid, cudaStream_t stream) {
   if (p.w_is_k_by_n) {
-    detail::LaunchKernel(HeadGemmKernel<BN, true>, grid, kThreads, HeadGemmSharedBytes(BN, true), stream, p);
+    detail::LaunchKernelPdl(HeadGemmKernel<BN, true>, grid, kThreads, HeadGemmSharedBytes(BN, true), stream, p.pdl, p);
   } else {
-    detail::LaunchKernel(HeadGemmKernel<BN, false>, grid, kThreads, HeadGemmSharedBytes(BN, false), stream, p);
+    detail::LaunchKernelPdl(HeadGemmKernel<BN, false>, grid, kThreads, HeadGemmSharedBytes(BN, false), stream, p.pdl,
+                            p);
   }
 }
 

@@ -30,6 +30,9 @@ struct HeadGemmParams {
   int64_t out_ld = 0, out_head_stride = 0;
   int64_t rows = 0;  // M
   int n = 0, k = 0, heads = 0;
+  // Programmatic dependent launch (launch.cuh's LaunchKernelPdl): the kernel
+  // may start while the one ahead of it in the stream finishes.
+  bool pdl = false;
 };
 
 // Whether LaunchHeadGemm takes these operands: n and k multiples of 8, every

@@ -74,6 +74,11 @@ struct MlaDecodeParams {
   // MlaDecodeKernel<18>).
   MlaDecodeQuery query = MlaDecodeQuery::kAuto;
   MlaDecodeCopy copy = MlaDecodeCopy::kAuto;
+  // The tensor-core kernels and the merge launched with programmatic
+  // dependent launch (launch.cuh's LaunchKernelPdl): each may start while the
+  // kernel ahead of it in the stream finishes. Off by default until a GPU run
+  // has measured it (bench/RESULTS.md).
+  bool pdl = false;
   float* partial_out = nullptr;  // [partials, heads_per_block, kv_lora]
   float* partial_lse = nullptr;  // [partials, heads_per_block], base 2
 };

@@ -108,6 +108,10 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
   // 32 lanes] over q_s. (Every region is a multiple of 16 bytes: aligned.)
   float4* sx4 = reinterpret_cast<float4*>(kQRegs ? reinterpret_cast<float*>(smem_raw) : red + kGroups * kRows);
 
+  // Programmatic dependent launch (p.pdl): let the next kernel's blocks be
+  // scheduled now, and read nothing the kernels ahead wrote before they end.
+  GridDependentsLaunch();
+  GridDependencyWait();
   const MlaDecodeWorkItem item = p.work_items[blockIdx.x];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
@@ -602,6 +606,8 @@ constexpr int kMergeChunk = 256;  // partial weights staged in shared memory at 
 // over its partial slots, in slot order (run-to-run stable).
 __global__ void __launch_bounds__(kMergeThreads) MlaDecodeMergeKernel(MlaDecodeParams p) {
   __shared__ float w_s[kMergeChunk];
+  GridDependentsLaunch();  // as in MlaDecodeMmaKernel
+  GridDependencyWait();
   const MlaDecodeMergeItem m = p.merge_items[blockIdx.x];
   const int row = blockIdx.y;
   if (m.head_begin + row >= p.num_heads) return;  // uniform over the block
@@ -662,7 +668,7 @@ template <int MT, bool kQRegs, bool kBulk>
 cudaError_t Launch(const MlaDecodeParams& p, size_t smem, cudaStream_t stream) {
   const cudaError_t err = OptIntoSharedMemory<MT, kQRegs, kBulk>();
   if (err != cudaSuccess) return err;
-  detail::LaunchKernel(MlaDecodeMmaKernel<MT, kQRegs, kBulk>, p.num_work_items, kThreads, smem, stream, p);
+  detail::LaunchKernelPdl(MlaDecodeMmaKernel<MT, kQRegs, kBulk>, p.num_work_items, kThreads, smem, stream, p.pdl, p);
   return cudaGetLastError();
 }
 
@@ -694,7 +700,7 @@ cudaError_t LaunchMlaDecodeMma(const MlaDecodeParams& p, cudaStream_t stream) {
                                               : LaunchFor<2>(q_regs, bulk, p, smem, stream);
   if (err != cudaSuccess || p.num_merge_items == 0) return err;
   const dim3 grid(static_cast<unsigned>(p.num_merge_items), static_cast<unsigned>(p.heads_per_block));
-  detail::LaunchKernel(MlaDecodeMergeKernel, grid, kMergeThreads, 0, stream, p);
+  detail::LaunchKernelPdl(MlaDecodeMergeKernel, grid, kMergeThreads, 0, stream, p.pdl, p);
   return cudaGetLastError();
 }
 

@@ -71,6 +71,10 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmmaKernel(MlaDecodePar
   const uint32_t p_addr = kv_addr + 2 * kMatBytes;
   float* red = reinterpret_cast<float*>(smem + 3 * kMatBytes + kPBytes);  // [kWarpGroups][kRows]
 
+  // Programmatic dependent launch (p.pdl): let the next kernel's blocks be
+  // scheduled now, and read nothing the kernels ahead wrote before they end.
+  GridDependentsLaunch();
+  GridDependencyWait();
   const MlaDecodeWorkItem item = p.work_items[blockIdx.x];
   const int wg = threadIdx.x / 128, wt = threadIdx.x % 128;  // warpgroup, thread in it
   const int w = wt / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -298,7 +302,7 @@ cudaError_t LaunchMlaDecodeWgmma(const MlaDecodeParams& p, cudaStream_t stream) 
   }
   const cudaError_t err = OptIntoSharedMemory();
   if (err != cudaSuccess) return err;
-  LaunchKernel(MlaDecodeWgmmaKernel, p.num_work_items, kThreads, kSharedBytes, stream, p);
+  LaunchKernelPdl(MlaDecodeWgmmaKernel, p.num_work_items, kThreads, kSharedBytes, stream, p.pdl, p);
   return cudaGetLastError();
 }
 

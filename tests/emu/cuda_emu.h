@@ -49,6 +49,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <utility>
 
 using std::max;  // device code calls min/max unqualified
 using std::min;
@@ -241,5 +242,16 @@ cudaError_t LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_
                          [&] { kernel(args...); });
   return cudaSuccess;
 }
+
+// LaunchKernelPdl: grids run one after another here, so programmatic
+// dependent launch changes nothing (device_utils.cuh's GridDependencyWait and
+// GridDependentsLaunch are no-ops below).
+template <typename... Params, typename... Args>
+cudaError_t LaunchKernelPdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
+                            bool /*pdl*/, Args&&... args) {
+  return LaunchKernel(kernel, grid, block, shared_bytes, stream, std::forward<Args>(args)...);
+}
+inline void GridDependencyWait() {}
+inline void GridDependentsLaunch() {}
 
 }  // namespace mla::cuda::detail
