@@ -20,9 +20,10 @@
 //   mla-bench-decode [--shapes 1x4096x128,16x4096x128,...] [--iters 20] [--json] [--check]
 //                    [--copy-mib 2048]   (the copy measured for the bandwidth floor)
 //                    [--heads-per-block 16|32|64] [--plan-waves 1.0] [--query shared|registers]
-//                    [--copy cp-async|bulk] [--gemm cublas|head] [--pdl] [--no-simple-timing]
+//                    [--copy cp-async|bulk] [--gemm cublas|head] [--pdl] [--prefetch-l2]
+//                    [--no-simple-timing]
 //
-// The last seven try variants of the kernel and its work partition in one GPU
+// The last eight try variants of the kernel and its work partition in one GPU
 // call (tests/gpu/run.sh runs a few after the main table): the head-group
 // size (default: 16 up to 16 heads, 32 above; 64: the wgmma kernel), the
 // plan's target in waves of the device's SMs (default one: about one item per
@@ -31,8 +32,10 @@
 // two per-head GEMMs (cuBLAS, the default, or kernels/cuda/head_gemm.cuh's
 // kernel, checked against cuBLAS's result: "gemm rel L2"), programmatic
 // dependent launch of the decode, merge and head_gemm kernels (each may start
-// while the kernel ahead of it finishes: launch.cuh's LaunchKernelPdl), and
-// skipping the simple kernel's timing (it still runs once for the check).
+// while the kernel ahead of it finishes: launch.cuh's LaunchKernelPdl), the
+// decode kernels' L2 prefetch of the tile after the staged one
+// (MlaDecodeParams.prefetch_l2), and skipping the simple kernel's timing (it
+// still runs once for the check).
 //
 // Prints one JSON object per shape (with --json, only those) and a table.
 // --check: exit 1 when a shape's tensor-core output is off the simple
@@ -177,6 +180,7 @@ struct Options {
   mla::cuda::MlaDecodeCopy copy = mla::cuda::MlaDecodeCopy::kAuto;
   bool head_gemm = false;  // the per-head GEMMs on head_gemm.cuh's kernel instead of cuBLAS
   bool pdl = false;        // programmatic dependent launch of the decode, merge and head_gemm kernels
+  bool prefetch_l2 = false;  // MlaDecodeParams.prefetch_l2: the tile after the staged one asked of L2
   bool time_simple = true;
 };
 
@@ -251,6 +255,7 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
   p.query = opt.query;
   p.copy = opt.copy;
   p.pdl = opt.pdl;
+  p.prefetch_l2 = opt.prefetch_l2;
   p.partial_out = partial;
   p.partial_lse = partial_lse;
   MlaDecodeParams simple = p;
@@ -278,7 +283,8 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
     g.pdl = opt.pdl;
     CHECK_CUDA(mla::cuda::LaunchHeadGemm(g, nullptr));
   };
-  auto absorb_cublas = [&](bf16* q_out) {  // q_lat[b, h, :] = q_nope[b, h, :] W_UK[h]   (column-major: 512 x B per head)
+  // q_lat[b, h, :] = q_nope[b, h, :] W_UK[h]   (column-major: 512 x B per head)
+  auto absorb_cublas = [&](bf16* q_out) {
     CHECK_CUBLAS(cublasGemmStridedBatchedEx(blas, CUBLAS_OP_N, CUBLAS_OP_N, kLatent, B, kNope, &one, w_uk,
                                             CUDA_R_16BF, kLatent, static_cast<int64_t>(kNope) * kLatent, q_nope,
                                             CUDA_R_16BF, H * kNope, kNope, &zero, q_out, CUDA_R_16BF, H * kLatent,
@@ -389,7 +395,8 @@ int main(int argc, char** argv) {
   const char* usage =
       "usage: mla-bench-decode [--shapes BxLxH,...] [--iters N] [--json] [--check] [--copy-mib N]\n"
       "                        [--heads-per-block 16|32|64] [--plan-waves X] [--query shared|registers]\n"
-      "                        [--copy cp-async|bulk] [--gemm cublas|head] [--pdl] [--no-simple-timing]\n";
+      "                        [--copy cp-async|bulk] [--gemm cublas|head] [--pdl] [--prefetch-l2]\n"
+      "                        [--no-simple-timing]\n";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--shapes" && i + 1 < argc) {
@@ -445,6 +452,8 @@ int main(int argc, char** argv) {
       }
     } else if (a == "--pdl") {
       opt.pdl = true;
+    } else if (a == "--prefetch-l2") {
+      opt.prefetch_l2 = true;
     } else if (a == "--no-simple-timing") {
       opt.time_simple = false;
     } else {
@@ -472,12 +481,12 @@ int main(int argc, char** argv) {
         "\"copy_gbps\": %.1f, \"attn_ms\": %.4f, \"attn_gbps\": %.1f, \"gemm_ms\": %.4f, \"simple_ms\": %.4f, "
         "\"items\": %d, \"merges\": %d, \"plan_us\": %.1f, \"max_abs_vs_simple\": %.3g, \"rel_l2_vs_simple\": %.3g, "
         "\"heads_per_block\": %d, \"plan_sms\": %d, \"query\": \"%s\", \"copy\": \"%s\", \"gemm\": \"%s\", "
-        "\"gemm_rel_l2_vs_cublas\": %.3g, \"pdl\": %s}\n",
+        "\"gemm_rel_l2_vs_cublas\": %.3g, \"pdl\": %s, \"prefetch_l2\": %s}\n",
         s.batch, s.context, s.heads, r.ms, bytes / r.ms / 1e6, flops / r.ms / 1e9, copy_gbps, r.attn_ms,
         bytes / r.attn_ms / 1e6, r.gemm_ms, r.simple_ms, r.items, r.merges, r.plan_us, r.max_abs, r.rel_l2,
         r.heads_per_block, opt.plan_sms, opt.query == mla::cuda::MlaDecodeQuery::kShared ? "shared" : "registers",
         opt.copy == mla::cuda::MlaDecodeCopy::kBulk ? "bulk" : "cp-async", opt.head_gemm ? "head" : "cublas",
-        r.gemm_rel_l2, opt.pdl ? "true" : "false");
+        r.gemm_rel_l2, opt.pdl ? "true" : "false", opt.prefetch_l2 ? "true" : "false");
     std::fflush(stdout);
     rows.push_back(r);
   }
@@ -499,11 +508,12 @@ int main(int argc, char** argv) {
   if (json_only) return status;
   std::printf(
       "\n%s, %d SMs; copy %.0f GB/s (read + written); plan for %d SMs; query in %s; cache staged by %s; GEMMs on "
-      "%s%s\n",
+      "%s%s%s\n",
       prop.name, sms, copy_gbps, opt.plan_sms,
       opt.query == mla::cuda::MlaDecodeQuery::kShared ? "shared memory" : "registers",
       opt.copy == mla::cuda::MlaDecodeCopy::kBulk ? "bulk copies" : "cp.async",
-      opt.head_gemm ? "head_gemm.cuh" : "cuBLAS", opt.pdl ? "; programmatic dependent launch" : "");
+      opt.head_gemm ? "head_gemm.cuh" : "cuBLAS", opt.pdl ? "; programmatic dependent launch" : "",
+      opt.prefetch_l2 ? "; L2 prefetch of the next tile" : "");
   std::printf("%-14s %9s %8s %7s %6s %9s %8s %8s %4s %10s %7s %9s %9s\n", "BxLxH", "ms", "GB/s", "%copy", "TF/s",
               "attn ms", "gemm ms", "simple x", "hpb", "items/merg", "plan us", "rel L2", "gemm L2");
   for (const Row& r : rows) {

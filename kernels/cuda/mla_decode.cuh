@@ -79,6 +79,11 @@ struct MlaDecodeParams {
   // kernel ahead of it in the stream finishes. Off by default until a GPU run
   // has measured it (bench/RESULTS.md).
   bool pdl = false;
+  // The tensor-core kernels also ask L2 for the tile after the one they are
+  // staging into shared memory (a bulk prefetch, issued by one thread): two
+  // tiles of the cache in flight per SM instead of one, where shared memory
+  // holds only two stages. Off by default until a GPU run has measured it.
+  bool prefetch_l2 = false;
   float* partial_out = nullptr;  // [partials, heads_per_block, kv_lora]
   float* partial_lse = nullptr;  // [partials, heads_per_block], base 2
 };

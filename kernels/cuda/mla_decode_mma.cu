@@ -8,6 +8,7 @@
 
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/mla_decode_prefetch.cuh"
 #include "kernels/cuda/mla_decode_wgmma.cuh"
 #include "kernels/cuda/warp_mma.cuh"
 
@@ -212,6 +213,12 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
   }
   if (item.kv_begin < item.kv_end) load_tile(item.kv_begin, 0);
   CpAsyncCommit();  // empty with bulk copies
+  // L2 prefetch (p.prefetch_l2): the tile after the one being staged.
+  const bool prefetcher = p.prefetch_l2 && threadIdx.x == 0;
+  if (prefetcher) {
+    PrefetchPositionsL2(p, table, latent, min(item.kv_begin + kTile, item.kv_end),
+                        min(item.kv_begin + 2 * kTile, item.kv_end));
+  }
 
   // This warp's output column tiles: [col0, col0 + cols), 8 columns each.
   const int per_warp = (kv_chunks + kWarps - 1) / kWarps;
@@ -268,6 +275,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
     __syncthreads();
     if (t0 + kTile < item.kv_end) load_tile(t0 + kTile, stage ^ 1);
     CpAsyncCommit();
+    if (prefetcher) PrefetchPositionsL2(p, table, latent, t0 + 2 * kTile, min(t0 + 3 * kTile, item.kv_end));
     const bf16* kv = kv_s + stage * kTile * stride;
 
     // Scores of this lane's C fragments: [mt][n-tile][e]; the first position

@@ -8,6 +8,7 @@
 
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/mla_decode_prefetch.cuh"
 #include "kernels/cuda/warp_mma.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
@@ -89,7 +90,8 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmmaKernel(MlaDecodePar
     int bytes = 0;
     if (r < heads_here) {
       const int64_t qh = static_cast<int64_t>(item.seq) * p.num_heads + item.head_begin + r;
-      src = c < kKvLora / 8 ? p.q_latent + qh * kKvLora + c * 8 : p.q_pe + qh * kMlaDecodeWgmmaRope + (c - kKvLora / 8) * 8;
+      src = c < kKvLora / 8 ? p.q_latent + qh * kKvLora + c * 8
+                            : p.q_pe + qh * kMlaDecodeWgmmaRope + (c - kKvLora / 8) * 8;
       bytes = 16;
     }
     CpAsync16(q_addr + 16 * q, src, bytes);
@@ -120,6 +122,12 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmmaKernel(MlaDecodePar
   };
   if (item.kv_begin < item.kv_end) load_tile(item.kv_begin, 0);
   CpAsyncCommit();
+  // L2 prefetch (p.prefetch_l2): the tile after the one being staged.
+  const bool prefetcher = p.prefetch_l2 && threadIdx.x == 0;
+  if (prefetcher) {
+    PrefetchPositionsL2(p, table, kLatent, min(item.kv_begin + kTile, item.kv_end),
+                        min(item.kv_begin + 2 * kTile, item.kv_end));
+  }
 
   // O [64 heads x 256 columns] of this warpgroup (wgmma.cuh's fragment:
   // o[4j + e], column 256 wg + 8j + 2t + (e & 1), row r0 for e < 2 else r1).
@@ -155,6 +163,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmmaKernel(MlaDecodePar
     WgmmaCommit();
     if (t0 + kTile < item.kv_end) load_tile(t0 + kTile, stage ^ 1);
     CpAsyncCommit();
+    if (prefetcher) PrefetchPositionsL2(p, table, kLatent, t0 + 2 * kTile, min(t0 + 3 * kTile, item.kv_end));
     WgmmaWait<0>();
     WgmmaFenceOperand(s);
 
@@ -255,7 +264,8 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmmaKernel(MlaDecodePar
     const float inv = l > 0.0f ? 1.0f / l : 0.0f;  // l == 0 only for kv_len 0: zeros
     const int col0 = wg * kOutN + 2 * t;
     if (item.partial < 0) {
-      bf16* out = p.out_latent + (static_cast<int64_t>(item.seq) * p.num_heads + item.head_begin + row) * kKvLora + col0;
+      bf16* out =
+          p.out_latent + (static_cast<int64_t>(item.seq) * p.num_heads + item.head_begin + row) * kKvLora + col0;
 #pragma unroll
       for (int j = 0; j < kOutN / 8; ++j) {
         *reinterpret_cast<__nv_bfloat162*>(out + 8 * j) =

@@ -110,6 +110,13 @@ __device__ __forceinline__ void BulkCopyG2S(uint32_t dst, const void* src, int b
                : "memory");
 }
 
+// Asks L2 to fetch [src, src + bytes) from global memory (sm_90 bulk prefetch:
+// no registers, no shared memory, no completion to wait for; a hint). src
+// 16-byte aligned, bytes a multiple of 16.
+__device__ __forceinline__ void PrefetchL2(const void* src, uint32_t bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(bytes) : "memory");
+}
+
 // Returns once the phase of parity `parity` has completed.
 __device__ __forceinline__ void MbarWaitParity(uint32_t bar, int parity) {
   asm volatile(

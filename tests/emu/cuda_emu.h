@@ -193,6 +193,16 @@ inline void MbarArriveExpectTx(uint32_t bar, int bytes) {
 inline void BulkCopyG2S(uint32_t dst, const void* src, int bytes, uint32_t bar) {
   ::mla::emu::BulkCopyQueue(::mla::emu::SharedBase() + dst, src, bytes, ::mla::emu::SharedBase() + bar);
 }
+// A hint on the GPU; here it reads the range's first and last byte, so a
+// prefetch outside the allocation shows (under ASan) and a misaligned one fails.
+inline void PrefetchL2(const void* src, uint32_t bytes) {
+  if ((reinterpret_cast<uintptr_t>(src) & 15u) != 0 || bytes % 16 != 0 || bytes == 0) {
+    ::mla::emu::Fail("cp.async.bulk.prefetch.L2: address not 16-byte aligned or size not a positive multiple of 16");
+  }
+  const volatile unsigned char* p = static_cast<const unsigned char*>(src);
+  (void)p[0];
+  (void)p[bytes - 1];
+}
 inline void MbarWaitParity(uint32_t bar, int parity) {
   ::mla::emu::MbarWaitParity(::mla::emu::SharedBase() + bar, parity);
 }

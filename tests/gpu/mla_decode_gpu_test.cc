@@ -162,6 +162,7 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
     int sms, order, heads_per_block;  // sms 0: the simple kernel; heads_per_block 0: the default
     Query query = Query::kAuto;
     Copy copy = Copy::kAuto;
+    bool prefetch_l2 = false;
   };
   std::vector<Run> runs = {{0, 0, 0},
                            {1, 0, 0},
@@ -178,6 +179,12 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
                            {1 << 20, 0, 0, Query::kAuto, Copy::kBulk},
                            {1, 0, 0, Query::kAuto, Copy::kBulk},
                            {3, 0, 0, Query::kShared, Copy::kBulk}};
+  // The L2 prefetch of the next tile (MlaDecodeParams.prefetch_l2) under the
+  // device's and the one-SM plan (many tiles an item), with cp.async and bulk
+  // copies, and with the wgmma kernel below.
+  runs.insert(runs.end(), {{device_sms, 0, 0, Query::kAuto, Copy::kAuto, true},
+                           {1, 0, 0, Query::kAuto, Copy::kAuto, true},
+                           {1, 0, 0, Query::kShared, Copy::kBulk, true}});
   constexpr int kWgmmaHeads = 64;
   bool wgmma = cuda::MlaDecodeUsesWgmma(c.kv_lora, c.rope);
 #if defined(MLA_CUDA_EMULATED)
@@ -189,7 +196,7 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
 #endif
   if (wgmma) {
     runs.insert(runs.end(), {{1, 0, kWgmmaHeads}, {3, 0, kWgmmaHeads}, {device_sms, 0, kWgmmaHeads},
-                             {1 << 20, 0, kWgmmaHeads}});
+                             {1 << 20, 0, kWgmmaHeads}, {1, 0, kWgmmaHeads, Query::kAuto, Copy::kAuto, true}});
   }
 #if defined(MLA_CUDA_EMULATED)
   runs.insert(runs.end(), {{1 << 20, 1, 0}, {1 << 20, 2, 0}, {1 << 20, 3, 0}, {1 << 20, 1, 0, Query::kShared},
@@ -197,7 +204,7 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
                            {1 << 20, 2, 0, Query::kShared, Copy::kBulk}, {1, 1, 0, Query::kAuto, Copy::kBulk}});
   if (wgmma) runs.insert(runs.end(), {{1 << 20, 1, kWgmmaHeads}, {1 << 20, 2, kWgmmaHeads}, {1, 3, kWgmmaHeads}});
 #endif
-  for (const auto& [sms, order, hpb, query, copy] : runs) {
+  for (const auto& [sms, order, hpb, query, copy, prefetch_l2] : runs) {
 #if defined(MLA_CUDA_EMULATED)
     emu::SetSchedule(order == 0 ? emu::Schedule::kForward : order == 1 ? emu::Schedule::kReverse : emu::Schedule::kRandom,
                      static_cast<uint64_t>(order));
@@ -206,7 +213,8 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
                           : "plan for " + std::to_string(sms) + " SMs, heads per block " +
                                 (hpb == 0 ? std::string("default") : std::to_string(hpb)) +
                                 (query == Query::kShared ? ", query in shared memory" : "") +
-                                (copy == Copy::kBulk ? ", bulk copies" : "") + ", fiber order " +
+                                (copy == Copy::kBulk ? ", bulk copies" : "") +
+                                (prefetch_l2 ? ", L2 prefetch" : "") + ", fiber order " +
                                 std::to_string(order));
     cuda::MlaDecodeParams p;
     p.q_latent = d_q_lat.bf16();
@@ -241,6 +249,7 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
       p.heads_per_block = plan.heads_per_block;
       p.query = query;
       p.copy = copy;
+      p.prefetch_l2 = prefetch_l2;
       p.partial_out = d_part.get();
       p.partial_lse = d_lse.get();
     }

@@ -192,7 +192,8 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
   # and once more on the 16-head shapes, where 48 of its 64 rows are
   # padding), the per-head GEMMs on head_gemm.cuh's kernel instead of
   # cuBLAS (and with programmatic dependent launch of every kernel of the
-  # pipeline but the cuBLAS ones), the cache staged by bulk copies (TMA, one warp) instead of
+  # pipeline but the cuBLAS ones), the L2 prefetch of the tile after the
+  # staged one (alone, and with the two before), the cache staged by bulk copies (TMA, one warp) instead of
   # cp.async from every thread, the query in shared memory (the default keeps
   # it in registers since the first GPU runs), 16 heads per block at 128 heads
   # (Q re-read for every 16 heads instead of 32, but twice the blocks over the
@@ -200,7 +201,7 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
   if [[ ${MLA_GPU_BENCH_SWEEP:-1} != 0 ]]; then
     for variant in "--heads-per-block 64 --shapes 1x4096x128,16x4096x128,64x8192x128" \
                    "--heads-per-block 64 --shapes 64x4096x16,128x4096x16" "--gemm head" "--gemm head --pdl" \
-                   "--copy bulk" \
+                   "--prefetch-l2" "--gemm head --pdl --prefetch-l2" "--copy bulk" \
                    "--query shared" \
                    "--heads-per-block 16 --shapes 1x4096x128,16x4096x128,64x8192x128" \
                    "--plan-waves 2" "--plan-waves 0.5"; do
