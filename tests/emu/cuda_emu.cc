@@ -164,10 +164,24 @@ void Switch(void** from_sp, void* to_sp, [[maybe_unused]] const void* to_stack,
 #endif
 }
 
-// Switches to the next live fiber after the current one (round robin).
-void Yield() {
+// Switches to the next live fiber after the current one (round robin); with
+// `in_warp` under Schedule::kWarpFirst, to the next live lane of its warp.
+void Yield(bool in_warp = false) {
   Block& b = *g_block;
   const int n = static_cast<int>(b.fibers.size()), me = b.current;
+  if (in_warp && g_schedule == Schedule::kWarpFirst) {
+    const int base = me - me % 32, lanes = std::min(32, n - base);
+    for (int k = 1; k <= lanes; ++k) {
+      const int next = base + (me - base + k) % lanes;
+      if (!b.fibers[next].done) {
+        if (next == me) return;
+        b.current = next;
+        Switch(&b.fibers[me].sp, b.fibers[next].sp, b.fibers[next].stack.get(), kStackBytes, false);
+        return;
+      }
+    }
+    return;
+  }
   const int step = g_schedule == Schedule::kReverse ? n - 1 : 1;
   // Random: start the search for a live fiber at a random one.
   const int from = g_schedule == Schedule::kRandom ? static_cast<int>(g_rng() % static_cast<uint64_t>(n)) : me;
@@ -182,18 +196,32 @@ void Yield() {
   }
 }
 
+// Switches to the lowest-numbered live fiber (kWarpFirst after a block-wide
+// barrier); this one resumes in its turn.
+void YieldToFirst() {
+  Block& b = *g_block;
+  const int me = b.current;
+  for (int next = 0; next < static_cast<int>(b.fibers.size()); ++next) {
+    if (b.fibers[next].done) continue;
+    if (next == me) return;
+    b.current = next;
+    Switch(&b.fibers[me].sp, b.fibers[next].sp, b.fibers[next].stack.get(), kStackBytes, false);
+    return;
+  }
+}
+
 // Yields until done() holds. A waiting fiber that gets the processor back
 // twice around the block with no progress (a barrier arrival, an mbarrier
 // arrival, a fiber exit) anywhere in between is in a deadlock: every live
 // fiber waits. Then `deadlock` is the failure.
 template <typename Done>
-void WaitFor(const Done& done, const char* deadlock) {
+void WaitFor(const Done& done, const char* deadlock, bool in_warp = false) {
   Block& b = *g_block;
   const long stall_limit = 2 * static_cast<long>(b.fibers.size());
   long stalled = 0;
   uint64_t seen = b.progress;
   while (!done()) {
-    Yield();
+    Yield(in_warp);
     if (b.progress != seen) {
       seen = b.progress;
       stalled = 0;
@@ -203,17 +231,21 @@ void WaitFor(const Done& done, const char* deadlock) {
   }
 }
 
-// Waits until `participants` fibers have arrived.
-void Arrive(Barrier& bar, int participants) {
+// Waits until `participants` fibers have arrived (`in_warp`: a warp's lanes,
+// for Yield's kWarpFirst).
+void Arrive(Barrier& bar, int participants, bool in_warp = false) {
   ++g_block->progress;
   const uint64_t phase = bar.phase;
   if (++bar.arrived == participants) {
     bar.arrived = 0;
     ++bar.phase;
+    // kWarpFirst: a completed block-wide barrier goes on from the lowest
+    // thread (not the last arrival), so warp 0 runs ahead of the others.
+    if (!in_warp && g_schedule == Schedule::kWarpFirst) YieldToFirst();
     return;
   }
   WaitFor([&] { return bar.phase != phase; },
-          "a barrier can never complete (a thread exited early or diverged at a barrier)");
+          "a barrier can never complete (a thread exited early or diverged at a barrier)", in_warp);
 }
 
 void Land(const std::vector<Copy>& group) {
@@ -254,7 +286,13 @@ void FiberEntry() {
     void* unused;
     Switch(&unused, b.main_sp, b.main_stack, b.main_stack_bytes, true);  // never resumed
   }
-  Yield();  // never returns here: this fiber is done
+  // Never returns here: this fiber is done. (kWarpFirst: on to the lowest
+  // live thread, so the rest of this warp finishes before the next warp runs.)
+  if (g_schedule == Schedule::kWarpFirst) {
+    YieldToFirst();
+  } else {
+    Yield();
+  }
   Fail("a finished fiber was resumed");
 }
 
@@ -272,19 +310,19 @@ Dim3& GridDim() { return g_grid_dim; }
 
 void SyncThreads() { Arrive(g_block->block_barrier, static_cast<int>(g_block->fibers.size())); }
 
-void SyncWarp() { Arrive(g_block->warps[ThreadIdx().x / 32].barrier, 32); }
+void SyncWarp() { Arrive(g_block->warps[ThreadIdx().x / 32].barrier, 32, true); }
 
 const uint32_t (*WarpPublish(const uint32_t* words, int n))[8] {
   Block& b = *g_block;
   const unsigned t = ThreadIdx().x;
   Warp& w = b.warps[t / 32];
   std::memcpy(w.words[t % 32], words, sizeof(uint32_t) * static_cast<size_t>(n));
-  Arrive(w.barrier, 32);  // everyone has published
+  Arrive(w.barrier, 32, true);  // everyone has published
   return w.words;
 }
 
 void WarpRelease() {
-  Arrive(g_block->warps[ThreadIdx().x / 32].barrier, 32);  // everyone has read: the words may be reused
+  Arrive(g_block->warps[ThreadIdx().x / 32].barrier, 32, true);  // everyone has read: the words may be reused
 }
 
 unsigned char* SharedBase() { return g_block->shared.data(); }
@@ -534,7 +572,7 @@ void* InitialStack(char* stack) {
     f.sp = InitialStack(f.stack.get());
   }
   b.live = threads;
-  b.current = g_schedule == Schedule::kForward ? 0 : threads - 1;
+  b.current = g_schedule == Schedule::kForward || g_schedule == Schedule::kWarpFirst ? 0 : threads - 1;
   b.main_stack = nullptr;  // learnt by the first fiber
   Fiber& first = b.fibers[static_cast<size_t>(b.current)];
   Switch(&b.main_sp, first.sp, first.stack.get(), kStackBytes, false);  // back when every fiber is done

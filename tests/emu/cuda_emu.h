@@ -112,8 +112,15 @@ void WgmmaWaitGroups(int keep);  // runs all committed groups but the newest `ke
 // The order in which fibers get the processor: threads 0, 1, ..., the
 // reverse, or a seeded random pick at every switch. A kernel missing a barrier
 // may pass under one order and read poison or stale data under another; tests
-// run several.
-enum class Schedule { kForward, kReverse, kRandom };
+// run several. kWarpFirst is kForward, except that a fiber waiting in a warp
+// collective (shuffle, ldmatrix, mma.sync, __syncwarp) hands the processor to
+// its own warp's lanes only, and a completed block barrier or a finished
+// thread hands it to the lowest live thread: warp 0 runs on to the next
+// block-wide wait before the other warps move, so a read of another warp's shared-memory stores with
+// no barrier between sees the old contents even where warp collectives sit
+// between the stores and the read (under round robin every fiber reaches the
+// collective, having stored, before any passes it).
+enum class Schedule { kForward, kReverse, kRandom, kWarpFirst };
 void SetSchedule(Schedule s, uint64_t seed = 0);
 
 // Runs `kernel` for every block of `grid` with `threads` threads each (1-D

@@ -1,7 +1,8 @@
 // The emulator's own rules, where a real launch would fail and the kernel
 // tests alone would not notice the emulator letting it through: the launch
 // limits (grid y/z, block size), dynamic shared memory above 48 KiB only after
-// cudaFuncSetAttribute on the same device, bulk copies that land only through
+// cudaFuncSetAttribute on the same device, the kWarpFirst schedule (a race
+// between warps that round robin hides), bulk copies that land only through
 // their mbarrier's wait, wgmma against a plain matmul (its operand layouts,
 // fragments and deferred execution; the failures it catches), and (in the
 // _asan build) a kernel reading past a cudaMalloc'd buffer stopped by
@@ -113,6 +114,36 @@ __global__ void BulkRows(const int* in, int* out, int words, int mode) {
     if (mode == 1) cuda::detail::MbarWaitParity(bar, phase & 1);  // lands them late
     __syncthreads();
   }
+}
+
+// Warp 1 stores, shuffles, then (no barrier) warp 0 reads its store after a
+// shuffle of its own: a race. Round robin lets every fiber store before any
+// passes its shuffle, so the read sees the store; kWarpFirst runs warp 0 past
+// its shuffles first, so it sees the old value.
+__global__ void ReadAcrossWarpsWithoutABarrier(int* out) {
+  MLA_DYNAMIC_SHARED(raw);
+  int* s = reinterpret_cast<int*>(raw);
+  if (threadIdx.x == 0) s[0] = 0;
+  __syncthreads();
+  if (threadIdx.x == 32) s[0] = 7;
+  const int v = __shfl_xor_sync(0xffffffffu, static_cast<int>(threadIdx.x), 1);
+  if (threadIdx.x == 0) out[0] = s[0] + 0 * v;
+}
+
+TEST(CudaEmuTest, WarpFirstScheduleExposesACrossWarpRaceBehindShuffles) {
+  int* out = nullptr;
+  ASSERT_EQ(cudaMalloc(&out, sizeof(int)), cudaSuccess);
+  int got = -1;
+  emu::SetSchedule(emu::Schedule::kForward);
+  ASSERT_EQ(LaunchKernel(ReadAcrossWarpsWithoutABarrier, 1, 64, sizeof(int), nullptr, out), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(&got, out, sizeof(int), cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(got, 7);  // round robin hides the race
+  emu::SetSchedule(emu::Schedule::kWarpFirst);
+  ASSERT_EQ(LaunchKernel(ReadAcrossWarpsWithoutABarrier, 1, 64, sizeof(int), nullptr, out), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(&got, out, sizeof(int), cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(got, 0);  // warp 0 read before warp 1 stored
+  emu::SetSchedule(emu::Schedule::kForward);
+  ASSERT_EQ(cudaFree(out), cudaSuccess);
 }
 
 TEST(CudaEmuTest, BulkCopiesLandThroughTheirMbarrier) {

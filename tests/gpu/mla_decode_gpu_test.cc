@@ -153,7 +153,10 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
   // (64 heads per block) under the one-, three-, device- and 2^20-SM plans.
   // On the CPU emulator (tests/emu) the widest plan also runs with the fibers
   // in reverse and in two seeded random orders: a missing barrier tends to
-  // show under one order or another. (order: 0 forward, 1 reverse, 2+ random.)
+  // show under one order or another, and a few runs with each warp running
+  // ahead to the next block barrier (kWarpFirst: a read of another warp's
+  // stores with only warp collectives between shows there). (order: 0
+  // forward, 1 reverse, 4 warp first, else random.)
   const bool mma = cuda::MlaDecodeUsesTensorCores(c.kv_lora, c.rope);
   const int other_hpb = cuda::MlaDecodeHeadsPerBlock(static_cast<int>(c.heads)) == 16 ? 32 : 16;
   using Query = cuda::MlaDecodeQuery;
@@ -202,11 +205,18 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
   runs.insert(runs.end(), {{1 << 20, 1, 0}, {1 << 20, 2, 0}, {1 << 20, 3, 0}, {1 << 20, 1, 0, Query::kShared},
                            {1 << 20, 2, 0, Query::kShared}, {1 << 20, 1, 0, Query::kAuto, Copy::kBulk},
                            {1 << 20, 2, 0, Query::kShared, Copy::kBulk}, {1, 1, 0, Query::kAuto, Copy::kBulk}});
-  if (wgmma) runs.insert(runs.end(), {{1 << 20, 1, kWgmmaHeads}, {1 << 20, 2, kWgmmaHeads}, {1, 3, kWgmmaHeads}});
+  runs.insert(runs.end(), {{1 << 20, 4, 0}, {1, 4, 0, Query::kShared}, {1, 4, 0, Query::kAuto, Copy::kBulk}});
+  if (wgmma) {
+    runs.insert(runs.end(), {{1 << 20, 1, kWgmmaHeads}, {1 << 20, 2, kWgmmaHeads}, {1, 3, kWgmmaHeads},
+                             {1, 4, kWgmmaHeads}, {1 << 20, 4, kWgmmaHeads}});
+  }
 #endif
   for (const auto& [sms, order, hpb, query, copy, prefetch_l2] : runs) {
 #if defined(MLA_CUDA_EMULATED)
-    emu::SetSchedule(order == 0 ? emu::Schedule::kForward : order == 1 ? emu::Schedule::kReverse : emu::Schedule::kRandom,
+    emu::SetSchedule(order == 0   ? emu::Schedule::kForward
+                     : order == 1 ? emu::Schedule::kReverse
+                     : order == 4 ? emu::Schedule::kWarpFirst
+                                  : emu::Schedule::kRandom,
                      static_cast<uint64_t>(order));
 #endif
     SCOPED_TRACE(sms == 0 ? std::string("simple kernel")
