@@ -109,20 +109,25 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmmaKernel(MlaDecodePar
   }
 
   const int32_t* table = p.block_tables + static_cast<int64_t>(item.seq) * p.max_blocks_per_seq;
-  auto cache_row = [&](int pos) {
-    return p.cache + (static_cast<int64_t>(table[pos / p.block_size]) * p.block_size + pos % p.block_size) * kLatent;
+  // A cache tile: this thread's row is one block-table entry (any block size;
+  // -1 past kv_end, where the row is zero-filled and nothing is read), looked
+  // up a tile ahead so that its latency hides behind a tile.
+  auto row_block = [&](int t) { return t + my_row < item.kv_end ? table[(t + my_row) / p.block_size] : -1; };
+  auto row_src = [&](int t, int32_t block) {
+    return block < 0 ? p.cache
+                     : p.cache + (static_cast<int64_t>(block) * p.block_size + (t + my_row) % p.block_size) * kLatent +
+                           my_piece * 8;
   };
-  // A cache tile: this thread's row is one table lookup (any block size).
-  // Rows past kv_end are zero-filled and read nothing.
-  auto load_tile = [&](int t0, int stage) {
-    const bool valid = my_row < item.kv_end - t0;
-    const bf16* src = valid ? cache_row(t0 + my_row) + my_piece * 8 : p.cache;
-    const uint32_t dst = kv_addr + stage * kMatBytes + my_offset;
+  if (item.kv_begin < item.kv_end) {
+    const int32_t block = row_block(item.kv_begin);
+    const bf16* src = row_src(item.kv_begin, block);
 #pragma unroll
-    for (int j = 0; j < kPieces; ++j) CpAsync16(dst + 512 * j, valid ? src + 32 * j : src, valid ? 16 : 0);
-  };
-  if (item.kv_begin < item.kv_end) load_tile(item.kv_begin, 0);
+    for (int j = 0; j < kPieces; ++j) {
+      CpAsync16(kv_addr + my_offset + 512 * j, block >= 0 ? src + 32 * j : src, block >= 0 ? 16 : 0);
+    }
+  }
   CpAsyncCommit();
+  int32_t next_block = row_block(item.kv_begin + kTile);  // the next tile's
   // L2 prefetch (p.prefetch_l2): the tile after the one being staged.
   const bool prefetcher = p.prefetch_l2 && threadIdx.x == 0;
   if (prefetcher) {
@@ -151,8 +156,15 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmmaKernel(MlaDecodePar
 
     // S = Q K^T over this warpgroup's 32 positions: the descriptors step 256
     // bytes (two core matrices, 16 latent values) per k-step. The next tile's
-    // copies are issued while the tensor cores work (they fill the other
-    // stage, which no mma in flight reads).
+    // copies go out between the mmas, one after every second (they fill the
+    // other stage, which no mma in flight reads): issued all at once, the 18
+    // cp.async a thread filled the load/store queue (Nsight Compute on an
+    // H200: "LG throttle", the largest stall, 1.7 cycles per instruction).
+    const bool load_next = t0 + kTile < item.kv_end;
+    const int32_t block = next_block;
+    next_block = row_block(t0 + 2 * kTile);
+    const bf16* src = row_src(t0 + kTile, block);
+    const uint32_t dst = kv_addr + (stage ^ 1) * kMatBytes + my_offset;
     float s[kScoreN / 2];
     const uint64_t q_desc = WgmmaDesc(q_addr, 128, kGroupBytes);
     const uint64_t k_desc = WgmmaDesc(kv + wg * (kScoreN / 8) * kGroupBytes, 128, kGroupBytes);
@@ -160,9 +172,13 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmmaKernel(MlaDecodePar
 #pragma unroll
     for (int ks = 0; ks < kLatent / 16; ++ks) {
       WgmmaBf16<kScoreN, false>(s, q_desc + (256 >> 4) * ks, k_desc + (256 >> 4) * ks, ks > 0);
+      if (ks % 2 == 1 && load_next) {
+        const int j = ks / 2;
+        CpAsync16(dst + 512 * j, block >= 0 ? src + 32 * j : src, block >= 0 ? 16 : 0);
+      }
     }
+    static_assert(kLatent / 16 == 2 * kPieces, "a piece after every second k-step covers the tile");
     WgmmaCommit();
-    if (t0 + kTile < item.kv_end) load_tile(t0 + kTile, stage ^ 1);
     CpAsyncCommit();
     if (prefetcher) PrefetchPositionsL2(p, table, kLatent, t0 + 2 * kTile, min(t0 + 3 * kTile, item.kv_end));
     WgmmaWait<0>();
