@@ -25,7 +25,8 @@
 //
 // The last eight try variants of the kernel and its work partition in one GPU
 // call (tests/gpu/run.sh runs a few after the main table): the head-group
-// size (default: 16 up to 16 heads, 32 above; 64: the wgmma kernel), the
+// size (default: MlaDecodeDefaultHeadsPerBlock, 64 (the wgmma kernel) at 128
+// heads with two tiles per SM or more, else 16 up to 16 heads, 32 above), the
 // plan's target in waves of the device's SMs (default one: about one item per
 // SM), where the kernel keeps the query (MlaDecodeQuery; default: its kAuto),
 // how it stages the cache (MlaDecodeCopy; default: its kAuto), who runs the
@@ -222,9 +223,11 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
   int32_t* kv_lens = Upload(lens);
 
   const auto t0 = std::chrono::steady_clock::now();
-  const MlaDecodePlan plan = opt.heads_per_block == 0
-                                 ? mla::cuda::PlanMlaDecode(lens, H, opt.plan_sms)
-                                 : mla::cuda::PlanMlaDecode(lens, H, opt.plan_sms, opt.heads_per_block);
+  // The CUDA model's choice unless --heads-per-block says otherwise.
+  const int hpb = opt.heads_per_block != 0
+                      ? opt.heads_per_block
+                      : mla::cuda::MlaDecodeDefaultHeadsPerBlock(lens, H, kLatent, kRope, opt.plan_sms);
+  const MlaDecodePlan plan = mla::cuda::PlanMlaDecode(lens, H, opt.plan_sms, hpb);
   const double plan_us =
       std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
   MlaDecodeWorkItem* items = Upload(plan.items);

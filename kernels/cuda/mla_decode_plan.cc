@@ -21,6 +21,16 @@ int MlaDecodeHeadsPerBlock(int num_heads) { return num_heads <= 16 ? 16 : 32; }
 // A split (sequence, head group) has tiles > per_item and gets
 // ceil(tiles / per_item) < 2 * tiles / per_item items; per_item >=
 // total / num_sms, so all split items together are fewer than 2 * num_sms.
+int MlaDecodeDefaultHeadsPerBlock(std::span<const int32_t> kv_lens, int num_heads, int kv_lora, int qk_rope,
+                                  int num_sms) {
+  if (MlaDecodeUsesWgmma(kv_lora, qk_rope) && num_heads >= 64) {
+    int64_t tiles = 0;
+    for (int32_t len : kv_lens) tiles += CeilDiv(std::max(len, 0), kMlaDecodeTileTokens);
+    if (tiles * CeilDiv(num_heads, 64) >= 2 * static_cast<int64_t>(std::max(num_sms, 1))) return 64;
+  }
+  return MlaDecodeHeadsPerBlock(num_heads);
+}
+
 int64_t MlaDecodeMaxPartials(int num_sms) { return 2 * static_cast<int64_t>(std::max(num_sms, 1)); }
 
 MlaDecodePlan PlanMlaDecode(std::span<const int32_t> kv_lens, int num_heads, int num_sms) {

@@ -60,6 +60,16 @@ bool MlaDecodeUsesWgmma(int kv_lora, int qk_rope);
 // for any head count (rows past the last head are zero); this is the default.
 int MlaDecodeHeadsPerBlock(int num_heads);
 
+// The head-group size for a step, what the CUDA model and the benchmark plan
+// with: 64 (the wgmma kernel) where the shape takes it (MlaDecodeUsesWgmma),
+// there are at least 64 heads and the step has at least two 64-head tiles of
+// 64 positions per SM; else MlaDecodeHeadsPerBlock(num_heads). On an H200
+// (bench/RESULTS.md, session 5) 64 heads per block took 16x4096x128 from
+// 0.151 to 0.118 ms and 64x8192x128 from 0.880 to 0.620 ms, but 1x4096x128
+// (one tile per SM) from 0.056 to 0.066 ms; the cut-off between is a guess.
+int MlaDecodeDefaultHeadsPerBlock(std::span<const int32_t> kv_lens, int num_heads, int kv_lora, int qk_rope,
+                                  int num_sms);
+
 // The most partial slots any plan for `num_sms` uses: size the workspace
 // (partial_out: slots x heads_per_block x kv_lora floats; partial_lse: slots x
 // heads_per_block floats) with it once.

@@ -299,7 +299,11 @@ CudaModel::StepPlan CudaModel::Plan(std::span<const SequenceStep> batch, int64_t
                                                     static_cast<int>(config_.qk_rope_head_dim))) {
     const std::vector<int32_t> kv_lens(m.begin() + static_cast<ptrdiff_t>(p.kv_lens),
                                        m.begin() + static_cast<ptrdiff_t>(p.kv_lens + p.decode_seqs));
-    const MlaDecodePlan dp = PlanMlaDecode(kv_lens, static_cast<int>(weights_.local_heads), ctx_->sm_count());
+    const int heads = static_cast<int>(weights_.local_heads);
+    const MlaDecodePlan dp = PlanMlaDecode(
+        kv_lens, heads, ctx_->sm_count(),
+        MlaDecodeDefaultHeadsPerBlock(kv_lens, heads, static_cast<int>(config_.kv_lora_rank),
+                                      static_cast<int>(config_.qk_rope_head_dim), ctx_->sm_count()));
     p.num_decode_items = static_cast<int>(dp.items.size());
     p.num_decode_merges = static_cast<int>(dp.merges.size());
     p.decode_heads_per_block = dp.heads_per_block;

@@ -17,6 +17,9 @@
 #   MLA_AB_NCU      0: no profile (default 1)
 #   MLA_AB_NCU_SHAPES  shapes profiled (default 64x4096x16,64x8192x128)
 #   MLA_AB_NCU_TIMEOUT seconds per profiled shape (default 60)
+#   MLA_AB_NCU_KERNEL  ncu's --kernel-name (default regex:MlaDecodeMmaKernel;
+#                      regex:MlaDecodeWgmmaKernel with MLA_AB_NCU_ARGS="--heads-per-block 64")
+#   MLA_AB_NCU_ARGS    extra mla-bench-decode flags for the profiled run
 # Logs (and the ncu reports) go to $OUT when set (the device runner), else a temp dir.
 set -uo pipefail
 
@@ -62,13 +65,17 @@ if [[ ${MLA_AB_NCU:-1} != 0 && -n $ncu ]]; then
     for shape in "${ncu_shapes[@]}"; do
       report=$logs/ncu_$(basename "$b")_$shape.txt
       echo "== ncu: $(basename "$b") $shape"
-      timeout "${MLA_AB_NCU_TIMEOUT:-60}" "$ncu" --kernel-name regex:MlaDecodeMmaKernel --launch-count 1 \
-        --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
+      # The tensor pipes' activity (mma.sync: hmma; wgmma: gmma) beside the sections.
+      # shellcheck disable=SC2086  # MLA_AB_NCU_ARGS is several flags
+      timeout "${MLA_AB_NCU_TIMEOUT:-60}" "$ncu" --kernel-name "${MLA_AB_NCU_KERNEL:-regex:MlaDecodeMmaKernel}" \
+        --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
+        --section MemoryWorkloadAnalysis_Tables --section WarpStateStats --section SchedulerStats \
         --section Occupancy --section LaunchStats --print-details all \
-        "$b" --shapes "$shape" --iters 1 --no-simple-timing --copy-mib 16 >"$report" 2>&1
+        --metrics sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum \
+        "$b" --shapes "$shape" --iters 1 --no-simple-timing --copy-mib 16 ${MLA_AB_NCU_ARGS:-} >"$report" 2>&1
       echo "ncu rc $?"
-      grep -E 'Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Stall|Warp Cycles Per Issued|Issued Warp|No Eligible|Registers|ERR_|==ERROR==' \
-        "$report" | head -n 40
+      grep -E 'Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Stall|Warp Cycles Per Issued|Issued Warp|No Eligible|Registers|Bank|Shared|tensor_op|bank_conflicts|wavefronts|ERR_|==ERROR==' \
+        "$report" | head -n 60
     done
   done
 elif [[ ${MLA_AB_NCU:-1} != 0 ]]; then

@@ -150,6 +150,17 @@ TEST(MlaDecodePlanTest, ShapesForTheTensorCores) {
   EXPECT_EQ(MlaDecodeHeadsPerBlock(16), 16);
   EXPECT_EQ(MlaDecodeHeadsPerBlock(17), 32);
   EXPECT_EQ(MlaDecodeHeadsPerBlock(128), 32);
+  // The step's default: 64 (wgmma) for DeepSeek-V3's latent at 64 heads or
+  // more with two 64-head tiles per SM; else by head count.
+  EXPECT_EQ(MlaDecodeDefaultHeadsPerBlock(std::vector<int32_t>(16, 4096), 128, 512, 64, 132), 64);
+  EXPECT_EQ(MlaDecodeDefaultHeadsPerBlock(std::vector<int32_t>(64, 8192), 128, 512, 64, 132), 64);
+  EXPECT_EQ(MlaDecodeDefaultHeadsPerBlock(std::vector<int32_t>{4096}, 128, 512, 64, 132), 32);  // 128 tiles
+  // The cut-off: 2 groups x 132 tiles = 2 per SM; 2 x 131 is under it.
+  EXPECT_EQ(MlaDecodeDefaultHeadsPerBlock(std::vector<int32_t>{132 * 64}, 128, 512, 64, 132), 64);
+  EXPECT_EQ(MlaDecodeDefaultHeadsPerBlock(std::vector<int32_t>{131 * 64}, 128, 512, 64, 132), 32);
+  EXPECT_EQ(MlaDecodeDefaultHeadsPerBlock(std::vector<int32_t>(64, 4096), 16, 512, 64, 132), 16);
+  EXPECT_EQ(MlaDecodeDefaultHeadsPerBlock(std::vector<int32_t>(64, 4096), 128, 160, 16, 132), 32);  // not its shape
+  EXPECT_EQ(MlaDecodeDefaultHeadsPerBlock(std::vector<int32_t>{}, 128, 512, 64, 132), 32);
   // The wgmma kernel's shape: DeepSeek-V3's latent only.
   EXPECT_TRUE(MlaDecodeUsesWgmma(512, 64));
   EXPECT_FALSE(MlaDecodeUsesWgmma(160, 16));
