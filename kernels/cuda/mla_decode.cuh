@@ -40,8 +40,9 @@ enum class MlaDecodeQuery : uint8_t { kAuto, kShared, kRegisters };
 // How the tensor-core kernel stages the cache: 16-byte cp.async from every
 // thread (kCpAsync), or bulk copies of whole rows from one warp completing on
 // an mbarrier (kBulk, sm_90's TMA engine: far fewer issued instructions per
-// tile, the kernel being issue-bound). kAuto is kCpAsync until a GPU run has
-// compared them (bench/RESULTS.md).
+// tile, the kernel being issue-bound). kAuto is kCpAsync: on an H200 the bulk
+// copies were no faster at 16 heads and 5% slower on 64x8192x128
+// (bench/RESULTS.md, session 5).
 enum class MlaDecodeCopy : uint8_t { kAuto, kCpAsync, kBulk };
 
 struct MlaDecodeParams {
@@ -76,13 +77,14 @@ struct MlaDecodeParams {
   MlaDecodeCopy copy = MlaDecodeCopy::kAuto;
   // The tensor-core kernels and the merge launched with programmatic
   // dependent launch (launch.cuh's LaunchKernelPdl): each may start while the
-  // kernel ahead of it in the stream finishes. Off by default until a GPU run
-  // has measured it (bench/RESULTS.md).
+  // kernel ahead of it in the stream finishes. Off by default: on an H200 it
+  // saved nothing measurable (bench/RESULTS.md, session 5).
   bool pdl = false;
   // The tensor-core kernels also ask L2 for the tile after the one they are
   // staging into shared memory (a bulk prefetch, issued by one thread): two
   // tiles of the cache in flight per SM instead of one, where shared memory
-  // holds only two stages. Off by default until a GPU run has measured it.
+  // holds only two stages. Off by default: on an H200 it moved nothing
+  // (bench/RESULTS.md, session 5).
   bool prefetch_l2 = false;
   float* partial_out = nullptr;  // [partials, heads_per_block, kv_lora]
   float* partial_lse = nullptr;  // [partials, heads_per_block], base 2
