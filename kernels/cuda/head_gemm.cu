@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(kThreads) HeadGemmKernel(HeadGemmParams p) {
   }
 }
 
-constexpr int kMaxDevices = 64;
+using detail::kMaxDevices;
 
 int SmCount() {
   static std::atomic<int> sms[kMaxDevices];

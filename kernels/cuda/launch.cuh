@@ -7,8 +7,33 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstddef>
 #include <utility>
+
+namespace mla::cuda::detail {
+
+// Devices whose per-device state the kernels cache (opt-ins, SM counts).
+inline constexpr int kMaxDevices = 64;
+
+// Opts Kernel into `bytes` of dynamic shared memory (above the 48 KiB every
+// kernel may use), once per device: the attribute belongs to the current
+// device, and setting it twice from two threads is harmless. Runtime calls
+// only, so the emulator's host build shares it.
+template <auto Kernel>
+cudaError_t OptIntoDynamicShared(int bytes) {
+  static std::atomic<bool> done[kMaxDevices];
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  const bool cached = device >= 0 && device < kMaxDevices;
+  if (cached && done[device].load(std::memory_order_acquire)) return cudaSuccess;
+  err = cudaFuncSetAttribute(reinterpret_cast<const void*>(Kernel), cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (err == cudaSuccess && cached) done[device].store(true, std::memory_order_release);
+  return err;
+}
+
+}  // namespace mla::cuda::detail
 
 #if defined(__CUDACC__)
 namespace mla::cuda::detail {

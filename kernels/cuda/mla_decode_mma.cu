@@ -2,7 +2,6 @@
 
 #include <cuda_bf16.h>
 
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -653,28 +652,10 @@ __global__ void __launch_bounds__(kMergeThreads) MlaDecodeMergeKernel(MlaDecodeP
   }
 }
 
-constexpr int kMaxDevices = 64;
-
-// Opts the kernel into kMaxSharedBytes of dynamic shared memory, once per
-// device (the attribute belongs to the current device; setting it twice from
-// two threads is harmless).
-template <int MT, bool kQRegs, bool kBulk>
-cudaError_t OptIntoSharedMemory() {
-  static std::atomic<bool> done[kMaxDevices];
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  if (device >= 0 && device < kMaxDevices && done[device].load(std::memory_order_acquire)) return cudaSuccess;
-  err = cudaFuncSetAttribute(reinterpret_cast<const void*>(&MlaDecodeMmaKernel<MT, kQRegs, kBulk>),
-                             cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(kMaxSharedBytes));
-  if (err == cudaSuccess && device >= 0 && device < kMaxDevices) done[device].store(true, std::memory_order_release);
-  return err;
-}
-
 template <int MT, bool kQRegs, bool kBulk>
 cudaError_t Launch(const MlaDecodeParams& p, size_t smem, cudaStream_t stream) {
-  const cudaError_t err = OptIntoSharedMemory<MT, kQRegs, kBulk>();
+  const cudaError_t err =
+      OptIntoDynamicShared<&MlaDecodeMmaKernel<MT, kQRegs, kBulk>>(static_cast<int>(kMaxSharedBytes));
   if (err != cudaSuccess) return err;
   detail::LaunchKernelPdl(MlaDecodeMmaKernel<MT, kQRegs, kBulk>, p.num_work_items, kThreads, smem, stream, p.pdl, p);
   return cudaGetLastError();

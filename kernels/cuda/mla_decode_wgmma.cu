@@ -2,7 +2,6 @@
 
 #include <cuda_bf16.h>
 
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -118,13 +117,15 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmmaKernel(MlaDecodePar
                      : p.cache + (static_cast<int64_t>(block) * p.block_size + (t + my_row) % p.block_size) * kLatent +
                            my_piece * 8;
   };
+  // Piece j of this thread's row of a tile into the stage at `dst` (its row's offset included).
+  auto copy_piece = [&](uint32_t dst, const bf16* src, int32_t block, int j) {
+    CpAsync16(dst + 512 * j, block >= 0 ? src + 32 * j : src, block >= 0 ? 16 : 0);
+  };
   if (item.kv_begin < item.kv_end) {
     const int32_t block = row_block(item.kv_begin);
     const bf16* src = row_src(item.kv_begin, block);
 #pragma unroll
-    for (int j = 0; j < kPieces; ++j) {
-      CpAsync16(kv_addr + my_offset + 512 * j, block >= 0 ? src + 32 * j : src, block >= 0 ? 16 : 0);
-    }
+    for (int j = 0; j < kPieces; ++j) copy_piece(kv_addr + my_offset, src, block, j);
   }
   CpAsyncCommit();
   int32_t next_block = row_block(item.kv_begin + kTile);  // the next tile's
@@ -172,10 +173,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmmaKernel(MlaDecodePar
 #pragma unroll
     for (int ks = 0; ks < kLatent / 16; ++ks) {
       WgmmaBf16<kScoreN, false>(s, q_desc + (256 >> 4) * ks, k_desc + (256 >> 4) * ks, ks > 0);
-      if (ks % 2 == 1 && load_next) {
-        const int j = ks / 2;
-        CpAsync16(dst + 512 * j, block >= 0 ? src + 32 * j : src, block >= 0 ? 16 : 0);
-      }
+      if (ks % 2 == 1 && load_next) copy_piece(dst, src, block, ks / 2);
     }
     static_assert(kLatent / 16 == 2 * kPieces, "a piece after every second k-step covers the tile");
     WgmmaCommit();
@@ -300,22 +298,6 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmmaKernel(MlaDecodePar
   }
 }
 
-constexpr int kMaxDevices = 64;
-
-// Opts the kernel into its dynamic shared memory once per device (the
-// attribute belongs to the current device; setting it twice is harmless).
-cudaError_t OptIntoSharedMemory() {
-  static std::atomic<bool> done[kMaxDevices];
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  if (device >= 0 && device < kMaxDevices && done[device].load(std::memory_order_acquire)) return cudaSuccess;
-  err = cudaFuncSetAttribute(reinterpret_cast<const void*>(&MlaDecodeWgmmaKernel),
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSharedBytes));
-  if (err == cudaSuccess && device >= 0 && device < kMaxDevices) done[device].store(true, std::memory_order_release);
-  return err;
-}
-
 }  // namespace
 
 bool MlaDecodeWgmmaTakes(int kv_lora, int qk_rope, int heads_per_block) {
@@ -327,7 +309,7 @@ cudaError_t LaunchMlaDecodeWgmma(const MlaDecodeParams& p, cudaStream_t stream) 
   if (!MlaDecodeWgmmaTakes(p.kv_lora, p.qk_rope, p.heads_per_block) || p.num_work_items <= 0) {
     return cudaErrorInvalidValue;
   }
-  const cudaError_t err = OptIntoSharedMemory();
+  const cudaError_t err = OptIntoDynamicShared<&MlaDecodeWgmmaKernel>(static_cast<int>(kSharedBytes));
   if (err != cudaSuccess) return err;
   LaunchKernelPdl(MlaDecodeWgmmaKernel, p.num_work_items, kThreads, kSharedBytes, stream, p.pdl, p);
   return cudaGetLastError();

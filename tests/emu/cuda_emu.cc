@@ -164,6 +164,22 @@ void Switch(void** from_sp, void* to_sp, [[maybe_unused]] const void* to_stack,
 #endif
 }
 
+// Switches to the first live fiber of candidates pick(0), pick(1), ...,
+// pick(count - 1); stays when that is the current one, or when none is live.
+template <typename Pick>
+void SwitchToFirstLive(int count, const Pick& pick) {
+  Block& b = *g_block;
+  const int me = b.current;
+  for (int k = 0; k < count; ++k) {
+    const int next = pick(k);
+    if (b.fibers[next].done) continue;
+    if (next == me) return;
+    b.current = next;
+    Switch(&b.fibers[me].sp, b.fibers[next].sp, b.fibers[next].stack.get(), kStackBytes, false);
+    return;
+  }
+}
+
 // Switches to the next live fiber after the current one (round robin); with
 // `in_warp` under Schedule::kWarpFirst, to the next live lane of its warp.
 void Yield(bool in_warp = false) {
@@ -171,43 +187,19 @@ void Yield(bool in_warp = false) {
   const int n = static_cast<int>(b.fibers.size()), me = b.current;
   if (in_warp && g_schedule == Schedule::kWarpFirst) {
     const int base = me - me % 32, lanes = std::min(32, n - base);
-    for (int k = 1; k <= lanes; ++k) {
-      const int next = base + (me - base + k) % lanes;
-      if (!b.fibers[next].done) {
-        if (next == me) return;
-        b.current = next;
-        Switch(&b.fibers[me].sp, b.fibers[next].sp, b.fibers[next].stack.get(), kStackBytes, false);
-        return;
-      }
-    }
+    SwitchToFirstLive(lanes, [&](int k) { return base + (me - base + k + 1) % lanes; });
     return;
   }
   const int step = g_schedule == Schedule::kReverse ? n - 1 : 1;
   // Random: start the search for a live fiber at a random one.
   const int from = g_schedule == Schedule::kRandom ? static_cast<int>(g_rng() % static_cast<uint64_t>(n)) : me;
-  for (int k = 1; k <= n; ++k) {
-    const int next = (from + k * step) % n;
-    if (!b.fibers[next].done) {
-      if (next == me) return;
-      b.current = next;
-      Switch(&b.fibers[me].sp, b.fibers[next].sp, b.fibers[next].stack.get(), kStackBytes, false);
-      return;
-    }
-  }
+  SwitchToFirstLive(n, [&](int k) { return (from + (k + 1) * step) % n; });
 }
 
 // Switches to the lowest-numbered live fiber (kWarpFirst after a block-wide
 // barrier); this one resumes in its turn.
 void YieldToFirst() {
-  Block& b = *g_block;
-  const int me = b.current;
-  for (int next = 0; next < static_cast<int>(b.fibers.size()); ++next) {
-    if (b.fibers[next].done) continue;
-    if (next == me) return;
-    b.current = next;
-    Switch(&b.fibers[me].sp, b.fibers[next].sp, b.fibers[next].stack.get(), kStackBytes, false);
-    return;
-  }
+  SwitchToFirstLive(static_cast<int>(g_block->fibers.size()), [](int k) { return k; });
 }
 
 // Yields until done() holds. A waiting fiber that gets the processor back
@@ -252,6 +244,22 @@ void Land(const std::vector<Copy>& group) {
   for (const Copy& c : group) {
     std::memset(c.dst, 0, 16);  // src_bytes < 16 zero-fills the rest
     std::memcpy(c.dst, c.src, static_cast<size_t>(c.src_bytes));
+  }
+}
+
+// A thread's asynchronous operations in commit groups (cp.async, wgmma): the
+// open ones become a group at a commit; a wait retires (runs `retire` on, in
+// commit order) every group but the newest `keep`.
+template <typename Op>
+void CommitGroup(std::vector<Op>& open, std::deque<std::vector<Op>>& groups) {
+  groups.push_back(std::move(open));
+  open.clear();
+}
+template <typename Op, typename Retire>
+void RetireGroups(std::deque<std::vector<Op>>& groups, int keep, const Retire& retire) {
+  while (static_cast<int>(groups.size()) > keep) {
+    retire(groups.front());
+    groups.pop_front();
   }
 }
 
@@ -417,16 +425,12 @@ void MbarWaitParity(unsigned char* bar, int parity) {
 
 void CpAsyncCommitGroup() {
   Fiber& f = g_block->fibers[g_block->current];
-  f.groups.push_back(std::move(f.pending));
-  f.pending.clear();
+  CommitGroup(f.pending, f.groups);
 }
 
 void CpAsyncWaitGroups(int keep) {
   Fiber& f = g_block->fibers[g_block->current];
-  while (static_cast<int>(f.groups.size()) > keep) {
-    Land(f.groups.front());
-    f.groups.pop_front();
-  }
+  RetireGroups(f.groups, keep, [](const std::vector<Copy>& group) { Land(group); });
 }
 
 namespace {
@@ -513,17 +517,15 @@ void WgmmaQueue(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool trans_b,
 
 void WgmmaCommitGroup() {
   Fiber& f = g_block->fibers[g_block->current];
-  f.wgmma_groups.push_back(std::move(f.wgmma_open));
-  f.wgmma_open.clear();
+  CommitGroup(f.wgmma_open, f.wgmma_groups);
 }
 
 // Uncommitted mmas belong to no group: no wait retires them.
 void WgmmaWaitGroups(int keep) {
   Fiber& f = g_block->fibers[g_block->current];
-  while (static_cast<int>(f.wgmma_groups.size()) > keep) {
-    for (const WgmmaOp& op : f.wgmma_groups.front()) RunWgmma(op);
-    f.wgmma_groups.pop_front();
-  }
+  RetireGroups(f.wgmma_groups, keep, [](const std::vector<WgmmaOp>& group) {
+    for (const WgmmaOp& op : group) RunWgmma(op);
+  });
 }
 
 namespace {
