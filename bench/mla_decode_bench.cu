@@ -21,9 +21,9 @@
 //                    [--copy-mib 2048]   (the copy measured for the bandwidth floor)
 //                    [--heads-per-block 16|32|64] [--plan-waves 1.0] [--query shared|registers]
 //                    [--copy cp-async|bulk] [--gemm cublas|head] [--pdl] [--prefetch-l2]
-//                    [--no-simple-timing]
+//                    [--mma sync|warpgroup] [--no-simple-timing]
 //
-// The last eight try variants of the kernel and its work partition in one GPU
+// The last nine try variants of the kernel and its work partition in one GPU
 // call (tests/gpu/run.sh runs a few after the main table): the head-group
 // size (default: MlaDecodeDefaultHeadsPerBlock, 64 (the wgmma kernel) at 128
 // heads with two tiles per SM or more, else 16 up to 16 heads, 32 above), the
@@ -35,8 +35,10 @@
 // dependent launch of the decode, merge and head_gemm kernels (each may start
 // while the kernel ahead of it finishes: launch.cuh's LaunchKernelPdl), the
 // decode kernels' L2 prefetch of the tile after the staged one
-// (MlaDecodeParams.prefetch_l2), and skipping the simple kernel's timing (it
-// still runs once for the check).
+// (MlaDecodeParams.prefetch_l2), which tensor-core instructions run plans of
+// 16 heads per block (MlaDecodeMma: mma.sync, the default, or the wgmma kernel
+// with the positions as M), and skipping the simple kernel's timing (it still
+// runs once for the check).
 //
 // Prints one JSON object per shape (with --json, only those) and a table.
 // --check: exit 1 when a shape's tensor-core output is off the simple
@@ -172,6 +174,11 @@ double Flops(const Shape& s) {
           static_cast<double>(s.context) * kLatent + static_cast<double>(kLatent) * kV);
 }
 
+// The instructions a 16-head plan runs on, as the JSON line names them.
+const char* Mma16Name(mla::cuda::MlaDecodeMma m) {
+  return m == mla::cuda::MlaDecodeMma::kWarpgroup ? "warpgroup" : "sync";
+}
+
 // How a run partitions and times the work (the flags above).
 struct Options {
   int iters = 20;
@@ -179,6 +186,7 @@ struct Options {
   int heads_per_block = 0;  // 0: the default for the head count
   mla::cuda::MlaDecodeQuery query = mla::cuda::MlaDecodeQuery::kAuto;
   mla::cuda::MlaDecodeCopy copy = mla::cuda::MlaDecodeCopy::kAuto;
+  mla::cuda::MlaDecodeMma mma = mla::cuda::MlaDecodeMma::kAuto;  // for plans of 16 heads per block
   bool head_gemm = false;  // the per-head GEMMs on head_gemm.cuh's kernel instead of cuBLAS
   bool pdl = false;        // programmatic dependent launch of the decode, merge and head_gemm kernels
   bool prefetch_l2 = false;  // MlaDecodeParams.prefetch_l2: the tile after the staged one asked of L2
@@ -257,6 +265,7 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
   p.heads_per_block = plan.heads_per_block;
   p.query = opt.query;
   p.copy = opt.copy;
+  p.mma = opt.mma;
   p.pdl = opt.pdl;
   p.prefetch_l2 = opt.prefetch_l2;
   p.partial_out = partial;
@@ -399,7 +408,7 @@ int main(int argc, char** argv) {
       "usage: mla-bench-decode [--shapes BxLxH,...] [--iters N] [--json] [--check] [--copy-mib N]\n"
       "                        [--heads-per-block 16|32|64] [--plan-waves X] [--query shared|registers]\n"
       "                        [--copy cp-async|bulk] [--gemm cublas|head] [--pdl] [--prefetch-l2]\n"
-      "                        [--no-simple-timing]\n";
+      "                        [--mma sync|warpgroup] [--no-simple-timing]\n";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--shapes" && i + 1 < argc) {
@@ -453,6 +462,16 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "mla-bench-decode: --gemm %s: expected cublas or head\n", g.c_str());
         return 2;
       }
+    } else if (a == "--mma" && i + 1 < argc) {
+      const std::string m = argv[++i];
+      if (m == "sync") {
+        opt.mma = mla::cuda::MlaDecodeMma::kSync;
+      } else if (m == "warpgroup") {
+        opt.mma = mla::cuda::MlaDecodeMma::kWarpgroup;
+      } else {
+        std::fprintf(stderr, "mla-bench-decode: --mma %s: expected sync or warpgroup\n", m.c_str());
+        return 2;
+      }
     } else if (a == "--pdl") {
       opt.pdl = true;
     } else if (a == "--prefetch-l2") {
@@ -484,12 +503,12 @@ int main(int argc, char** argv) {
         "\"copy_gbps\": %.1f, \"attn_ms\": %.4f, \"attn_gbps\": %.1f, \"gemm_ms\": %.4f, \"simple_ms\": %.4f, "
         "\"items\": %d, \"merges\": %d, \"plan_us\": %.1f, \"max_abs_vs_simple\": %.3g, \"rel_l2_vs_simple\": %.3g, "
         "\"heads_per_block\": %d, \"plan_sms\": %d, \"query\": \"%s\", \"copy\": \"%s\", \"gemm\": \"%s\", "
-        "\"gemm_rel_l2_vs_cublas\": %.3g, \"pdl\": %s, \"prefetch_l2\": %s}\n",
+        "\"gemm_rel_l2_vs_cublas\": %.3g, \"pdl\": %s, \"prefetch_l2\": %s, \"mma16\": \"%s\"}\n",
         s.batch, s.context, s.heads, r.ms, bytes / r.ms / 1e6, flops / r.ms / 1e9, copy_gbps, r.attn_ms,
         bytes / r.attn_ms / 1e6, r.gemm_ms, r.simple_ms, r.items, r.merges, r.plan_us, r.max_abs, r.rel_l2,
         r.heads_per_block, opt.plan_sms, opt.query == mla::cuda::MlaDecodeQuery::kShared ? "shared" : "registers",
         opt.copy == mla::cuda::MlaDecodeCopy::kBulk ? "bulk" : "cp-async", opt.head_gemm ? "head" : "cublas",
-        r.gemm_rel_l2, opt.pdl ? "true" : "false", opt.prefetch_l2 ? "true" : "false");
+        r.gemm_rel_l2, opt.pdl ? "true" : "false", opt.prefetch_l2 ? "true" : "false", Mma16Name(opt.mma));
     std::fflush(stdout);
     rows.push_back(r);
   }
@@ -511,12 +530,13 @@ int main(int argc, char** argv) {
   if (json_only) return status;
   std::printf(
       "\n%s, %d SMs; copy %.0f GB/s (read + written); plan for %d SMs; query in %s; cache staged by %s; GEMMs on "
-      "%s%s%s\n",
+      "%s%s%s%s\n",
       prop.name, sms, copy_gbps, opt.plan_sms,
       opt.query == mla::cuda::MlaDecodeQuery::kShared ? "shared memory" : "registers",
       opt.copy == mla::cuda::MlaDecodeCopy::kBulk ? "bulk copies" : "cp.async",
       opt.head_gemm ? "head_gemm.cuh" : "cuBLAS", opt.pdl ? "; programmatic dependent launch" : "",
-      opt.prefetch_l2 ? "; L2 prefetch of the next tile" : "");
+      opt.prefetch_l2 ? "; L2 prefetch of the next tile" : "",
+      opt.mma == mla::cuda::MlaDecodeMma::kWarpgroup ? "; 16-head plans on wgmma" : "");
   std::printf("%-14s %9s %8s %7s %6s %9s %8s %8s %4s %10s %7s %9s %9s\n", "BxLxH", "ms", "GB/s", "%copy", "TF/s",
               "attn ms", "gemm ms", "simple x", "hpb", "items/merg", "plan us", "rel L2", "gemm L2");
   for (const Row& r : rows) {

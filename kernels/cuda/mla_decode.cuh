@@ -13,9 +13,11 @@
 //   shapes MlaDecodeUsesTensorCores accepts (DeepSeek-V3's 512 + 64 among
 //   them): it runs the work items of a host plan (mla_decode_plan.h) and
 //   merges split sequences by log-sum-exp;
-// - its warpgroup-MMA twin (mla_decode_wgmma.cu, sm_90a wgmma, 64 heads per
-//   work item), for DeepSeek-V3's latent under a plan with heads_per_block
-//   64 (MlaDecodeUsesWgmma), with the same merge;
+// - its warpgroup-MMA twins (sm_90a wgmma), for DeepSeek-V3's latent
+//   (MlaDecodeUsesWgmma), with the same merge: at 64 heads per work item
+//   (mla_decode_wgmma.cu, a plan with heads_per_block 64), and at 16 with the
+//   positions as the MMA's M (mla_decode_wgmma16.cu, heads_per_block 16 and
+//   MlaDecodeMma::kWarpgroup);
 // - the simple kernel (one warp per head, FP32 FMA, no split), for the other
 //   shapes or when no plan is given.
 #pragma once
@@ -45,6 +47,15 @@ enum class MlaDecodeQuery : uint8_t { kAuto, kShared, kRegisters };
 // (bench/RESULTS.md, session 5).
 enum class MlaDecodeCopy : uint8_t { kAuto, kCpAsync, kBulk };
 
+// Which tensor-core instructions run a plan of 16 heads per block on
+// DeepSeek-V3's latent (MlaDecodeUsesWgmma's shape): mma.sync (kSync,
+// mla_decode_mma.cu) or warpgroup MMAs with the cached positions as the MMA's
+// M (kWarpgroup, mla_decode_wgmma16.cu: no padded rows, an 18 KiB query, a
+// tenth of the issued instructions a tile). kAuto is kSync until it has been
+// measured on a GPU. Plans of 32 heads per block always run mma.sync, of 64
+// always wgmma; other shapes always mma.sync.
+enum class MlaDecodeMma : uint8_t { kAuto, kSync, kWarpgroup };
+
 struct MlaDecodeParams {
   const __nv_bfloat16* q_latent = nullptr;  // [num_seqs, num_heads, kv_lora]
   const __nv_bfloat16* q_pe = nullptr;      // [num_seqs, num_heads, qk_rope], RoPE applied
@@ -70,22 +81,23 @@ struct MlaDecodeParams {
   int num_work_items = 0;
   int num_merge_items = 0;
   int heads_per_block = 0;  // the plan's
-  // In the padding before the pointers, a byte each: the struct keeps its size
-  // (one 8 bytes larger made ptxas spill 16 bytes in the simple kernel,
-  // MlaDecodeKernel<18>).
+  // In the padding before the pointers, a byte each and the two flags in one
+  // byte: the struct keeps its size (one 8 bytes larger made ptxas spill 16
+  // bytes in the simple kernel, MlaDecodeKernel<18>).
   MlaDecodeQuery query = MlaDecodeQuery::kAuto;
   MlaDecodeCopy copy = MlaDecodeCopy::kAuto;
+  MlaDecodeMma mma = MlaDecodeMma::kAuto;
   // The tensor-core kernels and the merge launched with programmatic
   // dependent launch (launch.cuh's LaunchKernelPdl): each may start while the
   // kernel ahead of it in the stream finishes. Off by default: on an H200 it
   // saved nothing measurable (bench/RESULTS.md, session 5).
-  bool pdl = false;
+  bool pdl : 1 = false;
   // The tensor-core kernels also ask L2 for the tile after the one they are
   // staging into shared memory (a bulk prefetch, issued by one thread): two
   // tiles of the cache in flight per SM instead of one, where shared memory
   // holds only two stages. Off by default: on an H200 it moved nothing
   // (bench/RESULTS.md, session 5).
-  bool prefetch_l2 = false;
+  bool prefetch_l2 : 1 = false;
   float* partial_out = nullptr;  // [partials, heads_per_block, kv_lora]
   float* partial_lse = nullptr;  // [partials, heads_per_block], base 2
 };

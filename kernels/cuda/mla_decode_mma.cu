@@ -9,6 +9,7 @@
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/mla_decode_prefetch.cuh"
 #include "kernels/cuda/mla_decode_wgmma.cuh"
+#include "kernels/cuda/mla_decode_wgmma16.cuh"
 #include "kernels/cuda/warp_mma.cuh"
 
 namespace mla::cuda::detail {
@@ -675,7 +676,8 @@ cudaError_t LaunchMlaDecodeMma(const MlaDecodeParams& p, cudaStream_t stream) {
   // every benchmark shape on an H200 (bench/RESULTS.md, 2026-11-28).
   const bool q_regs = p.query != MlaDecodeQuery::kShared;
   const bool wgmma = MlaDecodeWgmmaTakes(p.kv_lora, p.qk_rope, p.heads_per_block);
-  const size_t smem = wgmma ? 0 : MlaDecodeMmaSharedBytes(latent, p.heads_per_block, q_regs);
+  const bool wgmma16 = MlaDecodeWgmma16Takes(p.kv_lora, p.qk_rope, p.heads_per_block, p.mma);
+  const size_t smem = wgmma || wgmma16 ? 0 : MlaDecodeMmaSharedBytes(latent, p.heads_per_block, q_regs);
   if (!MlaDecodeUsesTensorCores(p.kv_lora, p.qk_rope) ||
       (p.heads_per_block != 16 && p.heads_per_block != 32 && !wgmma) || smem > kMaxSharedBytes ||
       p.num_work_items <= 0 || p.num_merge_items < 0 ||
@@ -685,6 +687,7 @@ cudaError_t LaunchMlaDecodeMma(const MlaDecodeParams& p, cudaStream_t stream) {
   // kAuto: cp.async (the bulk copies were no faster on an H200, session 5).
   const bool bulk = p.copy == MlaDecodeCopy::kBulk;
   cudaError_t err = wgmma                    ? LaunchMlaDecodeWgmma(p, stream)
+                    : wgmma16                 ? LaunchMlaDecodeWgmma16(p, stream)
                     : p.heads_per_block == 16 ? LaunchFor<1>(q_regs, bulk, p, smem, stream)
                                               : LaunchFor<2>(q_regs, bulk, p, smem, stream);
   if (err != cudaSuccess || p.num_merge_items == 0) return err;

@@ -172,7 +172,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmmaKernel(MlaDecodePar
     WgmmaFence();
 #pragma unroll
     for (int ks = 0; ks < kLatent / 16; ++ks) {
-      WgmmaBf16<kScoreN, false>(s, q_desc + (256 >> 4) * ks, k_desc + (256 >> 4) * ks, ks > 0);
+      WgmmaBf16<kScoreN, false, false>(s, q_desc + (256 >> 4) * ks, k_desc + (256 >> 4) * ks, ks > 0);
       if (ks % 2 == 1 && load_next) copy_piece(dst, src, block, ks / 2);
     }
     static_assert(kLatent / 16 == 2 * kPieces, "a piece after every second k-step covers the tile");
@@ -256,7 +256,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmmaKernel(MlaDecodePar
     WgmmaFence();
 #pragma unroll
     for (int kk = 0; kk < kTile / 16; ++kk) {
-      WgmmaBf16<kOutN, true>(o, p_desc + (256 >> 4) * kk, v_desc + ((2 * kGroupBytes) >> 4) * kk, true);
+      WgmmaBf16<kOutN, false, true>(o, p_desc + (256 >> 4) * kk, v_desc + ((2 * kGroupBytes) >> 4) * kk, true);
     }
     WgmmaCommit();
     WgmmaWait<0>();

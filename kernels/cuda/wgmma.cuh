@@ -10,12 +10,13 @@
 // Shared-memory operands without swizzling (PTX ISA, "Shared Memory Matrix
 // Layout", the canonical no-swizzle layouts), in "core matrices" of 8 rows x
 // 16 bytes stored as 128 contiguous bytes (row r of a core matrix at byte 16 r):
-//   K-major (A always here; B when not transposed): a core matrix is 8 rows
-//     of M or N by 8 BF16 along K. Element (row, k) lies at
+//   K-major (not transposed): a core matrix is 8 rows of M or N by 8 BF16
+//     along K. Element (row, k) lies at
 //       start + (row / 8) * SBO + (k / 8) * LBO + (row % 8) * 16 + (k % 8) * 2.
-//   MN-major (B transposed, imm-trans-b 1): a core matrix is 8 rows of K by 8
-//     BF16 along N. Element (k, n) lies at
-//       start + (n / 8) * SBO + (k / 8) * LBO + (k % 8) * 16 + (n % 8) * 2.
+//   MN-major (transposed: imm-trans-a or imm-trans-b 1, BF16 only): a core
+//     matrix is 8 rows of K by 8 BF16 along M or N. Element (k, n) lies at
+//       start + (n / 8) * SBO + (k / 8) * LBO + (k % 8) * 16 + (n % 8) * 2
+//     (for A, m in place of n).
 // So LBO steps along K and SBO along M or N, in both majors.
 //
 // Accumulator fragment of D (PTX ISA, "Matrix Fragments for
@@ -65,15 +66,37 @@ __device__ __forceinline__ void WgmmaFenceOperand(float (&d)[R]) {
   for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
-// D (+)= A B, m64nNk16, A K-major and B K-major (kTransB false) or MN-major
-// (true), both from shared memory; accumulate false ignores D's old values.
-// Defined for the shapes the kernels use.
-template <int N, bool kTransB>
+// D (+)= A B, m64nNk16, A K-major (kTransA false) or MN-major (true), B
+// K-major (kTransB false) or MN-major (true), both from shared memory;
+// accumulate false ignores D's old values. Defined for the shapes the kernels
+// use: the 64-head decode's scores (n32) and P V (n256, B MN-major), the
+// 16-head decode's scores (n16) and P V (n16, A and B MN-major).
+template <int N, bool kTransA, bool kTransB>
 __device__ void WgmmaBf16(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, bool accumulate);
 
 template <>
-__device__ __forceinline__ void WgmmaBf16<32, false>(float (&d)[16], uint64_t desc_a, uint64_t desc_b,
-                                                          bool accumulate) {
+__device__ __forceinline__ void WgmmaBf16<16, false, false>(float (&d)[8], uint64_t desc_a, uint64_t desc_b,
+                                                             bool accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+      : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)));
+}
+
+template <>
+__device__ __forceinline__ void WgmmaBf16<16, true, true>(float (&d)[8], uint64_t desc_a, uint64_t desc_b,
+                                                             bool accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+      : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)));
+}
+
+template <>
+__device__ __forceinline__ void WgmmaBf16<32, false, false>(float (&d)[16], uint64_t desc_a, uint64_t desc_b,
+                                                             bool accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
@@ -83,21 +106,8 @@ __device__ __forceinline__ void WgmmaBf16<32, false>(float (&d)[16], uint64_t de
 }
 
 template <>
-__device__ __forceinline__ void WgmmaBf16<64, false>(float (&d)[32], uint64_t desc_a, uint64_t desc_b,
-                                                          bool accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)));
-}
-
-template <>
-__device__ __forceinline__ void WgmmaBf16<256, true>(float (&d)[128], uint64_t desc_a, uint64_t desc_b,
-                                                          bool accumulate) {
+__device__ __forceinline__ void WgmmaBf16<256, false, true>(float (&d)[128], uint64_t desc_a, uint64_t desc_b,
+                                                             bool accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 1;\n}\n"

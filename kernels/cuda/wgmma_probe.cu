@@ -27,25 +27,27 @@ __host__ __device__ uint32_t MnMajor(uint32_t lbo, uint32_t sbo, int k, int n) {
 
 // Bytes from an operand's start to past its farthest element (offsets grow
 // with every index, so the last element is the farthest).
-uint32_t AExtent(uint32_t lbo, uint32_t sbo) { return KMajor(lbo, sbo, 63, 15) + 2; }
-uint32_t BExtent(uint32_t lbo, uint32_t sbo, int n) {
-  return (n == 256 ? MnMajor(lbo, sbo, 15, n - 1) : KMajor(lbo, sbo, n - 1, 15)) + 2;
+uint32_t AExtent(uint32_t lbo, uint32_t sbo, bool trans) {
+  return (trans ? MnMajor(lbo, sbo, 15, 63) : KMajor(lbo, sbo, 63, 15)) + 2;
+}
+uint32_t BExtent(uint32_t lbo, uint32_t sbo, int n, bool trans) {
+  return (trans ? MnMajor(lbo, sbo, 15, n - 1) : KMajor(lbo, sbo, n - 1, 15)) + 2;
 }
 uint32_t RoundUp16(uint32_t x) { return (x + 15u) & ~15u; }
 uint32_t ARegion(const WgmmaProbeParams& p) {
-  return RoundUp16(std::max(AExtent(p.a_lbo, p.a_sbo), AExtent(p.desc_a_lbo, p.desc_a_sbo)));
+  return RoundUp16(std::max(AExtent(p.a_lbo, p.a_sbo, p.trans_a), AExtent(p.desc_a_lbo, p.desc_a_sbo, p.trans_a)));
 }
 
-template <int N>
+template <int N, bool kTransA, bool kTransB>
 __global__ void __launch_bounds__(128) WgmmaProbeKernel(WgmmaProbeParams p, uint32_t b_offset, uint32_t bytes) {
   MLA_DYNAMIC_SHARED(smem);
-  constexpr bool kTransB = N == 256;
   // Zeros where no element is placed: a descriptor that reads there adds 0.
   for (uint32_t i = threadIdx.x; i < bytes / 16; i += 128) reinterpret_cast<uint4*>(smem)[i] = make_uint4(0, 0, 0, 0);
   __syncthreads();
   for (int i = threadIdx.x; i < 64 * 16; i += 128) {
     const int m = i / 16, k = i % 16;
-    *reinterpret_cast<__nv_bfloat16*>(smem + KMajor(p.a_lbo, p.a_sbo, m, k)) = p.a[i];
+    const uint32_t off = kTransA ? MnMajor(p.a_lbo, p.a_sbo, k, m) : KMajor(p.a_lbo, p.a_sbo, m, k);
+    *reinterpret_cast<__nv_bfloat16*>(smem + off) = p.a[i];
   }
   for (int i = threadIdx.x; i < 16 * N; i += 128) {
     const int k = i / N, n = i % N;
@@ -57,7 +59,7 @@ __global__ void __launch_bounds__(128) WgmmaProbeKernel(WgmmaProbeParams p, uint
   const uint32_t base = detail::SharedAddress(smem);
   float d[N / 2];
   detail::WgmmaFence();
-  detail::WgmmaBf16<N, kTransB>(d, detail::WgmmaDesc(base, p.desc_a_lbo, p.desc_a_sbo),
+  detail::WgmmaBf16<N, kTransA, kTransB>(d, detail::WgmmaDesc(base, p.desc_a_lbo, p.desc_a_sbo),
                                 detail::WgmmaDesc(base + b_offset, p.desc_b_lbo, p.desc_b_sbo), false);
   detail::WgmmaCommit();
   detail::WgmmaWait<0>();
@@ -74,18 +76,24 @@ __global__ void __launch_bounds__(128) WgmmaProbeKernel(WgmmaProbeParams p, uint
 }  // namespace
 
 size_t WgmmaProbeSharedBytes(const WgmmaProbeParams& p) {
-  return ARegion(p) + RoundUp16(std::max(BExtent(p.b_lbo, p.b_sbo, p.n), BExtent(p.desc_b_lbo, p.desc_b_sbo, p.n)));
+  return ARegion(p) + RoundUp16(std::max(BExtent(p.b_lbo, p.b_sbo, p.n, p.trans_b),
+                                         BExtent(p.desc_b_lbo, p.desc_b_sbo, p.n, p.trans_b)));
 }
 
 cudaError_t LaunchWgmmaProbe(const WgmmaProbeParams& p, cudaStream_t stream) {
   const uint32_t strides[] = {p.a_lbo, p.a_sbo, p.b_lbo, p.b_sbo, p.desc_a_lbo, p.desc_a_sbo, p.desc_b_lbo, p.desc_b_sbo};
   const bool aligned = std::all_of(std::begin(strides), std::end(strides), [](uint32_t s) { return s % 16 == 0; });
   const size_t bytes = WgmmaProbeSharedBytes(p);
-  if ((p.n != 32 && p.n != 256) || !aligned || bytes > kMaxSharedBytes || p.a == nullptr || p.b == nullptr ||
+  using Kernel = void (*)(WgmmaProbeParams, uint32_t, uint32_t);
+  const Kernel kernel = p.n == 16 && !p.trans_a && !p.trans_b  ? WgmmaProbeKernel<16, false, false>
+                        : p.n == 16 && p.trans_a && p.trans_b  ? WgmmaProbeKernel<16, true, true>
+                        : p.n == 32 && !p.trans_a && !p.trans_b ? WgmmaProbeKernel<32, false, false>
+                        : p.n == 256 && !p.trans_a && p.trans_b ? WgmmaProbeKernel<256, false, true>
+                                                                : nullptr;
+  if (kernel == nullptr || !aligned || bytes > kMaxSharedBytes || p.a == nullptr || p.b == nullptr ||
       p.d == nullptr) {
     return cudaErrorInvalidValue;
   }
-  auto kernel = p.n == 32 ? WgmmaProbeKernel<32> : WgmmaProbeKernel<256>;
   cudaError_t err = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
   if (err != cudaSuccess) return err;

@@ -19,7 +19,10 @@ struct WgmmaProbeParams {
   const __nv_bfloat16* a = nullptr;  // [64, 16] row-major (m, k)
   const __nv_bfloat16* b = nullptr;  // [16, n] row-major (k, n)
   float* d = nullptr;                // [64, n] row-major
-  int n = 32;                        // 32: B K-major; 256: B MN-major (transposed)
+  // The shapes wgmma.cuh defines: n 32, A and B K-major; n 256, B MN-major
+  // (transposed); n 16, both K-major or both MN-major.
+  int n = 32;
+  bool trans_a = false, trans_b = false;
   // Where the operands are placed (bytes between core matrices along K: lbo,
   // along M or N: sbo; multiples of 16), and what the descriptors say.
   uint32_t a_lbo = 128, a_sbo = 256, b_lbo = 128, b_sbo = 256;
@@ -30,8 +33,8 @@ struct WgmmaProbeParams {
 // either the placement or the descriptors reach.
 size_t WgmmaProbeSharedBytes(const WgmmaProbeParams& p);
 
-// One block of 128 threads (one warpgroup). cudaErrorInvalidValue for an n
-// other than 32 or 256, strides not multiples of 16, or more shared memory
+// One block of 128 threads (one warpgroup). cudaErrorInvalidValue for a
+// shape (n, trans_a, trans_b) not listed above, strides not multiples of 16, or more shared memory
 // than a block may have (227 KiB).
 cudaError_t LaunchWgmmaProbe(const WgmmaProbeParams& p, cudaStream_t stream);
 

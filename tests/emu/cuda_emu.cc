@@ -77,7 +77,7 @@ struct WgmmaOp {
   float* d;
   int n;
   WgmmaOperand a, b;
-  bool trans_b, accumulate;
+  bool trans_a, trans_b, accumulate;
 };
 
 struct Fiber {
@@ -466,7 +466,9 @@ uint32_t MnMajorOffset(const WgmmaOperand& o, int k, int n) {
   return o.start + static_cast<uint32_t>(n / 8) * o.sbo + static_cast<uint32_t>(k / 8) * o.lbo +
          static_cast<uint32_t>((k % 8) * 16 + (n % 8) * 2);
 }
-uint32_t WgmmaAOffset(const WgmmaOp& op, int row, int k) { return KMajorOffset(op.a, row, k); }
+uint32_t WgmmaAOffset(const WgmmaOp& op, int row, int k) {
+  return op.trans_a ? MnMajorOffset(op.a, k, row) : KMajorOffset(op.a, row, k);
+}
 uint32_t WgmmaBOffset(const WgmmaOp& op, int k, int n) {
   return op.trans_b ? MnMajorOffset(op.b, k, n) : KMajorOffset(op.b, n, k);
 }
@@ -497,12 +499,12 @@ void RunWgmma(const WgmmaOp& op) {
 
 }  // namespace
 
-void WgmmaQueue(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool trans_b, bool accumulate) {
+void WgmmaQueue(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool trans_a, bool trans_b, bool accumulate) {
   // A warpgroup is 4 consecutive warps from a multiple of 128 threads: a
   // block with a partial one cannot issue wgmma there.
   if (BlockDim().x % 128 != 0) Fail("wgmma needs threads per block in whole warpgroups (a multiple of 128)");
   if (n < 8 || n > 256 || n % 8 != 0) Fail("wgmma m64nNk16 with N not a multiple of 8 in [8, 256]");
-  const WgmmaOp op{d, n, DecodeWgmmaDesc(desc_a, "A"), DecodeWgmmaDesc(desc_b, "B"), trans_b, accumulate};
+  const WgmmaOp op{d, n, DecodeWgmmaDesc(desc_a, "A"), DecodeWgmmaDesc(desc_b, "B"), trans_a, trans_b, accumulate};
   // Checked whole (the warpgroup reads all of A[64 x 16] and B[16 x N]) and
   // once: the offsets only grow with each index, so the last element of each
   // operand is the farthest, and the shared memory's size is fixed for the block.

@@ -105,7 +105,7 @@ void MbarWaitParity(unsigned char* bar, int parity);
 // calling thread's accumulators `d` (n / 2 floats) and computes that thread's
 // fragment of D[64 x n] when a wait retires its group; a thread that ends
 // with mmas queued (committed or not) fails, as they would never run.
-void WgmmaQueue(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool trans_b, bool accumulate);
+void WgmmaQueue(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool trans_a, bool trans_b, bool accumulate);
 void WgmmaCommitGroup();
 void WgmmaWaitGroups(int keep);  // runs all committed groups but the newest `keep`
 
@@ -234,10 +234,10 @@ template <int R>
 void WgmmaFenceOperand(float (& /*d*/)[R]) {}
 // Every shape m64nNk16 of the PTX ISA, not only those wgmma.cuh specialises,
 // so a kernel tried here with a new N runs before the device version exists.
-template <int N, bool kTransB>
+template <int N, bool kTransA, bool kTransB>
 void WgmmaBf16(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
   static_assert(N >= 8 && N <= 256 && N % 8 == 0, "wgmma m64nNk16: N is a multiple of 8 up to 256");
-  ::mla::emu::WgmmaQueue(d, N, desc_a, desc_b, kTransB, accumulate);
+  ::mla::emu::WgmmaQueue(d, N, desc_a, desc_b, kTransA, kTransB, accumulate);
 }
 
 // kernels/cuda/launch.cuh's launcher: the grid runs to completion on the

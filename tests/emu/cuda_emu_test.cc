@@ -265,7 +265,7 @@ TEST(CudaEmuTest, WgmmaKMajorMatchesAPlainMatmul) {
       }
       __syncthreads();
       cuda::detail::WgmmaFence();
-      cuda::detail::WgmmaBf16<kN, false>(d, Desc(a_tiles[wg]), Desc(b_layout), accumulate);
+      cuda::detail::WgmmaBf16<kN, false, false>(d, Desc(a_tiles[wg]), Desc(b_layout), accumulate);
       cuda::detail::WgmmaCommit();
       cuda::detail::WgmmaWait<0>();
       cuda::detail::WgmmaFenceOperand(d);
@@ -298,7 +298,7 @@ TEST(CudaEmuTest, WgmmaMnMajorBMatchesAPlainMatmul) {
     }
     __syncthreads();
     cuda::detail::WgmmaFence();
-    cuda::detail::WgmmaBf16<kN, true>(d, Desc(a_layout), Desc(b_layout), true);
+    cuda::detail::WgmmaBf16<kN, false, true>(d, Desc(a_layout), Desc(b_layout), true);
     cuda::detail::WgmmaCommit();
     cuda::detail::WgmmaWait<0>();
     cuda::detail::WgmmaFenceOperand(d);
@@ -307,6 +307,34 @@ TEST(CudaEmuTest, WgmmaMnMajorBMatchesAPlainMatmul) {
     }
   });
   ExpectNearRelative(got, Matmul(a, b, &c, 64, kN));
+}
+
+// m64n16k16 with A and B both MN-major (kTransA, kTransB), the 16-head
+// decode's P V: A's M blocks 144 bytes apart (128 used) and K blocks 1280
+// apart, B's N blocks 272 apart; the gaps keep the poison.
+TEST(CudaEmuTest, WgmmaMnMajorAMatchesAPlainMatmul) {
+  constexpr int kN = 16;
+  const Layout a_layout{0, 1280, 144}, b_layout{2560, 128, 272};
+  constexpr size_t kShared = 3088;  // A ends at 2416; B at 2560 + 272 + 128 + 7 * 16 + 16
+  std::mt19937 rng(17);
+  const std::vector<uint16_t> a = RandomBf16(64 * 16, rng), b = RandomBf16(16 * kN, rng);
+  std::vector<float> got(64 * kN, 0.0f);
+  emu::LaunchGrid(emu::Dim3{}, 128, kShared, [&] {
+    const int i = static_cast<int>(threadIdx.x);
+    for (int x = i; x < 64 * 16; x += 128) Put(MnMajorAt(a_layout, x % 16, x / 16), a[x]);
+    for (int x = i; x < 16 * kN; x += 128) Put(MnMajorAt(b_layout, x / kN, x % kN), b[x]);
+    float d[kN / 2];
+    __syncthreads();
+    cuda::detail::WgmmaFence();
+    cuda::detail::WgmmaBf16<kN, true, true>(d, Desc(a_layout), Desc(b_layout), false);
+    cuda::detail::WgmmaCommit();
+    cuda::detail::WgmmaWait<0>();
+    cuda::detail::WgmmaFenceOperand(d);
+    for (int j = 0; j < kN / 8; ++j) {
+      for (int e = 0; e < 4; ++e) got[FragmentRow(i, e) * kN + FragmentCol(i, j, e)] = d[4 * j + e];
+    }
+  });
+  ExpectNearRelative(got, Matmul(a, b, nullptr, 64, kN));
 }
 
 // Two groups in flight: A B1 (N 16, K-major B) and then A B2 (N 8, MN-major).
@@ -332,9 +360,9 @@ TEST(CudaEmuTest, WgmmaWaitRetiresOnlyOlderGroups) {
     std::fill(d2, d2 + 4, kStale);
     __syncthreads();
     cuda::detail::WgmmaFence();
-    cuda::detail::WgmmaBf16<16, false>(d1, Desc(a_layout), Desc(b1_layout), false);
+    cuda::detail::WgmmaBf16<16, false, false>(d1, Desc(a_layout), Desc(b1_layout), false);
     cuda::detail::WgmmaCommit();
-    cuda::detail::WgmmaBf16<8, true>(d2, Desc(a_layout), Desc(b2_layout), false);
+    cuda::detail::WgmmaBf16<8, false, true>(d2, Desc(a_layout), Desc(b2_layout), false);
     cuda::detail::WgmmaCommit();
     for (float v : d1) stale_before_waits &= v == kStale;
     for (float v : d2) stale_before_waits &= v == kStale;
@@ -363,7 +391,7 @@ enum class WgmmaEnd { kWait, kNoWait, kNoCommit };
 void OneWgmma(int threads, size_t shared, uint64_t desc_a, uint64_t desc_b, WgmmaEnd end) {
   emu::LaunchGrid(emu::Dim3{}, threads, shared, [&] {
     float d[4] = {};
-    cuda::detail::WgmmaBf16<8, false>(d, desc_a, desc_b, false);
+    cuda::detail::WgmmaBf16<8, false, false>(d, desc_a, desc_b, false);
     if (end != WgmmaEnd::kNoCommit) cuda::detail::WgmmaCommit();
     if (end != WgmmaEnd::kNoWait) cuda::detail::WgmmaWait<0>();  // kNoCommit: retires nothing
   });

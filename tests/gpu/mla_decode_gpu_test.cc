@@ -149,8 +149,9 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
   // an item, both stages reused); then the bulk-copy staging
   // (MlaDecodeCopy::kBulk) the same three ways and under the one- and
   // three-SM plans, the query in registers or shared memory.
-  // Where the shape allows (DeepSeek-V3's latent), the warpgroup-MMA kernel
-  // (64 heads per block) under the one-, three-, device- and 2^20-SM plans.
+  // Where the shape allows (DeepSeek-V3's latent), the warpgroup-MMA kernels
+  // (64 heads per block; 16 heads per block with MlaDecodeMma::kWarpgroup)
+  // under the one-, three-, device- and 2^20-SM plans.
   // On the CPU emulator (tests/emu) the widest plan also runs with the fibers
   // in reverse and in two seeded random orders: a missing barrier tends to
   // show under one order or another, and a few runs with each warp running
@@ -161,11 +162,13 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
   const int other_hpb = cuda::MlaDecodeHeadsPerBlock(static_cast<int>(c.heads)) == 16 ? 32 : 16;
   using Query = cuda::MlaDecodeQuery;
   using Copy = cuda::MlaDecodeCopy;
+  using Mma = cuda::MlaDecodeMma;
   struct Run {
     int sms, order, heads_per_block;  // sms 0: the simple kernel; heads_per_block 0: the default
     Query query = Query::kAuto;
     Copy copy = Copy::kAuto;
     bool prefetch_l2 = false;
+    Mma mma = Mma::kAuto;
   };
   std::vector<Run> runs = {{0, 0, 0},
                            {1, 0, 0},
@@ -201,6 +204,31 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
     runs.insert(runs.end(), {{1, 0, kWgmmaHeads}, {3, 0, kWgmmaHeads}, {device_sms, 0, kWgmmaHeads},
                              {1 << 20, 0, kWgmmaHeads}, {1, 0, kWgmmaHeads, Query::kAuto, Copy::kAuto, true}});
   }
+  // The 16-head wgmma kernel. On the emulator (about 0.1 s a 16-head tile
+  // under ASan) only the cases of up to 26 tiles run it, and the extra fiber
+  // orders only those of up to 16; its partial head group (20 heads) runs
+  // there in mla_bench_decode_wgmma16_emu_test.
+  bool wgmma16 = cuda::MlaDecodeUsesWgmma(c.kv_lora, c.rope);
+  [[maybe_unused]] int64_t wgmma16_tiles = 0;
+  for (int64_t n : c.kv_lens) wgmma16_tiles += (n + 63) / 64 * ((c.heads + 15) / 16);
+#if defined(MLA_CUDA_EMULATED)
+  wgmma16 = wgmma16 && wgmma16_tiles <= 26;
+#endif
+  if (wgmma16) {
+    const Query a = Query::kAuto;
+    const Copy ac = Copy::kAuto;
+    const Mma wg = Mma::kWarpgroup;
+    runs.insert(runs.end(), {{1, 0, 16, a, ac, false, wg}, {3, 0, 16, a, ac, false, wg},
+                             {device_sms, 0, 16, a, ac, false, wg}, {1 << 20, 0, 16, a, ac, false, wg},
+                             {1, 0, 16, a, ac, true, wg}});
+#if defined(MLA_CUDA_EMULATED)
+    if (wgmma16_tiles <= 16) {
+      runs.insert(runs.end(), {{1 << 20, 1, 16, a, ac, false, wg}, {1 << 20, 2, 16, a, ac, false, wg},
+                               {1, 3, 16, a, ac, false, wg}, {1, 4, 16, a, ac, false, wg},
+                               {1 << 20, 4, 16, a, ac, false, wg}});
+    }
+#endif
+  }
 #if defined(MLA_CUDA_EMULATED)
   runs.insert(runs.end(), {{1 << 20, 1, 0}, {1 << 20, 2, 0}, {1 << 20, 3, 0}, {1 << 20, 1, 0, Query::kShared},
                            {1 << 20, 2, 0, Query::kShared}, {1 << 20, 1, 0, Query::kAuto, Copy::kBulk},
@@ -211,7 +239,7 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
                              {1, 4, kWgmmaHeads}, {1 << 20, 4, kWgmmaHeads}});
   }
 #endif
-  for (const auto& [sms, order, hpb, query, copy, prefetch_l2] : runs) {
+  for (const auto& [sms, order, hpb, query, copy, prefetch_l2, mma_kind] : runs) {
 #if defined(MLA_CUDA_EMULATED)
     emu::SetSchedule(order == 0   ? emu::Schedule::kForward
                      : order == 1 ? emu::Schedule::kReverse
@@ -224,7 +252,8 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
                                 (hpb == 0 ? std::string("default") : std::to_string(hpb)) +
                                 (query == Query::kShared ? ", query in shared memory" : "") +
                                 (copy == Copy::kBulk ? ", bulk copies" : "") +
-                                (prefetch_l2 ? ", L2 prefetch" : "") + ", fiber order " +
+                                (prefetch_l2 ? ", L2 prefetch" : "") +
+                                (mma_kind == Mma::kWarpgroup ? ", wgmma" : "") + ", fiber order " +
                                 std::to_string(order));
     cuda::MlaDecodeParams p;
     p.q_latent = d_q_lat.bf16();
@@ -260,6 +289,7 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
       p.query = query;
       p.copy = copy;
       p.prefetch_l2 = prefetch_l2;
+      p.mma = mma_kind;
       p.partial_out = d_part.get();
       p.partial_lse = d_lse.get();
     }

@@ -187,10 +187,13 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
     echo "run.sh: no PyTorch baseline script (MLA_TORCH_BASELINE): the benchmark ran alone"
   fi
   # Variants of the kernel and its work partition, for the next change to
-  # start from a measurement (bench/RESULTS.md): the warpgroup-MMA kernel
-  # (wgmma, 64 heads per block; first, being the largest expected change,
-  # and once more on the 16-head shapes, where 48 of its 64 rows are
-  # padding), the per-head GEMMs on head_gemm.cuh's kernel instead of
+  # start from a measurement (bench/RESULTS.md): the 16-head wgmma kernel
+  # (--mma warpgroup, positions as the MMA's M; first, being the change not
+  # yet measured, alone and with the L2 prefetch), the warpgroup-MMA kernel at
+  # 64 heads per block (on the 128-head shapes, at the batch sizes between
+  # the default's cut-off of two 64-head tiles per SM, beside 32 heads per
+  # block there, and once more on the 16-head shapes, where 48 of its 64 rows
+  # are padding), the per-head GEMMs on head_gemm.cuh's kernel instead of
   # cuBLAS (and with programmatic dependent launch of every kernel of the
   # pipeline but the cuBLAS ones), the L2 prefetch of the tile after the
   # staged one (alone, and with the two before), the cache staged by bulk copies (TMA, one warp) instead of
@@ -199,7 +202,11 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
   # (Q re-read for every 16 heads instead of 32, but twice the blocks over the
   # same cache tiles), and plans for two waves and half a wave.
   if [[ ${MLA_GPU_BENCH_SWEEP:-1} != 0 ]]; then
-    for variant in "--heads-per-block 64 --shapes 1x4096x128,16x4096x128,64x8192x128" \
+    for variant in "--mma warpgroup --shapes 64x4096x16,128x4096x16" \
+                   "--mma warpgroup --prefetch-l2 --shapes 64x4096x16,128x4096x16" \
+                   "--heads-per-block 64 --shapes 1x4096x128,16x4096x128,64x8192x128" \
+                   "--heads-per-block 64 --shapes 2x4096x128,4x4096x128,8x4096x128" \
+                   "--heads-per-block 32 --shapes 2x4096x128,4x4096x128,8x4096x128" \
                    "--heads-per-block 64 --shapes 64x4096x16,128x4096x16" "--gemm head" "--gemm head --pdl" \
                    "--prefetch-l2" "--gemm head --pdl --prefetch-l2" "--copy bulk" \
                    "--query shared" \

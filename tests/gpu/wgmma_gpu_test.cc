@@ -1,7 +1,7 @@
 // The warpgroup-MMA conventions of kernels/cuda/wgmma.cuh, on their own: one
 // m64nNk16 through the probe (kernels/cuda/wgmma_probe.cuh) against a CPU
-// product of the same BF16 values, at the strides the decode kernel
-// (mla_decode_wgmma.cu) uses and at others. If the decode kernel's hpb-64
+// product of the same BF16 values, at the strides the wgmma decode kernels
+// (mla_decode_wgmma.cu, mla_decode_wgmma16.cu) use and at others. If their
 // runs fail on a GPU, this says whether the layouts are the cause: a failing
 // case also tries the descriptors with LBO and SBO swapped and reports
 // whether those match instead. On the emulator (tests/emu) it checks the
@@ -28,7 +28,8 @@ using gpu_test::DeviceBuffer;
 
 struct ProbeCase {
   const char* name;
-  int n;  // 32: B K-major; 256: B MN-major
+  int n;
+  bool trans_a, trans_b;  // MN-major A, B (wgmma_probe.cuh lists the shapes)
   uint32_t a_lbo, a_sbo, b_lbo, b_sbo;
 };
 
@@ -45,6 +46,8 @@ std::vector<float> RunProbe(const ProbeCase& c, const DeviceBuffer<uint16_t>& a,
   p.b = b.bf16();
   p.d = d.get();
   p.n = c.n;
+  p.trans_a = c.trans_a;
+  p.trans_b = c.trans_b;
   p.a_lbo = c.a_lbo;
   p.a_sbo = c.a_sbo;
   p.b_lbo = c.b_lbo;
@@ -63,7 +66,7 @@ std::vector<float> RunProbe(const ProbeCase& c, const DeviceBuffer<uint16_t>& a,
 TEST_P(WgmmaGpuTest, MatchesCpuProduct) {
   MLA_SKIP_WITHOUT_GPU();
   const ProbeCase& c = GetParam();
-  auto rng = gpu_test::CaseRng(static_cast<uint64_t>(c.n) * 7 + c.a_sbo + c.b_lbo);
+  auto rng = gpu_test::CaseRng(static_cast<uint64_t>(c.n) * 7 + c.a_sbo + c.b_lbo + (c.trans_a ? 1 : 0));
   const std::vector<uint16_t> a_bits = gpu_test::RandomBf16(rng, 64 * 16, -1.0f, 1.0f);
   const std::vector<uint16_t> b_bits = gpu_test::RandomBf16(rng, 16 * static_cast<size_t>(c.n), -1.0f, 1.0f);
   const std::vector<float> a = gpu_test::ToFloats(a_bits), b = gpu_test::ToFloats(b_bits);
@@ -97,6 +100,10 @@ TEST(WgmmaProbeTest, RejectsBadShapes) {
   p.d = d.get();
   p.n = 64;  // no probe for it
   EXPECT_EQ(cuda::LaunchWgmmaProbe(p, nullptr), cudaErrorInvalidValue);
+  p.n = 16;
+  p.trans_a = true;  // n16 takes A and B both MN-major or both K-major
+  EXPECT_EQ(cuda::LaunchWgmmaProbe(p, nullptr), cudaErrorInvalidValue);
+  p.trans_a = false;
   p.n = 32;
   p.b_sbo = 200;  // not a multiple of 16
   EXPECT_EQ(cuda::LaunchWgmmaProbe(p, nullptr), cudaErrorInvalidValue);
@@ -110,13 +117,21 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(
         // The decode kernel's score: Q and a cache stage as A and B, K-major,
         // 8 rows of 72 pieces apart (SBO 9216), pieces adjacent (LBO 128).
-        ProbeCase{"decode_scores", 32, 128, 9216, 128, 9216},
+        ProbeCase{"decode_scores", 32, false, false, 128, 9216, 128, 9216},
         // Its P V: P as A (8 heads 1024 apart), V as MN-major B: 8 positions
         // (K) 9216 apart, 8 columns (N) 128 apart.
-        ProbeCase{"decode_pv", 256, 128, 1024, 9216, 128},
+        ProbeCase{"decode_pv", 256, false, true, 128, 1024, 9216, 128},
+        // The 16-head decode (mla_decode_wgmma16.cu): scores with a cache
+        // stage as A and Q (16 heads) as B, both K-major; P V with V^T as
+        // MN-major A (8 positions 9216 apart along K, 8 latent columns 128
+        // apart along M) and P^T as MN-major B (8 positions 128 apart, 8 heads
+        // 1024 apart).
+        ProbeCase{"decode16_scores", 16, false, false, 128, 9216, 128, 9216},
+        ProbeCase{"decode16_pv", 16, true, true, 9216, 128, 128, 1024},
         // Other strides: gaps between core matrices, K steps larger than M/N steps.
-        ProbeCase{"kmajor_gaps", 32, 2048, 160, 1104, 272},
-        ProbeCase{"mnmajor_gaps", 256, 1168, 144, 272, 4112}),
+        ProbeCase{"kmajor_gaps", 32, false, false, 2048, 160, 1104, 272},
+        ProbeCase{"mnmajor_gaps", 256, false, true, 1168, 144, 272, 4112},
+        ProbeCase{"mnmajor_a_gaps", 16, true, true, 1296, 144, 160, 2064}),
     [](const ::testing::TestParamInfo<ProbeCase>& info) { return std::string(info.param.name); });
 
 }  // namespace
