@@ -25,9 +25,9 @@
 //                    [--copy-mib 2048]   (the copy measured for the bandwidth floor)
 //                    [--heads-per-block 16|32|64] [--plan-waves 1.0] [--query shared|registers]
 //                    [--copy cp-async|bulk] [--gemm cublas|head] [--pdl] [--prefetch-l2]
-//                    [--mma sync|warpgroup] [--no-simple-timing]
+//                    [--mma sync|warpgroup] [--issue-ahead] [--no-simple-timing]
 //
-// The last nine try variants of the kernel and its work partition in one GPU
+// The last ten try variants of the kernel and its work partition in one GPU
 // call (tests/gpu/run.sh runs a few after the main table): the head-group
 // size (default: MlaDecodeDefaultHeadsPerBlock, 64 (the wgmma kernel) at 128
 // heads with two tiles per SM or more, else 16 up to 16 heads, 32 above), the
@@ -41,8 +41,9 @@
 // decode kernels' L2 prefetch of the tile after the staged one
 // (MlaDecodeParams.prefetch_l2), which tensor-core instructions run plans of
 // 16 heads per block (MlaDecodeMma: mma.sync, the default, or the wgmma kernel
-// with the positions as M), and skipping the simple kernel's timing (it still
-// runs once for the check).
+// with the positions as M), whether that wgmma kernel requests cache tiles two
+// ahead (MlaDecodeParams.issue_ahead), and skipping the simple kernel's timing
+// (it still runs once for the check).
 //
 // Prints one JSON object per shape (with --json, only those) and a table.
 // --check: exit 1 when a shape's tensor-core output is off the simple
@@ -196,6 +197,7 @@ struct Options {
   bool head_gemm = false;  // the per-head GEMMs on head_gemm.cuh's kernel instead of cuBLAS
   bool pdl = false;        // programmatic dependent launch of the decode, merge and head_gemm kernels
   bool prefetch_l2 = false;  // MlaDecodeParams.prefetch_l2: the tile after the staged one asked of L2
+  bool issue_ahead = false;  // MlaDecodeParams.issue_ahead (the 16-head wgmma kernel)
   bool time_simple = true;
   size_t busy_mib = 256;  // the memset ahead of each "queued" run
 };
@@ -276,6 +278,7 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
   p.mma = opt.mma;
   p.pdl = opt.pdl;
   p.prefetch_l2 = opt.prefetch_l2;
+  p.issue_ahead = opt.issue_ahead;
   p.partial_out = partial;
   p.partial_lse = partial_lse;
   MlaDecodeParams simple = p;
@@ -426,7 +429,7 @@ int main(int argc, char** argv) {
       "usage: mla-bench-decode [--shapes BxLxH,...] [--iters N] [--json] [--check] [--copy-mib N]\n"
       "                        [--heads-per-block 16|32|64] [--plan-waves X] [--query shared|registers]\n"
       "                        [--copy cp-async|bulk] [--gemm cublas|head] [--pdl] [--prefetch-l2]\n"
-      "                        [--mma sync|warpgroup] [--no-simple-timing]\n";
+      "                        [--mma sync|warpgroup] [--issue-ahead] [--no-simple-timing]\n";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--shapes" && i + 1 < argc) {
@@ -494,6 +497,8 @@ int main(int argc, char** argv) {
       opt.pdl = true;
     } else if (a == "--prefetch-l2") {
       opt.prefetch_l2 = true;
+    } else if (a == "--issue-ahead") {
+      opt.issue_ahead = true;
     } else if (a == "--no-simple-timing") {
       opt.time_simple = false;
     } else {
@@ -522,12 +527,13 @@ int main(int argc, char** argv) {
         "\"copy_gbps\": %.1f, \"queued_ms\": %.4f, \"attn_ms\": %.4f, \"attn_gbps\": %.1f, \"gemm_ms\": %.4f, \"simple_ms\": %.4f, "
         "\"items\": %d, \"merges\": %d, \"plan_us\": %.1f, \"max_abs_vs_simple\": %.3g, \"rel_l2_vs_simple\": %.3g, "
         "\"heads_per_block\": %d, \"plan_sms\": %d, \"query\": \"%s\", \"copy\": \"%s\", \"gemm\": \"%s\", "
-        "\"gemm_rel_l2_vs_cublas\": %.3g, \"pdl\": %s, \"prefetch_l2\": %s, \"mma16\": \"%s\"}\n",
+        "\"gemm_rel_l2_vs_cublas\": %.3g, \"pdl\": %s, \"prefetch_l2\": %s, \"mma16\": \"%s\", \"issue_ahead\": %s}\n",
         s.batch, s.context, s.heads, r.ms, bytes / r.ms / 1e6, flops / r.ms / 1e9, copy_gbps, r.queued_ms, r.attn_ms,
         bytes / r.attn_ms / 1e6, r.gemm_ms, r.simple_ms, r.items, r.merges, r.plan_us, r.max_abs, r.rel_l2,
         r.heads_per_block, opt.plan_sms, opt.query == mla::cuda::MlaDecodeQuery::kShared ? "shared" : "registers",
         opt.copy == mla::cuda::MlaDecodeCopy::kBulk ? "bulk" : "cp-async", opt.head_gemm ? "head" : "cublas",
-        r.gemm_rel_l2, opt.pdl ? "true" : "false", opt.prefetch_l2 ? "true" : "false", Mma16Name(opt.mma));
+        r.gemm_rel_l2, opt.pdl ? "true" : "false", opt.prefetch_l2 ? "true" : "false", Mma16Name(opt.mma),
+        opt.issue_ahead ? "true" : "false");
     std::fflush(stdout);
     rows.push_back(r);
   }
@@ -549,13 +555,14 @@ int main(int argc, char** argv) {
   if (json_only) return status;
   std::printf(
       "\n%s, %d SMs; copy %.0f GB/s (read + written); plan for %d SMs; query in %s; cache staged by %s; GEMMs on "
-      "%s%s%s%s\n",
+      "%s%s%s%s%s\n",
       prop.name, sms, copy_gbps, opt.plan_sms,
       opt.query == mla::cuda::MlaDecodeQuery::kShared ? "shared memory" : "registers",
       opt.copy == mla::cuda::MlaDecodeCopy::kBulk ? "bulk copies" : "cp.async",
       opt.head_gemm ? "head_gemm.cuh" : "cuBLAS", opt.pdl ? "; programmatic dependent launch" : "",
       opt.prefetch_l2 ? "; L2 prefetch of the next tile" : "",
-      opt.mma == mla::cuda::MlaDecodeMma::kWarpgroup ? "; 16-head plans on wgmma" : "");
+      opt.mma == mla::cuda::MlaDecodeMma::kWarpgroup ? "; 16-head plans on wgmma" : "",
+      opt.issue_ahead ? ", tiles requested two ahead" : "");
   std::printf("%-14s %9s %8s %7s %6s %9s %7s %9s %8s %8s %4s %10s %7s %9s %9s\n", "BxLxH", "ms", "GB/s", "%copy",
               "TF/s", "queued ms", "q %copy", "attn ms", "gemm ms", "simple x", "hpb", "items/merg", "plan us", "rel L2",
               "gemm L2");

@@ -98,6 +98,11 @@ struct MlaDecodeParams {
   // holds only two stages. Off by default: on an H200 it moved nothing
   // (bench/RESULTS.md, session 5).
   bool prefetch_l2 : 1 = false;
+  // The 16-head wgmma kernel (mla_decode_wgmma16.cu) requests tile i + 2 as
+  // soon as tile i's P V is done, instead of tile i + 1 during tile i's
+  // scores: two tiles in flight while it waits for the next. Off by default
+  // until measured; the other kernels ignore it.
+  bool issue_ahead : 1 = false;
   float* partial_out = nullptr;  // [partials, heads_per_block, kv_lora]
   float* partial_lse = nullptr;  // [partials, heads_per_block], base 2
 };

@@ -63,11 +63,18 @@ static_assert(kTile == 64 && kHeads == 16 && kChunks == 72, "the layouts below a
 //   O^T += V^T P^T  32 wgmma m64n16k16 (8 blocks of 64 latent rows x 4
 //                 k-steps of 16 positions): A the same stage read MN-major,
 //                 B P^T; O^T is 64 FP32 registers a thread.
-// The next tile's 36 cp.async a thread go out one after each score mma (the
-// 64-head kernel's lesson: in one burst they fill the load/store queue).
-// Three barriers per tile. Positions past kv_end are zero-filled and score
-// -inf; the result goes to out_latent (BF16) or the item's partial slot (FP32
-// normalised, plus the base-2 log-sum-exp), as in the other decode kernels.
+// When the cache tiles are requested (kAhead: MlaDecodeParams.issue_ahead):
+//   false  tile i + 1's 36 cp.async a thread go out one after each of tile
+//          i's score mmas (the 64-head kernel's lesson: in one burst they
+//          fill the load/store queue); one tile in flight while waiting;
+//   true   tile i + 2's go out in one burst as soon as every warp's P V of
+//          tile i is done with its stage, before the wait for tile i + 1:
+//          two tiles in flight while waiting, for a fourth barrier a tile.
+// Three barriers per tile (four with kAhead). Positions past kv_end are
+// zero-filled and score -inf; the result goes to out_latent (BF16) or the
+// item's partial slot (FP32 normalised, plus the base-2 log-sum-exp), as in
+// the other decode kernels.
+template <bool kAhead>
 __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmma16Kernel(MlaDecodeParams p) {
   MLA_DYNAMIC_SHARED(smem);
   const uint32_t q_addr = SharedAddress(smem);
@@ -108,7 +115,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmma16Kernel(MlaDecodeP
   // A cache tile: thread i copies rows my_row and my_row + 32, pieces my_piece
   // + 4 j, j < 18 each (a warp: 4 consecutive pieces of 8 rows, as for Q).
   // Each row's block-table entry (-1 past kv_end: the row is zero-filled and
-  // nothing is read) is looked up a tile ahead.
+  // nothing is read) is looked up a tile before its copies go out.
   constexpr int kPieces = kChunks / 4;  // per row: 18
   const int my_row = threadIdx.x / 4, my_piece = threadIdx.x % 4;
   const uint32_t my_offset = (my_row / 8) * kGroupBytes + my_piece * 128 + (my_row % 8) * 16;
@@ -129,21 +136,37 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmma16Kernel(MlaDecodeP
     CpAsync16(stage_addr + my_offset + half * 4 * kGroupBytes + 512 * j, block >= 0 ? src + 32 * j : src,
               block >= 0 ? 16 : 0);
   };
-  if (item.kv_begin < item.kv_end) {
+  // The whole tile at t0 (whose rows' entries are `block`) into a stage, in one burst.
+  auto copy_tile = [&](uint32_t stage_addr, int t0, const int32_t (&block)[2]) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int32_t block = row_block(item.kv_begin, half);
-      const bf16* src = row_src(item.kv_begin, half, block);
+      const bf16* src = row_src(t0, half, block[half]);
 #pragma unroll
-      for (int j = 0; j < kPieces; ++j) copy_piece(kv_addr, src, block, half, j);
+      for (int j = 0; j < kPieces; ++j) copy_piece(stage_addr, src, block[half], half, j);
     }
-  }
+  };
+  auto lookup = [&](int t0, int32_t (&block)[2]) {
+    block[0] = row_block(t0, 0);
+    block[1] = row_block(t0, 1);
+  };
+  // Tile 0 with Q in the first group; with kAhead tile 1 in a second (empty
+  // past kv_end: a group a tile keeps CpAsyncWait<1> counting right).
+  int32_t next_block[2];
+  lookup(item.kv_begin, next_block);
+  if (item.kv_begin < item.kv_end) copy_tile(kv_addr, item.kv_begin, next_block);
   CpAsyncCommit();
-  int32_t next_block[2] = {row_block(item.kv_begin + kTile, 0), row_block(item.kv_begin + kTile, 1)};
+  lookup(item.kv_begin + kTile, next_block);
+  if constexpr (kAhead) {
+    if (item.kv_begin + kTile < item.kv_end) copy_tile(kv_addr + kStageBytes, item.kv_begin + kTile, next_block);
+    CpAsyncCommit();
+    lookup(item.kv_begin + 2 * kTile, next_block);
+  }
+  // L2 prefetch (p.prefetch_l2): the tile after the last one requested.
+  const int ahead = kAhead ? 2 * kTile : kTile;
   const bool prefetcher = p.prefetch_l2 && threadIdx.x == 0;
   if (prefetcher) {
-    PrefetchPositionsL2(p, table, kLatent, min(item.kv_begin + kTile, item.kv_end),
-                        min(item.kv_begin + 2 * kTile, item.kv_end));
+    PrefetchPositionsL2(p, table, kLatent, min(item.kv_begin + ahead, item.kv_end),
+                        min(item.kv_begin + ahead + kTile, item.kv_end));
   }
 
   // O^T [512 latent x 16 heads]: block mb's fragment o[mb][4 j + e] is latent
@@ -161,20 +184,19 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmma16Kernel(MlaDecodeP
 
   int stage = 0;
   for (int t0 = item.kv_begin; t0 < item.kv_end; t0 += kTile, stage ^= 1) {
-    CpAsyncWait<0>();
+    CpAsyncWait<kAhead ? 1 : 0>();  // kAhead: tile t0 + kTile's group stays in flight
     // cp.async writes through the generic proxy, wgmma reads through the
     // async proxy: this thread's landed copies are ordered before the barrier.
     FenceProxyAsync();
-    // Tile t0 (and Q) are in; the last P^T V^T mma (which read the other
+    // Tile t0 (and Q) are in; the last V^T P^T mma (which read the other
     // stage and P^T) and every read of red are done.
     __syncthreads();
     const uint32_t kv = kv_addr + stage * kStageBytes;
 
     // S^T = K Q^T: the descriptors step 256 bytes (16 latent values) a k-step.
-    const bool load_next = t0 + kTile < item.kv_end;
+    const bool load_next = !kAhead && t0 + kTile < item.kv_end;
     const int32_t block[2] = {next_block[0], next_block[1]};
-    next_block[0] = row_block(t0 + 2 * kTile, 0);
-    next_block[1] = row_block(t0 + 2 * kTile, 1);
+    if constexpr (!kAhead) lookup(t0 + 2 * kTile, next_block);
     const bf16* src[2] = {row_src(t0 + kTile, 0, block[0]), row_src(t0 + kTile, 1, block[1])};
     const uint32_t next_stage = kv_addr + (stage ^ 1) * kStageBytes;
     float s[8];
@@ -188,8 +210,10 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmma16Kernel(MlaDecodeP
     }
     static_assert(kLatent / 16 == 2 * kPieces, "a piece after every k-step covers the tile");
     WgmmaCommit();
-    CpAsyncCommit();
-    if (prefetcher) PrefetchPositionsL2(p, table, kLatent, t0 + 2 * kTile, min(t0 + 3 * kTile, item.kv_end));
+    if constexpr (!kAhead) {
+      CpAsyncCommit();
+      if (prefetcher) PrefetchPositionsL2(p, table, kLatent, t0 + 2 * kTile, min(t0 + 3 * kTile, item.kv_end));
+    }
     WgmmaWait<0>();
     WgmmaFenceOperand(s);
 
@@ -260,6 +284,15 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmma16Kernel(MlaDecodeP
     WgmmaWait<0>();
 #pragma unroll
     for (int mb = 0; mb < kOutBlocks; ++mb) WgmmaFenceOperand(o[mb]);
+    if constexpr (kAhead) {
+      // Every warp's mmas are done with this stage (each warp's part of an
+      // mma reads its own rows of V^T): tile t0 + 2 kTile may fill it.
+      __syncthreads();
+      if (t0 + 2 * kTile < item.kv_end) copy_tile(kv, t0 + 2 * kTile, block);
+      CpAsyncCommit();
+      lookup(t0 + 3 * kTile, next_block);
+      if (prefetcher) PrefetchPositionsL2(p, table, kLatent, t0 + 3 * kTile, min(t0 + 4 * kTile, item.kv_end));
+    }
   }
   CpAsyncWait<0>();  // an empty item still has Q in flight
 
@@ -308,6 +341,14 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmma16Kernel(MlaDecodeP
   }
 }
 
+template <bool kAhead>
+cudaError_t Launch(const MlaDecodeParams& p, cudaStream_t stream) {
+  const cudaError_t err = OptIntoDynamicShared<&MlaDecodeWgmma16Kernel<kAhead>>(static_cast<int>(kSharedBytes));
+  if (err != cudaSuccess) return err;
+  LaunchKernelPdl(MlaDecodeWgmma16Kernel<kAhead>, p.num_work_items, kThreads, kSharedBytes, stream, p.pdl, p);
+  return cudaGetLastError();
+}
+
 }  // namespace
 
 bool MlaDecodeWgmma16Takes(int kv_lora, int qk_rope, int heads_per_block, MlaDecodeMma mma) {
@@ -319,10 +360,7 @@ cudaError_t LaunchMlaDecodeWgmma16(const MlaDecodeParams& p, cudaStream_t stream
   if (!MlaDecodeWgmma16Takes(p.kv_lora, p.qk_rope, p.heads_per_block, p.mma) || p.num_work_items <= 0) {
     return cudaErrorInvalidValue;
   }
-  const cudaError_t err = OptIntoDynamicShared<&MlaDecodeWgmma16Kernel>(static_cast<int>(kSharedBytes));
-  if (err != cudaSuccess) return err;
-  LaunchKernelPdl(MlaDecodeWgmma16Kernel, p.num_work_items, kThreads, kSharedBytes, stream, p.pdl, p);
-  return cudaGetLastError();
+  return p.issue_ahead ? Launch<true>(p, stream) : Launch<false>(p, stream);
 }
 
 }  // namespace mla::cuda::detail

@@ -17,7 +17,8 @@
 //     kernels (warp_mma.cuh documents the same layouts);
 //   - cp.async as deferred copies: a group lands only when a wait_group
 //     releases it (the latest the hardware may land it), so reading a stage
-//     before waiting for it reads poison;
+//     before waiting for it reads poison; or, under SetCopiesLandAtIssue, at
+//     issue (the earliest), so overwriting a stage still to be read shows;
 //   - wgmma m64nNk16 BF16 -> FP32 from no-swizzle shared-memory descriptors
 //     (kernels/cuda/wgmma.cuh), likewise deferred: each thread's mma runs at
 //     the wait that retires its group, reading shared memory then (the latest
@@ -122,6 +123,13 @@ void WgmmaWaitGroups(int keep);  // runs all committed groups but the newest `ke
 // collective, having stored, before any passes it).
 enum class Schedule { kForward, kReverse, kRandom, kWarpFirst };
 void SetSchedule(Schedule s, uint64_t seed = 0);
+
+// When cp.async and bulk copies land: at the wait that releases them (the
+// default: the latest the hardware may, so a read before the wait sees
+// poison), or at issue (true: the earliest, so a copy into a stage that
+// another thread's ldmatrix or wgmma has not yet read, with no barrier
+// between, changes what that thread reads). Tests run some launches each way.
+void SetCopiesLandAtIssue(bool at_issue);
 
 // Runs `kernel` for every block of `grid` with `threads` threads each (1-D
 // blocks), `shared_bytes` of dynamic shared memory per block.

@@ -146,6 +146,42 @@ TEST(CudaEmuTest, WarpFirstScheduleExposesACrossWarpRaceBehindShuffles) {
   ASSERT_EQ(cudaFree(out), cudaSuccess);
 }
 
+// Thread 32 copies 7s over a stage of 0s by cp.async and waits for it only
+// after a barrier at which thread 0 reads the stage: by default the copy lands
+// at the wait (thread 0 reads 0); with copies landing at issue it has landed
+// (7): a copy into memory another thread may still be reading shows.
+__global__ void ReadAStageUnderAnUnwaitedCopy(const int* sevens, int* out) {
+  MLA_DYNAMIC_SHARED(raw);
+  int* s = reinterpret_cast<int*>(raw);
+  if (threadIdx.x == 0) s[0] = 0;
+  __syncthreads();
+  if (threadIdx.x == 32) {
+    cuda::detail::CpAsync16(cuda::detail::SharedAddress(s), sevens, 16);
+    cuda::detail::CpAsyncCommit();
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) out[0] = s[0];
+  cuda::detail::CpAsyncWait<0>();
+}
+
+TEST(CudaEmuTest, CopiesLandAtTheirWaitOrAtIssue) {
+  int *sevens = nullptr, *out = nullptr;
+  ASSERT_EQ(cudaMalloc(&sevens, 4 * sizeof(int)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&out, sizeof(int)), cudaSuccess);
+  const int host[4] = {7, 7, 7, 7};
+  ASSERT_EQ(cudaMemcpy(sevens, host, sizeof(host), cudaMemcpyHostToDevice), cudaSuccess);
+  for (bool at_issue : {false, true}) {
+    emu::SetCopiesLandAtIssue(at_issue);
+    int got = -1;
+    ASSERT_EQ(LaunchKernel(ReadAStageUnderAnUnwaitedCopy, 1, 64, 16, nullptr, sevens, out), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(&got, out, sizeof(int), cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_EQ(got, at_issue ? 7 : 0) << (at_issue ? "landing at issue" : "landing at the wait");
+  }
+  emu::SetCopiesLandAtIssue(false);
+  ASSERT_EQ(cudaFree(sevens), cudaSuccess);
+  ASSERT_EQ(cudaFree(out), cudaSuccess);
+}
+
 TEST(CudaEmuTest, BulkCopiesLandThroughTheirMbarrier) {
   constexpr int kWords = 36;  // 144 bytes a row: a multiple of 16
   int *in = nullptr, *out = nullptr;

@@ -1,5 +1,5 @@
 // Absorbed-form MLA decode over the paged BF16 latent cache, the simple and
-// the tensor-core split-KV kernels (mma.sync, and wgmma at 64 heads per block),
+// the tensor-core split-KV kernels (mma.sync; wgmma at 64 heads per block, and at 16 with the positions as M),
 // against cpu::MlaAbsorbedAttention (one query per sequence, reading the same
 // BF16 cache through a PagedLatentView). Spare blocks and the rows past each
 // sequence's length are NaN and the table padding is out of range, so any
@@ -76,6 +76,13 @@ void PrintTo(const DecodeCase& c, std::ostream* os) {
 
 class MlaDecodeGpuTest : public ::testing::TestWithParam<DecodeCase> {};
 
+// The emulator's extra fiber orders and copy landings (for races) run in its
+// plain build; its sanitizer build (for memory errors: the same addresses
+// under any order) skips them, to stay within CI's time.
+#if defined(MLA_CUDA_EMULATED) && !defined(__SANITIZE_ADDRESS__)
+#define MLA_DECODE_EXTRA_ORDERS 1
+#endif
+
 TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
   MLA_SKIP_WITHOUT_GPU();
   const DecodeCase& c = GetParam();
@@ -150,14 +157,19 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
   // (MlaDecodeCopy::kBulk) the same three ways and under the one- and
   // three-SM plans, the query in registers or shared memory.
   // Where the shape allows (DeepSeek-V3's latent), the warpgroup-MMA kernels
-  // (64 heads per block; 16 heads per block with MlaDecodeMma::kWarpgroup)
-  // under the one-, three-, device- and 2^20-SM plans.
-  // On the CPU emulator (tests/emu) the widest plan also runs with the fibers
-  // in reverse and in two seeded random orders: a missing barrier tends to
-  // show under one order or another, and a few runs with each warp running
-  // ahead to the next block barrier (kWarpFirst: a read of another warp's
-  // stores with only warp collectives between shows there). (order: 0
-  // forward, 1 reverse, 4 warp first, else random.)
+  // (64 heads per block; 16 heads per block with MlaDecodeMma::kWarpgroup,
+  // requesting tiles one or two ahead) under the one-, three-, device- and
+  // 2^20-SM plans.
+  // On the CPU emulator (tests/emu; not its sanitizer build) the widest plan
+  // also runs with the fibers in reverse and in two seeded random orders: a
+  // missing barrier tends to show under one order or another, and a few runs
+  // with each warp running ahead to the next block barrier (kWarpFirst: a
+  // read of another warp's stores with only warp collectives between shows
+  // there), and a few with the copies landing at issue instead of at their
+  // wait (a copy into a stage another warp has yet to read, with no barrier
+  // between, shows there; emu::SetCopiesLandAtIssue). (order: 0 forward, 1
+  // reverse, 4 warp first, 5 forward with copies landing at issue, else
+  // random.)
   const bool mma = cuda::MlaDecodeUsesTensorCores(c.kv_lora, c.rope);
   const int other_hpb = cuda::MlaDecodeHeadsPerBlock(static_cast<int>(c.heads)) == 16 ? 32 : 16;
   using Query = cuda::MlaDecodeQuery;
@@ -169,6 +181,7 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
     Copy copy = Copy::kAuto;
     bool prefetch_l2 = false;
     Mma mma = Mma::kAuto;
+    bool issue_ahead = false;  // the 16-head wgmma kernel's MlaDecodeParams.issue_ahead
   };
   std::vector<Run> runs = {{0, 0, 0},
                            {1, 0, 0},
@@ -220,32 +233,38 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
     const Mma wg = Mma::kWarpgroup;
     runs.insert(runs.end(), {{1, 0, 16, a, ac, false, wg}, {3, 0, 16, a, ac, false, wg},
                              {device_sms, 0, 16, a, ac, false, wg}, {1 << 20, 0, 16, a, ac, false, wg},
-                             {1, 0, 16, a, ac, true, wg}});
-#if defined(MLA_CUDA_EMULATED)
+                             {1, 0, 16, a, ac, true, wg}, {1, 0, 16, a, ac, false, wg, true},
+                             {3, 0, 16, a, ac, false, wg, true}, {device_sms, 0, 16, a, ac, true, wg, true}});
+#if defined(MLA_DECODE_EXTRA_ORDERS)
     if (wgmma16_tiles <= 16) {
       runs.insert(runs.end(), {{1 << 20, 1, 16, a, ac, false, wg}, {1 << 20, 2, 16, a, ac, false, wg},
                                {1, 3, 16, a, ac, false, wg}, {1, 4, 16, a, ac, false, wg},
-                               {1 << 20, 4, 16, a, ac, false, wg}});
+                               {1 << 20, 4, 16, a, ac, false, wg}, {1, 4, 16, a, ac, false, wg, true},
+                               {1, 2, 16, a, ac, false, wg, true}, {1, 5, 16, a, ac, false, wg},
+                               {1, 5, 16, a, ac, false, wg, true}});
     }
 #endif
   }
-#if defined(MLA_CUDA_EMULATED)
+#if defined(MLA_DECODE_EXTRA_ORDERS)
   runs.insert(runs.end(), {{1 << 20, 1, 0}, {1 << 20, 2, 0}, {1 << 20, 3, 0}, {1 << 20, 1, 0, Query::kShared},
                            {1 << 20, 2, 0, Query::kShared}, {1 << 20, 1, 0, Query::kAuto, Copy::kBulk},
                            {1 << 20, 2, 0, Query::kShared, Copy::kBulk}, {1, 1, 0, Query::kAuto, Copy::kBulk}});
   runs.insert(runs.end(), {{1 << 20, 4, 0}, {1, 4, 0, Query::kShared}, {1, 4, 0, Query::kAuto, Copy::kBulk}});
+  runs.insert(runs.end(), {{1, 5, 0}, {1, 5, 0, Query::kShared}, {1, 5, 0, Query::kAuto, Copy::kBulk}});
   if (wgmma) {
     runs.insert(runs.end(), {{1 << 20, 1, kWgmmaHeads}, {1 << 20, 2, kWgmmaHeads}, {1, 3, kWgmmaHeads},
-                             {1, 4, kWgmmaHeads}, {1 << 20, 4, kWgmmaHeads}});
+                             {1, 4, kWgmmaHeads}, {1 << 20, 4, kWgmmaHeads}, {1, 5, kWgmmaHeads}});
   }
 #endif
-  for (const auto& [sms, order, hpb, query, copy, prefetch_l2, mma_kind] : runs) {
+  for (const auto& [sms, order, hpb, query, copy, prefetch_l2, mma_kind, issue_ahead] : runs) {
 #if defined(MLA_CUDA_EMULATED)
     emu::SetSchedule(order == 0   ? emu::Schedule::kForward
                      : order == 1 ? emu::Schedule::kReverse
                      : order == 4 ? emu::Schedule::kWarpFirst
+                     : order == 5 ? emu::Schedule::kForward
                                   : emu::Schedule::kRandom,
                      static_cast<uint64_t>(order));
+    emu::SetCopiesLandAtIssue(order == 5);
 #endif
     SCOPED_TRACE(sms == 0 ? std::string("simple kernel")
                           : "plan for " + std::to_string(sms) + " SMs, heads per block " +
@@ -253,7 +272,8 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
                                 (query == Query::kShared ? ", query in shared memory" : "") +
                                 (copy == Copy::kBulk ? ", bulk copies" : "") +
                                 (prefetch_l2 ? ", L2 prefetch" : "") +
-                                (mma_kind == Mma::kWarpgroup ? ", wgmma" : "") + ", fiber order " +
+                                (mma_kind == Mma::kWarpgroup ? ", wgmma" : "") +
+                                (issue_ahead ? ", issue ahead" : "") + ", fiber order " +
                                 std::to_string(order));
     cuda::MlaDecodeParams p;
     p.q_latent = d_q_lat.bf16();
@@ -290,6 +310,7 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
       p.copy = copy;
       p.prefetch_l2 = prefetch_l2;
       p.mma = mma_kind;
+      p.issue_ahead = issue_ahead;
       p.partial_out = d_part.get();
       p.partial_lse = d_lse.get();
     }
@@ -309,6 +330,7 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
   }
 #if defined(MLA_CUDA_EMULATED)
   emu::SetSchedule(emu::Schedule::kForward);
+  emu::SetCopiesLandAtIssue(false);
 #endif
 }
 

@@ -189,7 +189,8 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
   # Variants of the kernel and its work partition, for the next change to
   # start from a measurement (bench/RESULTS.md): the 16-head wgmma kernel
   # (--mma warpgroup, positions as the MMA's M; first, being the change not
-  # yet measured, alone and with the L2 prefetch), the warpgroup-MMA kernel at
+  # yet measured: alone, requesting tiles two ahead, and with the L2
+  # prefetch), the warpgroup-MMA kernel at
   # 64 heads per block (on the 128-head shapes, at the batch sizes between
   # the default's cut-off of two 64-head tiles per SM, beside 32 heads per
   # block there, and once more on the 16-head shapes, where 48 of its 64 rows
@@ -203,6 +204,7 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
   # same cache tiles), and plans for two waves and half a wave.
   if [[ ${MLA_GPU_BENCH_SWEEP:-1} != 0 ]]; then
     for variant in "--mma warpgroup --shapes 64x4096x16,128x4096x16" \
+                   "--mma warpgroup --issue-ahead --shapes 64x4096x16,128x4096x16" \
                    "--mma warpgroup --prefetch-l2 --shapes 64x4096x16,128x4096x16" \
                    "--heads-per-block 64 --shapes 1x4096x128,16x4096x128,64x8192x128" \
                    "--heads-per-block 64 --shapes 2x4096x128,4x4096x128,8x4096x128" \
