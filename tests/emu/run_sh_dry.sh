@@ -40,9 +40,9 @@ rc=$?
 cat "$log"
 ((rc == 0)) || fail "run.sh exited $rc on passing tests"
 for want in "-- nccl_communicator_gpu_test: PASSED" "launcher_cuda_tp1_emulated PASSED" \
-  "== decode benchmark: " "== decode benchmark variant: --copy bulk" "cache staged by bulk copies" "== decode benchmark variant: --query shared" \
-  "== decode benchmark variant: --plan-waves 0.5" "query in registers" "query in shared memory" \
-  "== decode benchmark variant: --mma warpgroup" "16-head plans on wgmma"; do
+  "== decode benchmark: " "== decode benchmark variant: --mma warpgroup" "16-head plans on wgmma" \
+  "tiles requested two ahead" "== decode benchmark variant: --gemm head --pdl" "programmatic dependent launch" \
+  "GEMMs on head_gemm.cuh"; do
   grep -qF -- "$want" "$log" || fail "no '$want' in run.sh's output"
 done
 # The closing table: its header, then one row per test binary and the launcher check.
