@@ -30,13 +30,25 @@ constexpr int kXStride = kBk + kPad;   // x tile [kBm, kBk]
 // BF16 per W tile in shared memory: [64 k, BN n] or [BN n, 64 k], rows padded.
 __host__ __device__ constexpr int WTileElems(int bn, bool k_by_n) { return k_by_n ? kBk * (bn + kPad) : bn * (kBk + kPad); }
 
-// Dynamic shared memory: two stages of the x tile, then two of the W tile.
-constexpr size_t HeadGemmSharedBytes(int bn, bool k_by_n) {
-  return 2 * sizeof(bf16) * (static_cast<size_t>(kBm) * kXStride + WTileElems(bn, k_by_n));
+// Up to this many k-stages (k <= 512) a block requests all of them at once,
+// each in its own slot, and waits once: the GEMMs here have a few k-steps of
+// almost no math each, so double-buffering them costs a memory latency a step
+// (W_UV's k of 512: 8 latencies a block). Longer k runs double-buffered.
+constexpr int kMaxWholeStages = 8;
+
+__host__ __device__ constexpr int KStages(int k) { return (k + kBk - 1) / kBk; }
+__host__ __device__ constexpr int SharedSlots(int k) { return KStages(k) <= kMaxWholeStages ? KStages(k) : 2; }
+
+// Dynamic shared memory: `slots` stages of the x tile, then as many of the W
+// tile (at most 8 x 13.5 KiB: 108 KiB).
+constexpr size_t HeadGemmSharedBytes(int bn, bool k_by_n, int slots) {
+  return static_cast<size_t>(slots) * sizeof(bf16) * (static_cast<size_t>(kBm) * kXStride + WTileElems(bn, k_by_n));
 }
+constexpr size_t kMaxHeadGemmSharedBytes = HeadGemmSharedBytes(64, false, kMaxWholeStages);
 
 // One block: rows [32 by, +32) x columns [BN bx, +BN) of head bz, over k in
-// stages of 64 double-buffered with cp.async (zero-filled past rows, n and k).
+// stages of 64 by cp.async (zero-filled past rows, n and k): all requested at
+// once up to kMaxWholeStages, else double-buffered.
 // Warp (wm, wn) computes rows 16 wm + [0, 16) x columns BN / 2 wn + [0, BN / 2)
 // with mma.sync m16n8k16: A = the x tile; B = the W tile, stored as it lies in
 // memory ([k, n]: read with ldmatrix .trans; [n, k]: plain ldmatrix).
@@ -46,11 +58,13 @@ __global__ void __launch_bounds__(kThreads) HeadGemmKernel(HeadGemmParams p) {
   constexpr int kWRows = kKByN ? kBk : BN, kWCols = kKByN ? BN : kBk;
   constexpr int kWStride = kWCols + kPad;
   static_assert(kWRows * kWStride == WTileElems(BN, kKByN));
-  // HeadGemmSharedBytes (under the 48 KiB default): x_s [2 stages][kBm *
-  // kXStride], then w_s [2][kWRows * kWStride].
+  // HeadGemmSharedBytes(BN, kKByN, slots): x_s [slots][kBm * kXStride], then
+  // w_s [slots][kWRows * kWStride].
+  const int stages = KStages(p.k), slots = SharedSlots(p.k);
+  const bool whole = stages <= kMaxWholeStages;
   MLA_DYNAMIC_SHARED(smem);
   bf16 (*x_s)[kBm * kXStride] = reinterpret_cast<bf16 (*)[kBm * kXStride]>(smem);
-  bf16 (*w_s)[kWRows * kWStride] = reinterpret_cast<bf16 (*)[kWRows * kWStride]>(x_s + 2);
+  bf16 (*w_s)[kWRows * kWStride] = reinterpret_cast<bf16 (*)[kWRows * kWStride]>(x_s + slots);
 
   // Programmatic dependent launch (p.pdl): let the next kernel's blocks be
   // scheduled now, and read x only once the kernel that wrote it has ended.
@@ -86,16 +100,22 @@ __global__ void __launch_bounds__(kThreads) HeadGemmKernel(HeadGemmParams p) {
   // [n, k] by n row (lane & 7) + 8 (lane >> 4) and k half ((lane >> 3) & 1).
   const int a_r = (lane & 7) + ((lane >> 3) & 1) * 8, a_c = (lane >> 4) * 8;
   const int b_n = (lane & 7) + (lane >> 4) * 8, b_k = ((lane >> 3) & 1) * 8;
-  const int stages = (p.k + kBk - 1) / kBk;
-  load(0, 0);
+  if (whole) {
+    for (int s = 0; s < stages; ++s) load(s * kBk, s);
+  } else {
+    load(0, 0);
+  }
   CpAsyncCommit();
   for (int s = 0; s < stages; ++s) {
-    CpAsyncWait<0>();
-    __syncthreads();  // stage s is in; every warp is done with the other
-    if (s + 1 < stages) load((s + 1) * kBk, (s + 1) & 1);
+    if (!whole || s == 0) {
+      CpAsyncWait<0>();
+      __syncthreads();  // stage s (whole: every stage) is in; every warp is done with the other slot
+    }
+    if (!whole && s + 1 < stages) load((s + 1) * kBk, (s + 1) & 1);
     CpAsyncCommit();
-    const bf16* xs = x_s[s & 1];
-    const bf16* ws = w_s[s & 1];
+    const int slot = whole ? s : s & 1;
+    const bf16* xs = x_s[slot];
+    const bf16* ws = w_s[slot];
 #pragma unroll
     for (int kk = 0; kk < kBk / 16; ++kk) {
       uint32_t a[4];
@@ -146,14 +166,19 @@ int SmCount() {
   return n;
 }
 
+template <int BN, bool kKByN>
+cudaError_t Launch(const HeadGemmParams& p, dim3 grid, cudaStream_t stream) {
+  const cudaError_t err =
+      detail::OptIntoDynamicShared<&HeadGemmKernel<BN, kKByN>>(static_cast<int>(kMaxHeadGemmSharedBytes));
+  if (err != cudaSuccess) return err;
+  detail::LaunchKernelPdl(HeadGemmKernel<BN, kKByN>, grid, kThreads, HeadGemmSharedBytes(BN, kKByN, SharedSlots(p.k)),
+                          stream, p.pdl, p);
+  return cudaGetLastError();
+}
+
 template <int BN>
-void Launch(const HeadGemmParams& p, dim3 grid, cudaStream_t stream) {
-  if (p.w_is_k_by_n) {
-    detail::LaunchKernelPdl(HeadGemmKernel<BN, true>, grid, kThreads, HeadGemmSharedBytes(BN, true), stream, p.pdl, p);
-  } else {
-    detail::LaunchKernelPdl(HeadGemmKernel<BN, false>, grid, kThreads, HeadGemmSharedBytes(BN, false), stream, p.pdl,
-                            p);
-  }
+cudaError_t Launch(const HeadGemmParams& p, dim3 grid, cudaStream_t stream) {
+  return p.w_is_k_by_n ? Launch<BN, true>(p, grid, stream) : Launch<BN, false>(p, grid, stream);
 }
 
 }  // namespace
@@ -177,12 +202,8 @@ cudaError_t LaunchHeadGemm(const HeadGemmParams& p, cudaStream_t stream) {
   // at small batches).
   const unsigned row_tiles = static_cast<unsigned>((p.rows + kBm - 1) / kBm);
   const int64_t wide_blocks = static_cast<int64_t>((p.n + 63) / 64) * row_tiles * p.heads;
-  if (wide_blocks >= SmCount()) {
-    Launch<64>(p, dim3((p.n + 63) / 64, row_tiles, p.heads), stream);
-  } else {
-    Launch<32>(p, dim3((p.n + 31) / 32, row_tiles, p.heads), stream);
-  }
-  return cudaGetLastError();
+  if (wide_blocks >= SmCount()) return Launch<64>(p, dim3((p.n + 63) / 64, row_tiles, p.heads), stream);
+  return Launch<32>(p, dim3((p.n + 31) / 32, row_tiles, p.heads), stream);
 }
 
 }  // namespace mla::cuda

@@ -5,7 +5,9 @@
 // us for the pair at 16 heads and 64 sequences on an H200 (bench/RESULTS.md,
 // "gemm ms"), where reading the weights (4 MiB) takes about 1 us. This kernel is one launch of
 // 32 x BN output tiles of every head (mma.sync BF16, FP32 accumulation, BF16
-// out), sized so that small M still fills the SMs. Measured on an H200
+// out), sized so that small M still fills the SMs, each block requesting all
+// of its k at once up to k = 512 (one memory latency, not one a k-step: the
+// math is tiny). Measured on an H200, before that last change
 // (session 5): 0.017-0.018 ms for the pair at 16 heads against cuBLAS's
 // 0.024-0.029 timed alone, but no change in the whole decode pipeline's time,
 // and slower at 64 sequences x 128 heads; so the CUDA model keeps cuBLAS.

@@ -137,7 +137,10 @@ INSTANTIATE_TEST_SUITE_P(
         // k past a 64 stage), nope 32, v 32.
         HeadGemmCase{5, 8, 160, 32, true, 16}, HeadGemmCase{5, 8, 32, 160, false},
         // Ragged k (a partial last stage) and n at one 8-column piece.
-        HeadGemmCase{3, 2, 8, 72, false}, HeadGemmCase{33, 3, 24, 200, true, 8}));
+        HeadGemmCase{3, 2, 8, 72, false}, HeadGemmCase{33, 3, 24, 200, true, 8},
+        // k past the 8 stages a block requests at once (512): double-buffered,
+        // with a ragged last stage.
+        HeadGemmCase{9, 2, 40, 600, false}, HeadGemmCase{17, 3, 72, 1032, true, 8}));
 
 }  // namespace
 }  // namespace mla
