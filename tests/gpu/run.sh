@@ -195,7 +195,8 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
   # positions as the MMA's M; first, being the change not yet measured:
   # alone, requesting tiles two ahead, with the L2 prefetch, and with the
   # per-head GEMMs on head_gemm.cuh's kernel under programmatic dependent
-  # launch), 64 against 32 heads per block on the 128-head shapes at the
+  # launch; then on the 128-head shapes as 8 groups of 16 heads, each group
+  # reading the cache again, mostly from L2), 64 against 32 heads per block on the 128-head shapes at the
   # batch sizes around the default's cut-off (two 64-head tiles per SM), and
   # the per-head GEMMs on head_gemm.cuh's kernel instead of cuBLAS, alone and
   # with programmatic dependent launch (measured before only with the host's
@@ -205,6 +206,7 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
                    "--mma warpgroup --issue-ahead --shapes 64x4096x16,128x4096x16" \
                    "--mma warpgroup --prefetch-l2 --shapes 64x4096x16,128x4096x16" \
                    "--mma warpgroup --issue-ahead --gemm head --pdl --shapes 64x4096x16,128x4096x16" \
+                   "--mma warpgroup --issue-ahead --heads-per-block 16 --shapes 1x4096x128,16x4096x128,64x8192x128" \
                    "--heads-per-block 64 --shapes 2x4096x128,4x4096x128,8x4096x128" \
                    "--heads-per-block 32 --shapes 2x4096x128,4x4096x128,8x4096x128" \
                    "--gemm head" "--gemm head --pdl"; do
