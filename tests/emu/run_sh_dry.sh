@@ -4,7 +4,8 @@
 # tests under their GPU names, the emulated serving binaries for the launcher
 # check, and an emulated mla-bench-decode held to small shapes. Checks that
 # the script runs every part (tests, launcher check, benchmark, its variants,
-# the closing table) and exits 0; then bench_ab.sh over two builds of the
+# the join with a stand-in for the PyTorch baseline, the closing table) and
+# exits 0; then bench_ab.sh over two builds of the
 # benchmark; then that a failing test binary makes run.sh exit 1. So a GPU
 # session's few minutes are not spent on a broken script.
 #
@@ -32,8 +33,18 @@ exec "$build/bin/mla-bench-decode-emu" "\$@" --shapes 2x130x16,1x70x32 --iters 1
 EOF
 chmod +x "$work/dry/bin/mla-bench-decode"
 
+# A stand-in for the PyTorch baseline (no torch here): rows for the dry shapes
+# in its JSON form, so that decode_bench_compare.py joins both logs as it will
+# on a GPU.
+cat >"$work/baseline_stand_in.py" <<'EOF'
+import json
+for b, l, h in ((2, 130, 16), (1, 70, 32)):
+    print(json.dumps(dict(batch=b, context=l, heads=h, ms=1000.0, cache_gbps=0.1, tflops=0.0, copy_gbps=50.0)))
+print(json.dumps(dict(baseline="run_sh_dry stand-in")))
+EOF
+
 export MLA_EMU_DEVICE_COUNT=4 MLA_GPU_RACECHECK_FILTER= MLA_LAUNCHER_CHECK_EMULATED=1
-export MLA_TEST_DATA_DIR=$repo/tests/data MLA_TORCH_BASELINE=/nonexistent/baseline.py
+export MLA_TEST_DATA_DIR=$repo/tests/data MLA_TORCH_BASELINE=$work/baseline_stand_in.py
 log=$work/run.log
 MLA_GPU_LOG_DIR=$work/logs timeout 600 bash "$repo/tests/gpu/run.sh" "$work/dry" >"$log" 2>&1
 rc=$?
@@ -42,9 +53,14 @@ cat "$log"
 for want in "-- nccl_communicator_gpu_test: PASSED" "launcher_cuda_tp1_emulated PASSED" \
   "== decode benchmark: " "== decode benchmark variant: --mma warpgroup" "16-head plans on wgmma" \
   "tiles requested two ahead" "== decode benchmark variant: --gemm head --pdl" "programmatic dependent launch" \
-  "GEMMs on head_gemm.cuh"; do
+  "GEMMs on head_gemm.cuh" "== decode benchmark against the PyTorch baseline" "queued ms"; do
   grep -qF -- "$want" "$log" || fail "no '$want' in run.sh's output"
 done
+# The joined table has a row per dry shape, each with its baseline's time.
+for shape in 2x130x16 1x70x32; do
+  grep -qE "^$shape .*2x torch (ok|MISSED)" "$log" || fail "no joined row for $shape in run.sh's output"
+done
+if grep -qF "run.sh: the comparison failed" "$log"; then fail "decode_bench_compare.py failed"; fi
 # The closing table: its header, then one row per test binary and the launcher check.
 rows=$(sed -n '/^test  *result  *passed/,$p' "$log" | grep -cE ' (PASSED|FAILED|SKIPPED|TIMEOUT) ')
 ((rows == 5)) || fail "the closing table has $rows rows, expected 5"
