@@ -50,9 +50,9 @@ enum class MlaDecodeCopy : uint8_t { kAuto, kCpAsync, kBulk };
 // Which tensor-core instructions run a plan of 16 heads per block on
 // DeepSeek-V3's latent (MlaDecodeUsesWgmma's shape): mma.sync (kSync,
 // mla_decode_mma.cu) or warpgroup MMAs with the cached positions as the MMA's
-// M (kWarpgroup, mla_decode_wgmma16.cu: no padded rows, an 18 KiB query, a
-// tenth of the issued instructions a tile). kAuto is kSync until it has been
-// measured on a GPU. Plans of 32 heads per block always run mma.sync, of 64
+// M (kWarpgroup, mla_decode_wgmma16.cu: no padded rows, an 18 KiB query, 68
+// wgmma a tile where mma.sync takes 544 mma and about as many ldmatrix).
+// kAuto is kSync until it has been measured on a GPU. Plans of 32 heads per block always run mma.sync, of 64
 // always wgmma; other shapes always mma.sync.
 enum class MlaDecodeMma : uint8_t { kAuto, kSync, kWarpgroup };
 
