@@ -64,6 +64,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda/head_gemm.cuh"
@@ -74,9 +75,12 @@
 namespace {
 
 using bf16 = __nv_bfloat16;
+using mla::cuda::MlaDecodeCopy;
 using mla::cuda::MlaDecodeMergeItem;
+using mla::cuda::MlaDecodeMma;
 using mla::cuda::MlaDecodeParams;
 using mla::cuda::MlaDecodePlan;
+using mla::cuda::MlaDecodeQuery;
 using mla::cuda::MlaDecodeWorkItem;
 
 constexpr int kLatent = 512, kRope = 64, kNope = 128, kV = 128, kBlock = 64;
@@ -181,9 +185,24 @@ double Flops(const Shape& s) {
           static_cast<double>(s.context) * kLatent + static_cast<double>(kLatent) * kV);
 }
 
+// A flag that takes one of two words: sets *out to the value of `word`'s
+// choice, or says what was expected and returns false.
+template <typename T>
+bool ParseChoice(const char* flag, const std::string& word, const std::pair<const char*, T> (&choices)[2], T* out) {
+  for (const auto& [name, value] : choices) {
+    if (word == name) {
+      *out = value;
+      return true;
+    }
+  }
+  std::fprintf(stderr, "mla-bench-decode: %s %s: expected %s or %s\n", flag, word.c_str(), choices[0].first,
+               choices[1].first);
+  return false;
+}
+
 // The instructions a 16-head plan runs on, as the JSON line names them.
-const char* Mma16Name(mla::cuda::MlaDecodeMma m) {
-  return m == mla::cuda::MlaDecodeMma::kWarpgroup ? "warpgroup" : "sync";
+const char* Mma16Name(MlaDecodeMma m) {
+  return m == MlaDecodeMma::kWarpgroup ? "warpgroup" : "sync";
 }
 
 // How a run partitions and times the work (the flags above).
@@ -191,9 +210,9 @@ struct Options {
   int iters = 20;
   int plan_sms = 0;         // the plan's target: items that run at once
   int heads_per_block = 0;  // 0: the default for the head count
-  mla::cuda::MlaDecodeQuery query = mla::cuda::MlaDecodeQuery::kAuto;
-  mla::cuda::MlaDecodeCopy copy = mla::cuda::MlaDecodeCopy::kAuto;
-  mla::cuda::MlaDecodeMma mma = mla::cuda::MlaDecodeMma::kAuto;  // for plans of 16 heads per block
+  MlaDecodeQuery query = MlaDecodeQuery::kAuto;
+  MlaDecodeCopy copy = MlaDecodeCopy::kAuto;
+  MlaDecodeMma mma = MlaDecodeMma::kAuto;  // for plans of 16 heads per block
   bool head_gemm = false;  // the per-head GEMMs on head_gemm.cuh's kernel instead of cuBLAS
   bool pdl = false;        // programmatic dependent launch of the decode, merge and head_gemm kernels
   bool prefetch_l2 = false;  // MlaDecodeParams.prefetch_l2: the tile after the staged one asked of L2
@@ -341,7 +360,12 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
   row.items = static_cast<int>(plan.items.size());
   row.merges = static_cast<int>(plan.merges.size());
   row.heads_per_block = plan.heads_per_block;
-  row.ms = MedianMs([&] { absorb(); attend(p); unabsorb(o_lat); }, iters);
+  auto pipeline = [&] {
+    absorb();
+    attend(p);
+    unabsorb(o_lat);
+  };
+  row.ms = MedianMs(pipeline, iters);
   // The same with the GPU busy when the start event is recorded: a memset of
   // busy_mib MiB is queued first, so the host's latency in launching the
   // first kernels (the GPU idle meanwhile, as in "ms" and in the PyTorch
@@ -349,8 +373,7 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
   // a serving step; the memset also leaves L2 cold, as another layer's work
   // between two calls of a layer would.
   uint8_t* busy = DeviceAlloc<uint8_t>(opt.busy_mib << 20);
-  row.queued_ms = MedianMs([&] { absorb(); attend(p); unabsorb(o_lat); }, iters,
-                           [&] { CHECK_CUDA(cudaMemsetAsync(busy, 0, opt.busy_mib << 20)); });
+  row.queued_ms = MedianMs(pipeline, iters, [&] { CHECK_CUDA(cudaMemsetAsync(busy, 0, opt.busy_mib << 20)); });
   CHECK_CUDA(cudaFree(busy));
   row.attn_ms = MedianMs([&] { attend(p); }, iters);
   // The two per-head GEMMs alone: what "ms" spends outside the attention kernels.
@@ -456,43 +479,20 @@ int main(int argc, char** argv) {
         return 2;
       }
     } else if (a == "--query" && i + 1 < argc) {
-      const std::string q = argv[++i];
-      if (q == "shared") {
-        opt.query = mla::cuda::MlaDecodeQuery::kShared;
-      } else if (q == "registers") {
-        opt.query = mla::cuda::MlaDecodeQuery::kRegisters;
-      } else {
-        std::fprintf(stderr, "mla-bench-decode: --query %s: expected shared or registers\n", q.c_str());
-        return 2;
-      }
+      const std::pair<const char*, MlaDecodeQuery> choices[] = {{"shared", MlaDecodeQuery::kShared},
+                                                                 {"registers", MlaDecodeQuery::kRegisters}};
+      if (!ParseChoice("--query", argv[++i], choices, &opt.query)) return 2;
     } else if (a == "--copy" && i + 1 < argc) {
-      const std::string c = argv[++i];
-      if (c == "cp-async") {
-        opt.copy = mla::cuda::MlaDecodeCopy::kCpAsync;
-      } else if (c == "bulk") {
-        opt.copy = mla::cuda::MlaDecodeCopy::kBulk;
-      } else {
-        std::fprintf(stderr, "mla-bench-decode: --copy %s: expected cp-async or bulk\n", c.c_str());
-        return 2;
-      }
+      const std::pair<const char*, MlaDecodeCopy> choices[] = {{"cp-async", MlaDecodeCopy::kCpAsync},
+                                                                {"bulk", MlaDecodeCopy::kBulk}};
+      if (!ParseChoice("--copy", argv[++i], choices, &opt.copy)) return 2;
     } else if (a == "--gemm" && i + 1 < argc) {
-      const std::string g = argv[++i];
-      if (g == "cublas" || g == "head") {
-        opt.head_gemm = g == "head";
-      } else {
-        std::fprintf(stderr, "mla-bench-decode: --gemm %s: expected cublas or head\n", g.c_str());
-        return 2;
-      }
+      const std::pair<const char*, bool> choices[] = {{"cublas", false}, {"head", true}};
+      if (!ParseChoice("--gemm", argv[++i], choices, &opt.head_gemm)) return 2;
     } else if (a == "--mma" && i + 1 < argc) {
-      const std::string m = argv[++i];
-      if (m == "sync") {
-        opt.mma = mla::cuda::MlaDecodeMma::kSync;
-      } else if (m == "warpgroup") {
-        opt.mma = mla::cuda::MlaDecodeMma::kWarpgroup;
-      } else {
-        std::fprintf(stderr, "mla-bench-decode: --mma %s: expected sync or warpgroup\n", m.c_str());
-        return 2;
-      }
+      const std::pair<const char*, MlaDecodeMma> choices[] = {{"sync", MlaDecodeMma::kSync},
+                                                               {"warpgroup", MlaDecodeMma::kWarpgroup}};
+      if (!ParseChoice("--mma", argv[++i], choices, &opt.mma)) return 2;
     } else if (a == "--pdl") {
       opt.pdl = true;
     } else if (a == "--prefetch-l2") {
@@ -524,14 +524,15 @@ int main(int argc, char** argv) {
     const double bytes = CacheBytes(s), flops = Flops(s);
     std::printf(
         "{\"batch\": %d, \"context\": %d, \"heads\": %d, \"ms\": %.4f, \"cache_gbps\": %.1f, \"tflops\": %.2f, "
-        "\"copy_gbps\": %.1f, \"queued_ms\": %.4f, \"attn_ms\": %.4f, \"attn_gbps\": %.1f, \"gemm_ms\": %.4f, \"simple_ms\": %.4f, "
+        "\"copy_gbps\": %.1f, \"queued_ms\": %.4f, \"attn_ms\": %.4f, \"attn_gbps\": %.1f, \"gemm_ms\": %.4f, "
+        "\"simple_ms\": %.4f, "
         "\"items\": %d, \"merges\": %d, \"plan_us\": %.1f, \"max_abs_vs_simple\": %.3g, \"rel_l2_vs_simple\": %.3g, "
         "\"heads_per_block\": %d, \"plan_sms\": %d, \"query\": \"%s\", \"copy\": \"%s\", \"gemm\": \"%s\", "
         "\"gemm_rel_l2_vs_cublas\": %.3g, \"pdl\": %s, \"prefetch_l2\": %s, \"mma16\": \"%s\", \"issue_ahead\": %s}\n",
         s.batch, s.context, s.heads, r.ms, bytes / r.ms / 1e6, flops / r.ms / 1e9, copy_gbps, r.queued_ms, r.attn_ms,
         bytes / r.attn_ms / 1e6, r.gemm_ms, r.simple_ms, r.items, r.merges, r.plan_us, r.max_abs, r.rel_l2,
-        r.heads_per_block, opt.plan_sms, opt.query == mla::cuda::MlaDecodeQuery::kShared ? "shared" : "registers",
-        opt.copy == mla::cuda::MlaDecodeCopy::kBulk ? "bulk" : "cp-async", opt.head_gemm ? "head" : "cublas",
+        r.heads_per_block, opt.plan_sms, opt.query == MlaDecodeQuery::kShared ? "shared" : "registers",
+        opt.copy == MlaDecodeCopy::kBulk ? "bulk" : "cp-async", opt.head_gemm ? "head" : "cublas",
         r.gemm_rel_l2, opt.pdl ? "true" : "false", opt.prefetch_l2 ? "true" : "false", Mma16Name(opt.mma),
         opt.issue_ahead ? "true" : "false");
     std::fflush(stdout);
@@ -557,15 +558,15 @@ int main(int argc, char** argv) {
       "\n%s, %d SMs; copy %.0f GB/s (read + written); plan for %d SMs; query in %s; cache staged by %s; GEMMs on "
       "%s%s%s%s%s\n",
       prop.name, sms, copy_gbps, opt.plan_sms,
-      opt.query == mla::cuda::MlaDecodeQuery::kShared ? "shared memory" : "registers",
-      opt.copy == mla::cuda::MlaDecodeCopy::kBulk ? "bulk copies" : "cp.async",
+      opt.query == MlaDecodeQuery::kShared ? "shared memory" : "registers",
+      opt.copy == MlaDecodeCopy::kBulk ? "bulk copies" : "cp.async",
       opt.head_gemm ? "head_gemm.cuh" : "cuBLAS", opt.pdl ? "; programmatic dependent launch" : "",
       opt.prefetch_l2 ? "; L2 prefetch of the next tile" : "",
-      opt.mma == mla::cuda::MlaDecodeMma::kWarpgroup ? "; 16-head plans on wgmma" : "",
+      opt.mma == MlaDecodeMma::kWarpgroup ? "; 16-head plans on wgmma" : "",
       opt.issue_ahead ? ", tiles requested two ahead" : "");
   std::printf("%-14s %9s %8s %7s %6s %9s %7s %9s %8s %8s %4s %10s %7s %9s %9s\n", "BxLxH", "ms", "GB/s", "%copy",
-              "TF/s", "queued ms", "q %copy", "attn ms", "gemm ms", "simple x", "hpb", "items/merg", "plan us", "rel L2",
-              "gemm L2");
+              "TF/s", "queued ms", "q %copy", "attn ms", "gemm ms", "simple x", "hpb", "items/merg", "plan us",
+              "rel L2", "gemm L2");
   for (const Row& r : rows) {
     const double bytes = CacheBytes(r.shape), flops = Flops(r.shape);
     const std::string name =

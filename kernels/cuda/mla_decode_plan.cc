@@ -18,9 +18,6 @@ bool MlaDecodeUsesWgmma(int kv_lora, int qk_rope) { return kv_lora == 512 && qk_
 
 int MlaDecodeHeadsPerBlock(int num_heads) { return num_heads <= 16 ? 16 : 32; }
 
-// A split (sequence, head group) has tiles > per_item and gets
-// ceil(tiles / per_item) < 2 * tiles / per_item items; per_item >=
-// total / num_sms, so all split items together are fewer than 2 * num_sms.
 int MlaDecodeDefaultHeadsPerBlock(std::span<const int32_t> kv_lens, int num_heads, int kv_lora, int qk_rope,
                                   int num_sms) {
   if (MlaDecodeUsesWgmma(kv_lora, qk_rope) && num_heads >= 64) {
@@ -31,6 +28,9 @@ int MlaDecodeDefaultHeadsPerBlock(std::span<const int32_t> kv_lens, int num_head
   return MlaDecodeHeadsPerBlock(num_heads);
 }
 
+// A split (sequence, head group) has tiles > per_item and gets
+// ceil(tiles / per_item) < 2 * tiles / per_item items; per_item >=
+// total / num_sms, so all split items together are fewer than 2 * num_sms.
 int64_t MlaDecodeMaxPartials(int num_sms) { return 2 * static_cast<int64_t>(std::max(num_sms, 1)); }
 
 MlaDecodePlan PlanMlaDecode(std::span<const int32_t> kv_lens, int num_heads, int num_sms) {

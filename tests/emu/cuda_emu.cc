@@ -374,6 +374,12 @@ Mbar& FindMbar(unsigned char* bar, const char* op) {
   return it->second;
 }
 
+// A bulk copy lands: its bytes, and their count off the barrier's expected bytes.
+void LandBulk(Mbar& m, const BulkCopy& c) {
+  std::memcpy(c.dst, c.src, static_cast<size_t>(c.bytes));
+  m.tx -= c.bytes;
+}
+
 // The phase completes once every arrival is in and every expected byte landed.
 void MaybeCompletePhase(Mbar& m) {
   if (m.pending == 0 && m.tx == 0) {
@@ -410,13 +416,13 @@ void BulkCopyQueue(unsigned char* dst, const void* src, int bytes, unsigned char
   if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || reinterpret_cast<uintptr_t>(src) % 16 != 0) {
     Fail("cp.async.bulk addresses not 16-byte aligned");
   }
+  const BulkCopy copy{dst, static_cast<const unsigned char*>(src), bytes};
   if (g_copies_land_at_issue) {
-    std::memcpy(dst, src, static_cast<size_t>(bytes));
-    m.tx -= bytes;  // completes before (or after) its expect_tx, as the hardware allows
+    LandBulk(m, copy);  // completes before (or after) its expect_tx, as the hardware allows
     ++g_block->progress;
     MaybeCompletePhase(m);
   } else {
-    m.queued.push_back({dst, static_cast<const unsigned char*>(src), bytes});
+    m.queued.push_back(copy);
   }
 }
 
@@ -425,10 +431,7 @@ void MbarWaitParity(unsigned char* bar, int parity) {
       [&] {
         Mbar& m = FindMbar(bar, "mbarrier.try_wait.parity");
         // The copies queued so far land now (a real wait would see them land).
-        for (const BulkCopy& c : m.queued) {
-          std::memcpy(c.dst, c.src, static_cast<size_t>(c.bytes));
-          m.tx -= c.bytes;
-        }
+        for (const BulkCopy& c : m.queued) LandBulk(m, c);
         m.queued.clear();
         MaybeCompletePhase(m);
         // Done when the phase of this parity has completed: the current
