@@ -66,10 +66,6 @@ __global__ void __launch_bounds__(kThreads) HeadGemmKernel(HeadGemmParams p) {
   bf16 (*x_s)[kBm * kXStride] = reinterpret_cast<bf16 (*)[kBm * kXStride]>(smem);
   bf16 (*w_s)[kWRows * kWStride] = reinterpret_cast<bf16 (*)[kWRows * kWStride]>(x_s + slots);
 
-  // Programmatic dependent launch (p.pdl): let the next kernel's blocks be
-  // scheduled now, and read x only once the kernel that wrote it has ended.
-  detail::GridDependentsLaunch();
-  detail::GridDependencyWait();
   const int h = blockIdx.z;
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kBm;
   const int col0 = blockIdx.x * BN;
@@ -78,13 +74,15 @@ __global__ void __launch_bounds__(kThreads) HeadGemmKernel(HeadGemmParams p) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int wm = warp / 2, wn = warp % 2;
 
-  auto load = [&](int k0, int stage) {
+  auto load_x = [&](int k0, int stage) {
     for (int c = threadIdx.x; c < kBm * (kBk / 8); c += kThreads) {
       const int r = c / (kBk / 8), kc = (c % (kBk / 8)) * 8;
       const bool valid = row0 + r < p.rows && k0 + kc < p.k;
       const bf16* src = valid ? x + (row0 + r) * p.x_ld + k0 + kc : p.x;
       CpAsync16(detail::SharedAddress(&x_s[stage][r * kXStride + kc]), src, valid ? 16 : 0);
     }
+  };
+  auto load_w = [&](int k0, int stage) {
     for (int c = threadIdx.x; c < kWRows * (kWCols / 8); c += kThreads) {
       const int r = c / (kWCols / 8), cc = (c % (kWCols / 8)) * 8;
       const int kk = kKByN ? k0 + r : k0 + cc, nn = kKByN ? col0 + cc : col0 + r;
@@ -100,18 +98,25 @@ __global__ void __launch_bounds__(kThreads) HeadGemmKernel(HeadGemmParams p) {
   // [n, k] by n row (lane & 7) + 8 (lane >> 4) and k half ((lane >> 3) & 1).
   const int a_r = (lane & 7) + ((lane >> 3) & 1) * 8, a_c = (lane >> 4) * 8;
   const int b_n = (lane & 7) + (lane >> 4) * 8, b_k = ((lane >> 3) & 1) * 8;
-  if (whole) {
-    for (int s = 0; s < stages; ++s) load(s * kBk, s);
-  } else {
-    load(0, 0);
-  }
+  // Programmatic dependent launch (p.pdl): let the next kernel's blocks be
+  // scheduled now, and request W (weights: never written by the kernels
+  // ahead, see HeadGemmParams.pdl) while the kernel ahead finishes; x only
+  // once the kernel that wrote it has ended.
+  detail::GridDependentsLaunch();
+  const int first_stages = whole ? stages : 1;
+  for (int s = 0; s < first_stages; ++s) load_w(s * kBk, s);
+  detail::GridDependencyWait();
+  for (int s = 0; s < first_stages; ++s) load_x(s * kBk, s);
   CpAsyncCommit();
   for (int s = 0; s < stages; ++s) {
     if (!whole || s == 0) {
       CpAsyncWait<0>();
       __syncthreads();  // stage s (whole: every stage) is in; every warp is done with the other slot
     }
-    if (!whole && s + 1 < stages) load((s + 1) * kBk, (s + 1) & 1);
+    if (!whole && s + 1 < stages) {
+      load_x((s + 1) * kBk, (s + 1) & 1);
+      load_w((s + 1) * kBk, (s + 1) & 1);
+    }
     CpAsyncCommit();
     const int slot = whole ? s : s & 1;
     const bf16* xs = x_s[slot];

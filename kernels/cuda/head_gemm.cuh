@@ -36,7 +36,9 @@ struct HeadGemmParams {
   int64_t rows = 0;  // M
   int n = 0, k = 0, heads = 0;
   // Programmatic dependent launch (launch.cuh's LaunchKernelPdl): the kernel
-  // may start while the one ahead of it in the stream finishes.
+  // may start while the one ahead of it in the stream finishes, and requests
+  // its tiles of w before waiting for it (x after). So with pdl, w must not be
+  // written by the kernels ahead of this one in the stream (model weights).
   bool pdl = false;
 };
 

@@ -110,8 +110,10 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
   float4* sx4 = reinterpret_cast<float4*>(kQRegs ? reinterpret_cast<float*>(smem_raw) : red + kGroups * kRows);
 
   // Programmatic dependent launch (p.pdl): let the next kernel's blocks be
-  // scheduled now, and read nothing the kernels ahead wrote before they end.
+  // scheduled now, ask L2 for the item's first tiles while the kernel ahead
+  // finishes, and read nothing the kernels ahead wrote before they end.
   GridDependentsLaunch();
+  if (p.pdl && threadIdx.x == 0) PrefetchItemStartL2(p, latent);
   GridDependencyWait();
   const MlaDecodeWorkItem item = p.work_items[blockIdx.x];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;

@@ -72,8 +72,10 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmmaKernel(MlaDecodePar
   float* red = reinterpret_cast<float*>(smem + 3 * kMatBytes + kPBytes);  // [kWarpGroups][kRows]
 
   // Programmatic dependent launch (p.pdl): let the next kernel's blocks be
-  // scheduled now, and read nothing the kernels ahead wrote before they end.
+  // scheduled now, ask L2 for the item's first tiles while the kernel ahead
+  // finishes, and read nothing the kernels ahead wrote before they end.
   GridDependentsLaunch();
+  if (p.pdl && threadIdx.x == 0) PrefetchItemStartL2(p, kLatent);
   GridDependencyWait();
   const MlaDecodeWorkItem item = p.work_items[blockIdx.x];
   const int wg = threadIdx.x / 128, wt = threadIdx.x % 128;  // warpgroup, thread in it

@@ -85,6 +85,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmma16Kernel(MlaDecodeP
 
   // Programmatic dependent launch (p.pdl), as in the other decode kernels.
   GridDependentsLaunch();
+  if (p.pdl && threadIdx.x == 0) PrefetchItemStartL2(p, kLatent);
   GridDependencyWait();
   const MlaDecodeWorkItem item = p.work_items[blockIdx.x];
   const int w = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;

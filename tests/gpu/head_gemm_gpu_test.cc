@@ -27,11 +27,12 @@ struct HeadGemmCase {
   int heads, n, k;
   bool k_by_n;
   int x_extra = 0;  // elements after each head's k in x (the rope part of q)
+  bool pdl = false;  // launched with programmatic dependent launch (W requested before the wait)
 };
 
 void PrintTo(const HeadGemmCase& c, std::ostream* os) {
   *os << c.rows << " rows, " << c.heads << " heads, n " << c.n << " k " << c.k << (c.k_by_n ? " [k, n]" : " [n, k]")
-      << " x extra " << c.x_extra;
+      << " x extra " << c.x_extra << (c.pdl ? " PDL" : "");
 }
 
 class HeadGemmGpuTest : public ::testing::TestWithParam<HeadGemmCase> {};
@@ -82,6 +83,7 @@ TEST_P(HeadGemmGpuTest, MatchesCpu) {
   p.n = c.n;
   p.k = c.k;
   p.heads = c.heads;
+  p.pdl = c.pdl;
   ASSERT_TRUE(cuda::HeadGemmTakes(p));
   MLA_ASSERT_CUDA(cuda::LaunchHeadGemm(p, nullptr));
   MLA_ASSERT_CUDA(cudaDeviceSynchronize());
@@ -130,6 +132,7 @@ INSTANTIATE_TEST_SUITE_P(
         // DeepSeek-V3 at 16 heads (TP=8): W_UK ([k 128, n 512], q rows carry the
         // 64 rope values after each head's 128) and W_UV ([n 128, k 512]).
         HeadGemmCase{64, 16, 512, 128, true, 64}, HeadGemmCase{64, 16, 128, 512, false},
+        HeadGemmCase{64, 16, 512, 128, true, 64, true}, HeadGemmCase{64, 16, 128, 512, false, 0, true},
         // One sequence at 128 heads, and a batch past one 32-row tile.
         HeadGemmCase{1, 128, 512, 128, true, 64}, HeadGemmCase{1, 128, 128, 512, false},
         HeadGemmCase{37, 16, 128, 512, false}, HeadGemmCase{70, 8, 512, 128, true},
@@ -140,7 +143,8 @@ INSTANTIATE_TEST_SUITE_P(
         HeadGemmCase{3, 2, 8, 72, false}, HeadGemmCase{33, 3, 24, 200, true, 8},
         // k past the 8 stages a block requests at once (512): double-buffered,
         // with a ragged last stage.
-        HeadGemmCase{9, 2, 40, 600, false}, HeadGemmCase{17, 3, 72, 1032, true, 8}));
+        HeadGemmCase{9, 2, 40, 600, false}, HeadGemmCase{17, 3, 72, 1032, true, 8},
+        HeadGemmCase{9, 2, 40, 600, false, 0, true}));
 
 }  // namespace
 }  // namespace mla

@@ -182,6 +182,7 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
     bool prefetch_l2 = false;
     Mma mma = Mma::kAuto;
     bool issue_ahead = false;  // the 16-head wgmma kernel's MlaDecodeParams.issue_ahead
+    bool pdl = false;          // programmatic dependent launch: the L2 prefetch before the wait
   };
   std::vector<Run> runs = {{0, 0, 0},
                            {1, 0, 0},
@@ -204,6 +205,11 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
   runs.insert(runs.end(), {{device_sms, 0, 0, Query::kAuto, Copy::kAuto, true},
                            {1, 0, 0, Query::kAuto, Copy::kAuto, true},
                            {1, 0, 0, Query::kShared, Copy::kBulk, true}});
+  // Programmatic dependent launch: before its wait a block asks L2 for its
+  // item's first tiles (PrefetchItemStartL2), under few and many items.
+  runs.insert(runs.end(), {{device_sms, 0, 0, Query::kAuto, Copy::kAuto, false, Mma::kAuto, false, true},
+                           {1, 0, 0, Query::kShared, Copy::kBulk, false, Mma::kAuto, false, true},
+                           {1 << 20, 0, 0, Query::kAuto, Copy::kAuto, false, Mma::kAuto, false, true}});
   constexpr int kWgmmaHeads = 64;
   bool wgmma = cuda::MlaDecodeUsesWgmma(c.kv_lora, c.rope);
 #if defined(MLA_CUDA_EMULATED)
@@ -215,7 +221,8 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
 #endif
   if (wgmma) {
     runs.insert(runs.end(), {{1, 0, kWgmmaHeads}, {3, 0, kWgmmaHeads}, {device_sms, 0, kWgmmaHeads},
-                             {1 << 20, 0, kWgmmaHeads}, {1, 0, kWgmmaHeads, Query::kAuto, Copy::kAuto, true}});
+                             {1 << 20, 0, kWgmmaHeads}, {1, 0, kWgmmaHeads, Query::kAuto, Copy::kAuto, true},
+                             {device_sms, 0, kWgmmaHeads, Query::kAuto, Copy::kAuto, false, Mma::kAuto, false, true}});
   }
   // The 16-head wgmma kernel. On the emulator only the cases of up to 26
   // 16-head tiles run it (up to 8 in the sanitizer build: about 0.1 s a tile
@@ -237,6 +244,8 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
                              {device_sms, 0, 16, a, ac, false, wg}, {1 << 20, 0, 16, a, ac, false, wg},
                              {1, 0, 16, a, ac, true, wg}, {1, 0, 16, a, ac, false, wg, true},
                              {3, 0, 16, a, ac, false, wg, true}, {device_sms, 0, 16, a, ac, true, wg, true}});
+    // Under programmatic dependent launch (the L2 prefetch before the wait).
+    runs.insert(runs.end(), {{1, 0, 16, a, ac, false, wg, false, true}, {device_sms, 0, 16, a, ac, false, wg, true, true}});
 #if defined(MLA_DECODE_EXTRA_ORDERS)
     if (wgmma16_tiles <= 16) {
       runs.insert(runs.end(), {{1 << 20, 1, 16, a, ac, false, wg}, {1 << 20, 2, 16, a, ac, false, wg},
@@ -258,7 +267,7 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
                              {1, 4, kWgmmaHeads}, {1 << 20, 4, kWgmmaHeads}, {1, 5, kWgmmaHeads}});
   }
 #endif
-  for (const auto& [sms, order, hpb, query, copy, prefetch_l2, mma_kind, issue_ahead] : runs) {
+  for (const auto& [sms, order, hpb, query, copy, prefetch_l2, mma_kind, issue_ahead, pdl] : runs) {
 #if defined(MLA_CUDA_EMULATED)
     emu::SetSchedule(order == 0   ? emu::Schedule::kForward
                      : order == 1 ? emu::Schedule::kReverse
@@ -275,7 +284,7 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
                                 (copy == Copy::kBulk ? ", bulk copies" : "") +
                                 (prefetch_l2 ? ", L2 prefetch" : "") +
                                 (mma_kind == Mma::kWarpgroup ? ", wgmma" : "") +
-                                (issue_ahead ? ", issue ahead" : "") + ", fiber order " +
+                                (issue_ahead ? ", issue ahead" : "") + (pdl ? ", PDL" : "") + ", fiber order " +
                                 std::to_string(order));
     cuda::MlaDecodeParams p;
     p.q_latent = d_q_lat.bf16();
@@ -313,6 +322,7 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
       p.prefetch_l2 = prefetch_l2;
       p.mma = mma_kind;
       p.issue_ahead = issue_ahead;
+      p.pdl = pdl;
       p.partial_out = d_part.get();
       p.partial_lse = d_lse.get();
     }
