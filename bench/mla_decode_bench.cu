@@ -25,9 +25,9 @@
 //                    [--copy-mib 2048]   (the copy measured for the bandwidth floor)
 //                    [--heads-per-block 16|32|64] [--plan-waves 1.0] [--query shared|registers]
 //                    [--copy cp-async|bulk] [--gemm cublas|head] [--pdl] [--prefetch-l2]
-//                    [--mma sync|warpgroup] [--issue-ahead] [--no-simple-timing]
+//                    [--mma sync|warpgroup] [--issue-ahead] [--graph] [--no-simple-timing]
 //
-// The last ten try variants of the kernel and its work partition in one GPU
+// The last eleven try variants of the kernel and its work partition in one GPU
 // call (tests/gpu/run.sh runs a few after the main table): the head-group
 // size (default: MlaDecodeDefaultHeadsPerBlock, 64 (the wgmma kernel) at 128
 // heads with two tiles per SM or more, else 16 up to 16 heads, 32 above), the
@@ -42,8 +42,10 @@
 // (MlaDecodeParams.prefetch_l2), which tensor-core instructions run plans of
 // 16 heads per block (MlaDecodeMma: mma.sync, the default, or the wgmma kernel
 // with the positions as M), whether that wgmma kernel requests cache tiles two
-// ahead (MlaDecodeParams.issue_ahead), and skipping the simple kernel's timing
-// (it still runs once for the check).
+// ahead (MlaDecodeParams.issue_ahead), timing "ms" and "queued ms" as one
+// launch of the pipeline captured into a CUDA graph (what a serving step
+// replayed as a graph would cost; the check then reads the graph's output),
+// and skipping the simple kernel's timing (it still runs once for the check).
 //
 // Prints one JSON object per shape (with --json, only those) and a table.
 // --check: exit 1 when a shape's tensor-core output is off the simple
@@ -217,6 +219,7 @@ struct Options {
   bool pdl = false;        // programmatic dependent launch of the decode, merge and head_gemm kernels
   bool prefetch_l2 = false;  // MlaDecodeParams.prefetch_l2: the tile after the staged one asked of L2
   bool issue_ahead = false;  // MlaDecodeParams.issue_ahead (the 16-head wgmma kernel)
+  bool graph = false;        // "ms" and "queued ms" time the pipeline captured as one CUDA graph
   bool time_simple = true;
   size_t busy_mib = 256;  // the memset ahead of each "queued" run
 };
@@ -305,6 +308,9 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
   simple.out_latent = o_ref;
 
   const float one = 1.0f, zero = 0.0f;
+  // Where the kernels below are issued: the legacy stream, except while the
+  // pipeline is captured into a graph (--graph).
+  cudaStream_t stream = nullptr;
   // The same two GEMMs on head_gemm.cuh's kernel (--gemm head).
   auto head_gemm = [&](const bf16* x, int k, const bf16* w, bool k_by_n, bf16* y, int n) {
     mla::cuda::HeadGemmParams g;
@@ -323,7 +329,7 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
     g.k = k;
     g.heads = H;
     g.pdl = opt.pdl;
-    CHECK_CUDA(mla::cuda::LaunchHeadGemm(g, nullptr));
+    CHECK_CUDA(mla::cuda::LaunchHeadGemm(g, stream));
   };
   // q_lat[b, h, :] = q_nope[b, h, :] W_UK[h]   (column-major: 512 x B per head)
   auto absorb_cublas = [&](bf16* q_out) {
@@ -352,7 +358,7 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
       unabsorb_cublas(o, out);
     }
   };
-  auto attend = [&](const MlaDecodeParams& q) { CHECK_CUDA(mla::cuda::LaunchMlaDecode(q, nullptr)); };
+  auto attend = [&](const MlaDecodeParams& q) { CHECK_CUDA(mla::cuda::LaunchMlaDecode(q, stream)); };
 
   Row row;
   row.shape = s;
@@ -365,7 +371,29 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
     attend(p);
     unabsorb(o_lat);
   };
-  row.ms = MedianMs(pipeline, iters);
+  // --graph: the pipeline captured once (after a run outside the capture, so
+  // the kernels' shared-memory opt-ins and cuBLAS's choices are made) and
+  // replayed by one launch, as a serving step whose plan buffers keep their
+  // addresses would be: the host's launch work per kernel leaves the step.
+  cudaStream_t capture = nullptr;
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t graph_exec = nullptr;
+  std::function<void()> timed = pipeline;
+  if (opt.graph) {
+    pipeline();
+    CHECK_CUDA(cudaDeviceSynchronize());
+    CHECK_CUDA(cudaStreamCreateWithFlags(&capture, cudaStreamNonBlocking));
+    stream = capture;
+    CHECK_CUBLAS(cublasSetStream(blas, capture));
+    CHECK_CUDA(cudaStreamBeginCapture(capture, cudaStreamCaptureModeGlobal));
+    pipeline();
+    CHECK_CUDA(cudaStreamEndCapture(capture, &graph));
+    CHECK_CUDA(cudaGraphInstantiate(&graph_exec, graph, 0));
+    stream = nullptr;
+    CHECK_CUBLAS(cublasSetStream(blas, nullptr));
+    timed = [&] { CHECK_CUDA(cudaGraphLaunch(graph_exec, nullptr)); };
+  }
+  row.ms = MedianMs(timed, iters);
   // The same with the GPU busy when the start event is recorded: a memset of
   // busy_mib MiB is queued first, so the host's latency in launching the
   // first kernels (the GPU idle meanwhile, as in "ms" and in the PyTorch
@@ -373,16 +401,26 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
   // a serving step; the memset also leaves L2 cold, as another layer's work
   // between two calls of a layer would.
   uint8_t* busy = DeviceAlloc<uint8_t>(opt.busy_mib << 20);
-  row.queued_ms = MedianMs(pipeline, iters, [&] { CHECK_CUDA(cudaMemsetAsync(busy, 0, opt.busy_mib << 20)); });
+  row.queued_ms = MedianMs(timed, iters, [&] { CHECK_CUDA(cudaMemsetAsync(busy, 0, opt.busy_mib << 20)); });
   CHECK_CUDA(cudaFree(busy));
   row.attn_ms = MedianMs([&] { attend(p); }, iters);
   // The two per-head GEMMs alone: what "ms" spends outside the attention kernels.
   row.gemm_ms = MedianMs([&] { absorb(); unabsorb(o_lat); }, iters);
   if (opt.time_simple) row.simple_ms = MedianMs([&] { absorb(); attend(simple); unabsorb(o_ref); }, iters);
 
-  // The tensor-core output against the simple kernel's (FP32 softmax weights there).
-  absorb();
-  attend(p);
+  // The tensor-core output against the simple kernel's (FP32 softmax weights
+  // there); with --graph, the graph's (o_lat poisoned first, so a graph that
+  // skipped the attention fails the check).
+  if (opt.graph) {
+    CHECK_CUDA(cudaMemset(o_lat, 0xFF, static_cast<size_t>(B) * H * kLatent * sizeof(bf16)));
+    CHECK_CUDA(cudaGraphLaunch(graph_exec, nullptr));
+    CHECK_CUDA(cudaGraphExecDestroy(graph_exec));
+    CHECK_CUDA(cudaGraphDestroy(graph));
+    CHECK_CUDA(cudaStreamDestroy(capture));
+  } else {
+    absorb();
+    attend(p);
+  }
   attend(simple);
   CHECK_CUDA(cudaDeviceSynchronize());
   // Relative L2 distance of two device arrays of n BF16 (NaN in `got`: infinite),
@@ -452,7 +490,7 @@ int main(int argc, char** argv) {
       "usage: mla-bench-decode [--shapes BxLxH,...] [--iters N] [--json] [--check] [--copy-mib N]\n"
       "                        [--heads-per-block 16|32|64] [--plan-waves X] [--query shared|registers]\n"
       "                        [--copy cp-async|bulk] [--gemm cublas|head] [--pdl] [--prefetch-l2]\n"
-      "                        [--mma sync|warpgroup] [--issue-ahead] [--no-simple-timing]\n";
+      "                        [--mma sync|warpgroup] [--issue-ahead] [--graph] [--no-simple-timing]\n";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--shapes" && i + 1 < argc) {
@@ -499,6 +537,8 @@ int main(int argc, char** argv) {
       opt.prefetch_l2 = true;
     } else if (a == "--issue-ahead") {
       opt.issue_ahead = true;
+    } else if (a == "--graph") {
+      opt.graph = true;
     } else if (a == "--no-simple-timing") {
       opt.time_simple = false;
     } else {
@@ -514,6 +554,14 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaGetDeviceProperties(&prop, device));
   cublasHandle_t blas;
   CHECK_CUBLAS(cublasCreate(&blas));
+  // --graph: cuBLAS's workspace given up front, so nothing is allocated
+  // inside a capture (32 MiB: cuBLAS's default on Hopper).
+  void* blas_workspace = nullptr;
+  if (opt.graph) {
+    constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+    blas_workspace = DeviceAlloc<uint8_t>(kWorkspaceBytes);
+    CHECK_CUBLAS(cublasSetWorkspace(blas, blas_workspace, kWorkspaceBytes));
+  }
   opt.plan_sms = std::max(1, static_cast<int>(std::lround(plan_waves * sms)));
   const double copy_gbps = CopyGbps(opt.iters, copy_mib);
   opt.busy_mib = std::min<size_t>(256, copy_mib);
@@ -528,17 +576,19 @@ int main(int argc, char** argv) {
         "\"simple_ms\": %.4f, "
         "\"items\": %d, \"merges\": %d, \"plan_us\": %.1f, \"max_abs_vs_simple\": %.3g, \"rel_l2_vs_simple\": %.3g, "
         "\"heads_per_block\": %d, \"plan_sms\": %d, \"query\": \"%s\", \"copy\": \"%s\", \"gemm\": \"%s\", "
-        "\"gemm_rel_l2_vs_cublas\": %.3g, \"pdl\": %s, \"prefetch_l2\": %s, \"mma16\": \"%s\", \"issue_ahead\": %s}\n",
+        "\"gemm_rel_l2_vs_cublas\": %.3g, \"pdl\": %s, \"prefetch_l2\": %s, \"mma16\": \"%s\", \"issue_ahead\": %s, "
+        "\"graph\": %s}\n",
         s.batch, s.context, s.heads, r.ms, bytes / r.ms / 1e6, flops / r.ms / 1e9, copy_gbps, r.queued_ms, r.attn_ms,
         bytes / r.attn_ms / 1e6, r.gemm_ms, r.simple_ms, r.items, r.merges, r.plan_us, r.max_abs, r.rel_l2,
         r.heads_per_block, opt.plan_sms, opt.query == MlaDecodeQuery::kShared ? "shared" : "registers",
         opt.copy == MlaDecodeCopy::kBulk ? "bulk" : "cp-async", opt.head_gemm ? "head" : "cublas",
         r.gemm_rel_l2, opt.pdl ? "true" : "false", opt.prefetch_l2 ? "true" : "false", Mma16Name(opt.mma),
-        opt.issue_ahead ? "true" : "false");
+        opt.issue_ahead ? "true" : "false", opt.graph ? "true" : "false");
     std::fflush(stdout);
     rows.push_back(r);
   }
   cublasDestroy(blas);
+  if (blas_workspace != nullptr) CHECK_CUDA(cudaFree(blas_workspace));
   int status = 0;
   for (const Row& r : rows) {
     if (check && !(r.rel_l2 <= 1e-2)) {
@@ -556,14 +606,15 @@ int main(int argc, char** argv) {
   if (json_only) return status;
   std::printf(
       "\n%s, %d SMs; copy %.0f GB/s (read + written); plan for %d SMs; query in %s; cache staged by %s; GEMMs on "
-      "%s%s%s%s%s\n",
+      "%s%s%s%s%s%s\n",
       prop.name, sms, copy_gbps, opt.plan_sms,
       opt.query == MlaDecodeQuery::kShared ? "shared memory" : "registers",
       opt.copy == MlaDecodeCopy::kBulk ? "bulk copies" : "cp.async",
       opt.head_gemm ? "head_gemm.cuh" : "cuBLAS", opt.pdl ? "; programmatic dependent launch" : "",
       opt.prefetch_l2 ? "; L2 prefetch of the next tile" : "",
       opt.mma == MlaDecodeMma::kWarpgroup ? "; 16-head plans on wgmma" : "",
-      opt.issue_ahead ? ", tiles requested two ahead" : "");
+      opt.issue_ahead ? ", tiles requested two ahead" : "",
+      opt.graph ? "; ms and queued ms: one CUDA graph launch" : "");
   std::printf("%-14s %9s %8s %7s %6s %9s %7s %9s %8s %8s %4s %10s %7s %9s %9s\n", "BxLxH", "ms", "GB/s", "%copy",
               "TF/s", "queued ms", "q %copy", "attn ms", "gemm ms", "simple x", "hpb", "items/merg", "plan us",
               "rel L2", "gemm L2");

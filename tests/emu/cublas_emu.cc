@@ -33,11 +33,9 @@ void Store(void* base, cudaDataType type, int64_t index, float v) {
 
 bool Supported(cudaDataType t) { return t == CUDA_R_32F || t == CUDA_R_16BF; }
 
-// C = alpha op(A) op(B) + beta C, column-major; C is not read when beta == 0.
-cublasStatus_t Gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void* alpha,
-                    const void* a, cudaDataType at, int lda, long long sa, const void* b, cudaDataType bt, int ldb,
-                    long long sb, const void* beta, void* c, cudaDataType ct, int ldc, long long sc, int batch,
-                    cublasComputeType_t compute) {
+// What cuBLAS would refuse of a GEMM's shape, types and leading dimensions.
+cublasStatus_t Check(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, cudaDataType at, int lda,
+                     cudaDataType bt, int ldb, cudaDataType ct, int ldc, int batch, cublasComputeType_t compute) {
   if (m < 0 || n < 0 || k < 0 || batch < 0 || !Supported(at) || !Supported(bt) || !Supported(ct) ||
       (compute != CUBLAS_COMPUTE_32F && compute != CUBLAS_COMPUTE_32F_PEDANTIC) ||
       (ta != CUBLAS_OP_N && ta != CUBLAS_OP_T) || (tb != CUBLAS_OP_N && tb != CUBLAS_OP_T)) {
@@ -46,6 +44,16 @@ cublasStatus_t Gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, in
   if (lda < (ta == CUBLAS_OP_N ? m : k) || ldb < (tb == CUBLAS_OP_N ? k : n) || ldc < m || lda < 1 || ldb < 1) {
     return CUBLAS_STATUS_INVALID_VALUE;
   }
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+// C = alpha op(A) op(B) + beta C, column-major; C is not read when beta == 0.
+cublasStatus_t Gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void* alpha,
+                    const void* a, cudaDataType at, int lda, long long sa, const void* b, cudaDataType bt, int ldb,
+                    long long sb, const void* beta, void* c, cudaDataType ct, int ldc, long long sc, int batch,
+                    cublasComputeType_t compute) {
+  const cublasStatus_t status = Check(ta, tb, m, n, k, at, lda, bt, ldb, ct, ldc, batch, compute);
+  if (status != CUBLAS_STATUS_SUCCESS) return status;
   const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
   // op(A) as rows of k and op(B) as columns of k, in float, so the inner loop is contiguous.
   std::vector<float> a_rows(static_cast<size_t>(m) * k), b_cols(static_cast<size_t>(n) * k);
@@ -76,6 +84,28 @@ cublasStatus_t Gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, in
   return CUBLAS_STATUS_SUCCESS;
 }
 
+// Gemm on the handle's stream: now, or when the graph runs if the stream
+// captures (alpha and beta, host pointers, read now as cuBLAS reads them at
+// the call).
+cublasStatus_t StridedBatched(cublasHandle_t handle, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                              const void* alpha, const void* a, cudaDataType at, int lda, long long sa, const void* b,
+                              cudaDataType bt, int ldb, long long sb, const void* beta, void* c, cudaDataType ct,
+                              int ldc, long long sc, int batch, cublasComputeType_t compute) {
+  if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
+  const cudaStream_t stream = reinterpret_cast<Handle*>(handle)->stream;
+  if (!mla::emu::StreamCapturing(stream)) {
+    mla::emu::StreamWait(stream);
+    return Gemm(ta, tb, m, n, k, alpha, a, at, lda, sa, b, bt, ldb, sb, beta, c, ct, ldc, sc, batch, compute);
+  }
+  const cublasStatus_t status = Check(ta, tb, m, n, k, at, lda, bt, ldb, ct, ldc, batch, compute);
+  if (status != CUBLAS_STATUS_SUCCESS) return status;  // a bad call fails at the call, not in the graph
+  const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
+  mla::emu::CaptureWork(stream, [=] {
+    Gemm(ta, tb, m, n, k, &al, a, at, lda, sa, b, bt, ldb, sb, &be, c, ct, ldc, sc, batch, compute);
+  });
+  return CUBLAS_STATUS_SUCCESS;
+}
+
 }  // namespace
 
 extern "C" {
@@ -97,14 +127,18 @@ cublasStatus_t cublasSetStream_v2(cublasHandle_t handle, cudaStream_t stream) {
   return CUBLAS_STATUS_SUCCESS;
 }
 
+// The workspace is the caller's (a graph's kernels use it); the emulated GEMMs need none.
+cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t handle, void* workspace, size_t bytes) {
+  if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
+  return workspace == nullptr && bytes > 0 ? CUBLAS_STATUS_INVALID_VALUE : CUBLAS_STATUS_SUCCESS;
+}
+
 cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
                             int k, const void* alpha, const void* A, cudaDataType Atype, int lda, const void* B,
                             cudaDataType Btype, int ldb, const void* beta, void* C, cudaDataType Ctype, int ldc,
                             cublasComputeType_t computeType, cublasGemmAlgo_t) {
-  if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
-  mla::emu::StreamWait(reinterpret_cast<Handle*>(handle)->stream);
-  return Gemm(transa, transb, m, n, k, alpha, A, Atype, lda, 0, B, Btype, ldb, 0, beta, C, Ctype, ldc, 0, 1,
-              computeType);
+  return StridedBatched(handle, transa, transb, m, n, k, alpha, A, Atype, lda, 0, B, Btype, ldb, 0, beta, C, Ctype, ldc,
+                        0, 1, computeType);
 }
 
 cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb,
@@ -113,10 +147,8 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
                                           long long int strideB, const void* beta, void* C, cudaDataType Ctype,
                                           int ldc, long long int strideC, int batchCount,
                                           cublasComputeType_t computeType, cublasGemmAlgo_t) {
-  if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
-  mla::emu::StreamWait(reinterpret_cast<Handle*>(handle)->stream);
-  return Gemm(transa, transb, m, n, k, alpha, A, Atype, lda, strideA, B, Btype, ldb, strideB, beta, C, Ctype, ldc,
-              strideC, batchCount, computeType);
+  return StridedBatched(handle, transa, transb, m, n, k, alpha, A, Atype, lda, strideA, B, Btype, ldb, strideB, beta,
+                        C, Ctype, ldc, strideC, batchCount, computeType);
 }
 
 const char* cublasGetStatusName(cublasStatus_t status) {

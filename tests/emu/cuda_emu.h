@@ -84,6 +84,13 @@ struct StreamWork {
 StreamWork StreamBeginWork(cudaStream_t stream);
 void StreamEndWork(const StreamWork& work);
 void StreamWait(cudaStream_t stream);
+// Stream capture (cudaStreamBeginCapture to cudaStreamEndCapture): work issued
+// to a capturing stream (kernel launches, async copies and memsets, emulated
+// cuBLAS GEMMs) is recorded into its graph instead of run, and cudaGraphLaunch
+// runs the recorded work in order. Issuers ask StreamCapturing first and hand
+// the work, holding copies of its arguments, to CaptureWork.
+bool StreamCapturing(cudaStream_t stream);
+void CaptureWork(cudaStream_t stream, std::function<void()> work);
 // Warp collective in two steps: every lane publishes n <= 8 words and gets the
 // warp's table (row l: lane l's words), readable until every lane has called
 // WarpRelease.
@@ -249,7 +256,8 @@ void WgmmaBf16(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, bool accumul
 }
 
 // kernels/cuda/launch.cuh's launcher: the grid runs to completion on the
-// calling thread, once the stream's earlier background work is done.
+// calling thread, once the stream's earlier background work is done (or,
+// while the stream captures, when the graph runs).
 template <typename... Params, typename... Args>
 cudaError_t LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
                          Args&&... args) {
@@ -261,6 +269,13 @@ cudaError_t LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_
       shared_bytes > ::mla::emu::DynamicSharedLimit(reinterpret_cast<const void*>(kernel))) {
     ::mla::emu::SetLastError(cudaErrorInvalidConfiguration);
     return cudaErrorInvalidConfiguration;
+  }
+  if (::mla::emu::StreamCapturing(stream)) {  // the arguments by value, as a launch copies them
+    ::mla::emu::CaptureWork(stream, [kernel, grid, block, shared_bytes, ... a = std::forward<Args>(args)] {
+      ::mla::emu::LaunchGrid(::mla::emu::Dim3{grid.x, grid.y, grid.z}, static_cast<int>(block.x), shared_bytes,
+                             [&] { kernel(a...); });
+    });
+    return cudaSuccess;
   }
   ::mla::emu::StreamWait(stream);
   ::mla::emu::LaunchGrid(::mla::emu::Dim3{grid.x, grid.y, grid.z}, static_cast<int>(block.x), shared_bytes,

@@ -4,7 +4,8 @@
 // cudaFuncSetAttribute on the same device, the kWarpFirst schedule (a race
 // between warps that round robin hides), bulk copies that land only through
 // their mbarrier's wait, wgmma against a plain matmul (its operand layouts,
-// fragments and deferred execution; the failures it catches), and (in the
+// fragments and deferred execution; the failures it catches), stream capture
+// into graphs (work recorded, not run, until each launch), and (in the
 // _asan build) a kernel reading past a cudaMalloc'd buffer stopped by
 // AddressSanitizer.
 #include <cuda_runtime.h>
@@ -459,6 +460,49 @@ TEST(CudaEmuDeathTest, WgmmaBadOperandsAreCaught) {
                "wgmma descriptor with a non-zero base offset");
   EXPECT_DEATH(OneWgmma(96, kOneShared, Desc(kOneA), Desc(kOneB), WgmmaEnd::kWait),
                "wgmma needs threads per block in whole warpgroups");
+}
+
+__global__ void AddOne(int* x, int n) {
+  for (int i = static_cast<int>(threadIdx.x); i < n; i += static_cast<int>(blockDim.x)) x[i] += 1;
+}
+
+TEST(CudaEmuTest, StreamCaptureRecordsWorkThatEachGraphLaunchRuns) {
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+  int* x = nullptr;
+  ASSERT_EQ(cudaMalloc(&x, sizeof(int) * 4), cudaSuccess);
+  ASSERT_EQ(cudaMemset(x, 0, sizeof(int) * 4), cudaSuccess);
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  EXPECT_EQ(cudaStreamBeginCapture(nullptr, cudaStreamCaptureModeGlobal), cudaErrorStreamCaptureUnsupported);
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+  ASSERT_EQ(LaunchKernel(AddOne, 1, 32, 0, stream, x, 4), cudaSuccess);
+  ASSERT_EQ(cudaMemsetAsync(x + 3, 0, sizeof(int), stream), cudaSuccess);
+  EXPECT_EQ(x[0], 0) << "captured work ran at capture";  // emulated device memory is host memory
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+  ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  int got[4] = {};
+  ASSERT_EQ(cudaMemcpy(got, x, sizeof(got), cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(got[0], 2);
+  EXPECT_EQ(got[2], 2);
+  EXPECT_EQ(got[3], 0);  // the memset after the kernel, each launch
+  // A synchronising call while a stream of the device captures fails and
+  // invalidates the capture, as in CUDA's global capture mode.
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaErrorStreamCaptureUnsupported);
+  cudaGraph_t broken = nullptr;
+  EXPECT_EQ(cudaStreamEndCapture(stream, &broken), cudaErrorStreamCaptureInvalidated);
+  EXPECT_EQ(broken, nullptr);
+  EXPECT_EQ(cudaStreamEndCapture(stream, &broken), cudaErrorIllegalState);  // no capture left
+  cudaGetLastError();
+  EXPECT_EQ(cudaGraphExecDestroy(exec), cudaSuccess);
+  EXPECT_EQ(cudaGraphDestroy(graph), cudaSuccess);
+  EXPECT_EQ(cudaStreamDestroy(stream), cudaSuccess);
+  EXPECT_EQ(cudaFree(x), cudaSuccess);
 }
 
 #if defined(__SANITIZE_ADDRESS__)

@@ -6,7 +6,8 @@
 // cudaStreamQuery says cudaErrorNotReady meanwhile, and whatever comes after
 // on that stream (or synchronises with it) waits, as in stream order. Errors a
 // real device would report for bad arguments (null pointers, unknown device)
-// are reported the same way.
+// are reported the same way. Streams can be captured into graphs (work issued
+// to a capturing stream is recorded, and runs at cudaGraphLaunch).
 #include "tests/emu/cuda_emu.h"  // first: it must precede the CUDA headers
 
 #include <cuda_runtime_api.h>
@@ -19,12 +20,22 @@
 #include <map>
 #include <mutex>
 #include <utility>
+#include <vector>
 
 // A stream is a handle of its own, on the device current at its creation; its
 // work count lives in g_stream_work below.
 struct CUstream_st {
   int device = 0;
   unsigned flags = 0;
+};
+
+// A captured graph and its executable form: the work in issue order.
+struct CUgraph_st {
+  std::vector<std::function<void()>> work;
+  bool invalidated = false;  // a synchronising call ran during the capture
+};
+struct CUgraphExec_st {
+  std::vector<std::function<void()>> work;
 };
 
 namespace {
@@ -80,6 +91,15 @@ void WaitForAllStreams(int device) {
 
 void WaitForAllStreams() { WaitForAllStreams(g_device); }
 
+// Stream capture: the graph each capturing stream is recording into. A
+// synchronising call on the device meanwhile invalidates its captures, as in
+// CUDA's global capture mode (the capture then ends in an error).
+std::mutex g_capture_mutex;
+std::map<cudaStream_t, CUgraph_st*> g_captures;
+
+// Whether a stream of `device` captures; invalidates those captures when `invalidate`.
+bool DeviceCaptures(int device, bool invalidate);
+
 bool StreamBusy(cudaStream_t stream) {
   const std::lock_guard<std::mutex> lock(g_streams_mutex);
   const auto it = g_stream_work.find(KeyOf(stream));
@@ -116,12 +136,36 @@ void StreamWait(cudaStream_t stream) {
   g_streams_idle.wait(lock, [&] { return g_stream_work[key] == 0 && g_stream_work[legacy] == 0; });
 }
 
+bool StreamCapturing(cudaStream_t stream) {
+  if (stream == nullptr) return false;
+  const std::lock_guard<std::mutex> lock(g_capture_mutex);
+  return g_captures.count(stream) > 0;
+}
+
+void CaptureWork(cudaStream_t stream, std::function<void()> work) {
+  const std::lock_guard<std::mutex> lock(g_capture_mutex);
+  g_captures.at(stream)->work.push_back(std::move(work));
+}
+
 size_t DynamicSharedLimit(const void* kernel) {
   const std::lock_guard<std::mutex> lock(g_shared_limits_mutex);
   const auto it = g_shared_limits.find({g_device, kernel});
   return it != g_shared_limits.end() ? it->second : kDefaultShared;
 }
 }  // namespace mla::emu
+
+namespace {
+bool DeviceCaptures(int device, bool invalidate) {
+  const std::lock_guard<std::mutex> lock(g_capture_mutex);
+  bool any = false;
+  for (auto& [stream, graph] : g_captures) {
+    if (stream->device != device) continue;
+    any = true;
+    if (invalidate) graph->invalidated = true;
+  }
+  return any;
+}
+}  // namespace
 
 extern "C" {
 
@@ -151,6 +195,7 @@ cudaError_t cudaFreeHost(void* ptr) { return cudaFree(ptr); }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpyKind) {
   if (count > 0 && (dst == nullptr || src == nullptr)) return Record(cudaErrorInvalidValue);
+  if (DeviceCaptures(g_device, true)) return Record(cudaErrorStreamCaptureImplicit);
   WaitForAllStreams();
   if (count > 0) std::memmove(dst, src, count);
   return cudaSuccess;
@@ -158,6 +203,12 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpy
 
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, enum cudaMemcpyKind, cudaStream_t stream) {
   if (count > 0 && (dst == nullptr || src == nullptr)) return Record(cudaErrorInvalidValue);
+  if (mla::emu::StreamCapturing(stream)) {
+    mla::emu::CaptureWork(stream, [=] {
+      if (count > 0) std::memmove(dst, src, count);
+    });
+    return cudaSuccess;
+  }
   mla::emu::StreamWait(stream);
   if (count > 0) std::memmove(dst, src, count);
   return cudaSuccess;
@@ -166,15 +217,23 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, enum cudaM
 cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height,
                               enum cudaMemcpyKind, cudaStream_t stream) {
   if (width > dpitch || width > spitch) return Record(cudaErrorInvalidPitchValue);
-  mla::emu::StreamWait(stream);
-  for (size_t r = 0; r < height; ++r) {
-    std::memmove(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(src) + r * spitch, width);
+  auto copy = [=] {
+    for (size_t r = 0; r < height; ++r) {
+      std::memmove(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(src) + r * spitch, width);
+    }
+  };
+  if (mla::emu::StreamCapturing(stream)) {
+    mla::emu::CaptureWork(stream, copy);
+    return cudaSuccess;
   }
+  mla::emu::StreamWait(stream);
+  copy();
   return cudaSuccess;
 }
 
 cudaError_t cudaMemset(void* ptr, int value, size_t count) {
   if (count > 0 && ptr == nullptr) return Record(cudaErrorInvalidValue);
+  if (DeviceCaptures(g_device, true)) return Record(cudaErrorStreamCaptureImplicit);
   WaitForAllStreams();
   if (count > 0) std::memset(ptr, value, count);
   return cudaSuccess;
@@ -182,17 +241,28 @@ cudaError_t cudaMemset(void* ptr, int value, size_t count) {
 
 cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t stream) {
   if (count > 0 && ptr == nullptr) return Record(cudaErrorInvalidValue);
+  if (mla::emu::StreamCapturing(stream)) {
+    mla::emu::CaptureWork(stream, [=] {
+      if (count > 0) std::memset(ptr, value, count);
+    });
+    return cudaSuccess;
+  }
   mla::emu::StreamWait(stream);
   if (count > 0) std::memset(ptr, value, count);
   return cudaSuccess;
 }
 
 cudaError_t cudaDeviceSynchronize(void) {
+  if (DeviceCaptures(g_device, true)) return Record(cudaErrorStreamCaptureUnsupported);
   WaitForAllStreams();
   return cudaSuccess;
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  if (mla::emu::StreamCapturing(stream)) {
+    DeviceCaptures(stream->device, true);
+    return Record(cudaErrorStreamCaptureUnsupported);
+  }
   mla::emu::StreamWait(stream);
   return cudaSuccess;
 }
@@ -324,6 +394,72 @@ cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp* prop, int device) {
   prop->multiProcessorCount = 132;
   prop->major = 9;
   prop->minor = 0;
+  return cudaSuccess;
+}
+
+// Stream capture and graphs (see mla::emu::CaptureWork): one capture at a
+// time per stream, never on the legacy stream; a graph runs its work in the
+// order it was issued, after the launch stream's earlier work.
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, enum cudaStreamCaptureMode) {
+  if (stream == nullptr) return Record(cudaErrorStreamCaptureUnsupported);
+  const std::lock_guard<std::mutex> lock(g_capture_mutex);
+  if (g_captures.count(stream) > 0) return Record(cudaErrorIllegalState);
+  g_captures[stream] = new CUgraph_st;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
+  if (graph == nullptr) return Record(cudaErrorInvalidValue);
+  CUgraph_st* captured = nullptr;
+  {
+    const std::lock_guard<std::mutex> lock(g_capture_mutex);
+    const auto it = g_captures.find(stream);
+    if (it == g_captures.end()) return Record(cudaErrorIllegalState);
+    captured = it->second;
+    g_captures.erase(it);
+  }
+  if (captured->invalidated) {
+    delete captured;
+    *graph = nullptr;
+    return Record(cudaErrorStreamCaptureInvalidated);
+  }
+  *graph = captured;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, enum cudaStreamCaptureStatus* status) {
+  if (status == nullptr) return Record(cudaErrorInvalidValue);
+  *status = mla::emu::StreamCapturing(stream) ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusNone;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+  if (exec == nullptr || graph == nullptr) return Record(cudaErrorInvalidValue);
+  *exec = new CUgraphExec_st{graph->work};
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
+  if (exec == nullptr) return Record(cudaErrorInvalidResourceHandle);
+  auto run = [exec] {
+    for (const auto& work : exec->work) work();
+  };
+  if (mla::emu::StreamCapturing(stream)) {
+    mla::emu::CaptureWork(stream, run);
+    return cudaSuccess;
+  }
+  mla::emu::StreamWait(stream);
+  run();
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  delete exec;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  delete graph;
   return cudaSuccess;
 }
 

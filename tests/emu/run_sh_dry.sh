@@ -53,7 +53,8 @@ cat "$log"
 for want in "-- nccl_communicator_gpu_test: PASSED" "launcher_cuda_tp1_emulated PASSED" \
   "== decode benchmark: " "== decode benchmark variant: --mma warpgroup" "16-head plans on wgmma" \
   "tiles requested two ahead" "== decode benchmark variant: --gemm head --pdl" "programmatic dependent launch" \
-  "GEMMs on head_gemm.cuh" "== decode benchmark against the PyTorch baseline" "queued ms"; do
+  "GEMMs on head_gemm.cuh" "== decode benchmark against the PyTorch baseline" "queued ms" \
+  "== decode benchmark variant: --gemm head --pdl --graph" "one CUDA graph launch"; do
   grep -qF -- "$want" "$log" || fail "no '$want' in run.sh's output"
 done
 # The joined table has a row per dry shape, each with its baseline's time.

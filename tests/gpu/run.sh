@@ -193,23 +193,27 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
   # waves or half a wave, 64 heads per block on the 16-head shapes) are left
   # to the flags; run here: the 16-head wgmma kernel (--mma warpgroup,
   # positions as the MMA's M; first, being the change not yet measured:
-  # alone, requesting tiles two ahead, with the L2 prefetch, and with the
-  # per-head GEMMs on head_gemm.cuh's kernel under programmatic dependent
-  # launch; then on the 128-head shapes as 8 groups of 16 heads, each group
-  # reading the cache again, mostly from L2), 64 against 32 heads per block on the 128-head shapes at the
-  # batch sizes around the default's cut-off (two 64-head tiles per SM), and
-  # the per-head GEMMs on head_gemm.cuh's kernel instead of cuBLAS, alone and
-  # with programmatic dependent launch (measured before only with the host's
-  # launch latency in the time: "queued ms" now leaves it out).
+  # alone, requesting tiles two ahead, with the L2 prefetch, then two ahead
+  # with the per-head GEMMs on head_gemm.cuh's kernel, adding programmatic
+  # dependent launch (the decode blocks ask L2 for their first tiles while the
+  # W_UK GEMM runs, the W_UV GEMM loads W_UV while the merge runs), adding
+  # one CUDA graph for the pipeline; then on the 128-head shapes as 8 groups
+  # of 16 heads, each group reading the cache again, mostly from L2), 64
+  # against 32 heads per block on the 128-head shapes at the batch sizes
+  # around the default's cut-off (two 64-head tiles per SM), and the default
+  # kernel with the per-head GEMMs on head_gemm.cuh's kernel, alone, with
+  # programmatic dependent launch, and as a CUDA graph with cuBLAS's or those.
   if [[ ${MLA_GPU_BENCH_SWEEP:-1} != 0 ]]; then
     for variant in "--mma warpgroup --shapes 64x4096x16,128x4096x16" \
                    "--mma warpgroup --issue-ahead --shapes 64x4096x16,128x4096x16" \
                    "--mma warpgroup --prefetch-l2 --shapes 64x4096x16,128x4096x16" \
+                   "--mma warpgroup --issue-ahead --gemm head --shapes 64x4096x16,128x4096x16" \
                    "--mma warpgroup --issue-ahead --gemm head --pdl --shapes 64x4096x16,128x4096x16" \
+                   "--mma warpgroup --issue-ahead --gemm head --pdl --graph --shapes 64x4096x16,128x4096x16" \
                    "--mma warpgroup --issue-ahead --heads-per-block 16 --shapes 1x4096x128,16x4096x128,64x8192x128" \
                    "--heads-per-block 64 --shapes 2x4096x128,4x4096x128,8x4096x128" \
                    "--heads-per-block 32 --shapes 2x4096x128,4x4096x128,8x4096x128" \
-                   "--gemm head" "--gemm head --pdl"; do
+                   "--gemm head" "--gemm head --pdl" "--graph" "--gemm head --pdl --graph"; do
       echo "== decode benchmark variant: $variant"
       # 120 s: a variant takes about 10 s on an H200; a hung one must not eat the call.
       # shellcheck disable=SC2086  # the variant is several flags
