@@ -8,6 +8,12 @@ the start event). "queued ms" and its "% copy" (the GPU busy at the start
 event: no host launch latency in the time) stand beside it for reference.
 
     python3 decode_bench_compare.py OURS.jsonl TORCH.jsonl
+    python3 decode_bench_compare.py --best VARIANTS.jsonl OURS.jsonl TORCH.jsonl
+
+With --best: instead, per shape, the fastest of the default run (OURS) and the
+variants run.sh tries after it (VARIANTS: their JSON lines, several shapes
+each), with the flags that made it and the same targets, so that a GPU
+session sees at once which variant, if any, meets them.
 
 Exit status 0 whatever the numbers (a benchmark, not a test); 2 when an input is
 missing or unreadable.
@@ -36,30 +42,83 @@ def read_rows(path):
     return {shape_of(obj): obj for obj in json_rows(path)}
 
 
+def flags_of(o):
+    """The mla-bench-decode flags a JSON row was run with (as far as its keys
+    say; rows of older builds lack some), the defaults left out."""
+    flags = [f"--heads-per-block {o['heads_per_block']}"]
+    if o.get("heads_per_block") == 16 and o.get("mma16", "sync") != "sync":
+        flags.append(f"--mma {o['mma16']}")
+    for key, flag in (("issue_ahead", "--issue-ahead"), ("prefetch_l2", "--prefetch-l2"), ("pdl", "--pdl"),
+                      ("graph", "--graph")):
+        if o.get(key):
+            flags.append(flag)
+    if o.get("gemm", "cublas") != "cublas":
+        flags.append(f"--gemm {o['gemm']}")
+    if o.get("query", "registers") != "registers":
+        flags.append(f"--query {o['query']}")
+    if o.get("copy", "cp-async") != "cp-async":
+        flags.append(f"--copy {o['copy']}")
+    return " ".join(flags)
+
+
+def targets(key, o, t, copy):
+    """The issue's targets for one row: its % copy, speedup, and verdicts."""
+    pct = 100.0 * o["cache_gbps"] / copy
+    checks = []
+    if t:
+        speedup = t["ms"] / o["ms"]
+        checks.append(f"2x torch {'ok' if speedup >= 2.0 else 'MISSED'}")
+    else:
+        speedup = float("nan")
+        checks.append("no baseline row")
+    if key[2] == 16:
+        checks.append(f"70% copy {'ok' if pct >= 70.0 else 'MISSED'}")
+    return pct, speedup, checks
+
+
+def print_best(variants, ours, torch):
+    """Per shape, the fastest row of the default run and the variants."""
+    best = dict(ours)
+    for obj in variants:
+        key = shape_of(obj)
+        if key not in best or obj["ms"] < best[key]["ms"]:
+            best[key] = obj
+    print(f"{'BxLxH':<14} {'ms':>9} {'default ms':>10} {'torch ms':>9} {'speedup':>8} {'% copy':>7}  "
+          f"{'targets':<28} flags")
+    for key in sorted(best, key=lambda k: (k[2], k[0], k[1])):
+        o, t, d = best[key], torch.get(key), ours.get(key)
+        copy = (t or o)["copy_gbps"]
+        pct, speedup, checks = targets(key, o, t, copy)
+        name = "x".join(str(v) for v in key)
+        default_ms = f"{d['ms']:10.4f}" if d else f"{'-':>10}"
+        torch_ms = f"{t['ms']:9.4f}" if t else f"{'-':>9}"
+        print(f"{name:<14} {o['ms']:9.4f} {default_ms} {torch_ms} {speedup:7.2f}x {pct:6.1f}%  "
+              f"{', '.join(checks):<28} {'(the default run)' if o is d else flags_of(o)}")
+
+
 def main():
-    if len(sys.argv) != 3:
+    args = sys.argv[1:]
+    variants_path = None
+    if len(args) == 4 and args[0] == "--best":
+        variants_path, args = args[1], args[2:]
+    if len(args) != 2:
         print(__doc__, file=sys.stderr)
         return 2
     try:
-        ours, torch = read_rows(sys.argv[1]), read_rows(sys.argv[2])
+        ours, torch = read_rows(args[0]), read_rows(args[1])
+        variants = list(json_rows(variants_path)) if variants_path else None
     except (OSError, ValueError) as e:
         print(f"decode_bench_compare: {e}", file=sys.stderr)
         return 2
+    if variants is not None:
+        print_best(variants, ours, torch)
+        return 0
     print(f"{'BxLxH':<14} {'ours ms':>9} {'torch ms':>9} {'speedup':>8} {'ours GB/s':>10} "
           f"{'copy GB/s':>10} {'% copy':>7} {'TF/s':>6} {'queued ms':>9} {'% copy':>7}  targets")
     for key in sorted(ours, key=lambda k: (k[2], k[0], k[1])):
         o, t = ours[key], torch.get(key)
         copy = (t or o)["copy_gbps"]  # the baseline's copy measurement where there is one
-        pct = 100.0 * o["cache_gbps"] / copy
-        checks = []
-        if t:
-            speedup = t["ms"] / o["ms"]
-            checks.append(f"2x torch {'ok' if speedup >= 2.0 else 'MISSED'}")
-        else:
-            speedup = float("nan")
-            checks.append("no baseline row")
-        if key[2] == 16:
-            checks.append(f"70% copy {'ok' if pct >= 70.0 else 'MISSED'}")
+        pct, speedup, checks = targets(key, o, t, copy)
         name = "x".join(str(v) for v in key)
         torch_ms = f"{t['ms']:9.4f}" if t else f"{'-':>9}"
         queued = o.get("queued_ms")  # absent from logs of builds before it

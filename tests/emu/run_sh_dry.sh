@@ -54,13 +54,18 @@ for want in "-- nccl_communicator_gpu_test: PASSED" "launcher_cuda_tp1_emulated 
   "== decode benchmark: " "== decode benchmark variant: --mma warpgroup" "16-head plans on wgmma" \
   "tiles requested two ahead" "== decode benchmark variant: --gemm head --pdl" "programmatic dependent launch" \
   "GEMMs on head_gemm.cuh" "== decode benchmark against the PyTorch baseline" "queued ms" \
-  "== decode benchmark variant: --gemm head --pdl --graph" "one CUDA graph launch"; do
+  "== decode benchmark variant: --gemm head --pdl --graph" "one CUDA graph launch" \
+  "== best of the default run and the variants, per shape"; do
   grep -qF -- "$want" "$log" || fail "no '$want' in run.sh's output"
 done
-# The joined table has a row per dry shape, each with its baseline's time.
+# The joined table has a row per dry shape, each with its baseline's time;
+# so has the best-of table after the variants (2 rows a shape in all), whose
+# 16-head row names a variant's flags (the stand-in's 1000 ms loses to all).
 for shape in 2x130x16 1x70x32; do
-  grep -qE "^$shape .*2x torch (ok|MISSED)" "$log" || fail "no joined row for $shape in run.sh's output"
+  n=$(grep -cE "^$shape .*2x torch (ok|MISSED)" "$log")
+  ((n == 2)) || fail "$n joined rows for $shape in run.sh's output, expected 2"
 done
+grep -qE "^2x130x16 .*--heads-per-block 16" "$log" || fail "no variant's flags in the best-of table"
 if grep -qF "run.sh: the comparison failed" "$log"; then fail "decode_bench_compare.py failed"; fi
 # The closing table: its header, then one row per test binary and the launcher check.
 rows=$(sed -n '/^test  *result  *passed/,$p' "$log" | grep -cE ' (PASSED|FAILED|SKIPPED|TIMEOUT) ')

@@ -220,6 +220,11 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
       timeout 120 "$bench" --check --no-simple-timing --copy-mib 512 $variant 2>&1 |
         tee -a "$logs/decode_bench_variants.jsonl" | grep -v '^{' || echo "run.sh: variant '$variant' failed"
     done
+    if [[ -n $baseline ]]; then
+      echo "== best of the default run and the variants, per shape (same card, same call)"
+      LD_LIBRARY_PATH=$machine_ld_path python3 "$compare" --best "$logs/decode_bench_variants.jsonl" \
+        "$logs/decode_bench.jsonl" "$logs/decode_torch.jsonl" || echo "run.sh: the comparison failed"
+    fi
   fi
 fi
 
