@@ -110,6 +110,19 @@ __device__ __forceinline__ void BulkCopyG2S(uint32_t dst, const void* src, int b
                : "memory");
 }
 
+// A TMA tensor copy of one box of a 2-D tensor map (cuTensorMapEncodeTiled)
+// at element coordinates (x: inner dimension, y: rows) into shared memory at
+// dst (1024-byte aligned for a 128-byte-swizzled map), completing the box's
+// bytes on the mbarrier. `map` is the address of the map in kernel-parameter
+// (__grid_constant__), constant or global memory.
+__device__ __forceinline__ void BulkTensorCopy2d(uint32_t dst, const void* map, int x, int y, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::
+          "r"(dst),
+      "l"(map), "r"(x), "r"(y), "r"(bar)
+      : "memory");
+}
+
 // Asks L2 to fetch [src, src + bytes) from global memory (sm_90 bulk prefetch:
 // no registers, no shared memory, no completion to wait for; a hint). src
 // 16-byte aligned, bytes a multiple of 16.

@@ -19,6 +19,20 @@
 //     (for A, m in place of n).
 // So LBO steps along K and SBO along M or N, in both majors.
 //
+// With 128-byte swizzling (WgmmaDescSw128; the layout TMA tensor copies write
+// with CU_TENSOR_MAP_SWIZZLE_128B), rows of 128 bytes, 8 to a 1024-byte atom
+// (1024-byte aligned), and the 16-byte chunk c of row r of an atom stored at
+// chunk c ^ r: byte address a of the unswizzled layout holds what lies at
+//   a ^ (((a >> 7) & 7) << 4).
+// The unswizzled layouts, for operands whose one-MMA extent along the row fits
+// the 128 bytes (K-major: 16 BF16 of K; MN-major: 64 of M or N):
+//   K-major: element (row, k) at start + (row / 8) * SBO + (row % 8) * 128 + k * 2,
+//     the next 16 k at start + 32 (LBO unused);
+//   MN-major: element (k, n) at start + (k / 8) * SBO + (k % 8) * 128 + n * 2
+//     for n < 64 (LBO would step to the next 64 of n).
+// The kernels set LBO = SBO where LBO is unused, so a reading that swaps the
+// two for MN-major still finds the same strides.
+//
 // Accumulator fragment of D (PTX ISA, "Matrix Fragments for
 // wgmma.m64nNk16"), for thread i of the warpgroup, w = i / 32, g = (i % 32)
 // / 4, t = i % 4, and column block j < N / 8:
@@ -37,6 +51,12 @@ namespace mla::cuda::detail {
 __host__ __device__ __forceinline__ uint64_t WgmmaDesc(uint32_t start, uint32_t lbo, uint32_t sbo) {
   return static_cast<uint64_t>((start & 0x3FFFFu) >> 4) | (static_cast<uint64_t>((lbo & 0x3FFFFu) >> 4) << 16) |
          (static_cast<uint64_t>((sbo & 0x3FFFFu) >> 4) << 32);
+}
+
+// The same with 128-byte swizzling (bits 62-63: 1); start's 1024-byte atom
+// must be aligned (base offset 0).
+__host__ __device__ __forceinline__ uint64_t WgmmaDescSw128(uint32_t start, uint32_t lbo, uint32_t sbo) {
+  return WgmmaDesc(start, lbo, sbo) | (uint64_t{1} << 62);
 }
 
 }  // namespace mla::cuda::detail

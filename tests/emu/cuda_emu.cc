@@ -65,9 +65,11 @@ struct Copy {
   int src_bytes;
 };
 
-// A wgmma operand's descriptor, decoded: byte offsets in the dynamic shared memory.
+// A wgmma operand's descriptor, decoded: byte offsets in the dynamic shared
+// memory, and whether it is 128-byte swizzled.
 struct WgmmaOperand {
   uint32_t start, lbo, sbo;
+  bool sw128;
 };
 
 // A queued wgmma of one thread: its accumulators (n / 2 floats, in the
@@ -426,6 +428,33 @@ void BulkCopyQueue(unsigned char* dst, const void* src, int bytes, unsigned char
   }
 }
 
+void BulkTensorQueue(unsigned char* dst, const void* map_ptr, int x, int y, unsigned char* bar) {
+  TensorMap2d map;
+  std::memcpy(&map, map_ptr, sizeof(map));
+  if (map.magic != TensorMap2d::kMagic) Fail("cp.async.bulk.tensor with a tensor map cuTensorMapEncodeTiled did not make");
+  const uint32_t row_bytes = map.box[0] * map.element_bytes;
+  const uintptr_t offset = static_cast<uintptr_t>(dst - SharedBase());
+  if (map.swizzle_bytes == 128 && (row_bytes != 128 || offset % 1024 != 0)) {
+    Fail("cp.async.bulk.tensor with 128-byte swizzle: box rows of 128 bytes into 1024-byte aligned shared memory");
+  }
+  if (offset % 128 != 0) Fail("cp.async.bulk.tensor into shared memory not 128-byte aligned");
+  alignas(16) static const unsigned char kZeros[16] = {};
+  const uint32_t per_chunk = 16 / map.element_bytes;  // elements a 16-byte chunk
+  for (uint32_t r = 0; r < map.box[1]; ++r) {
+    for (uint32_t c = 0; c < row_bytes / 16; ++c) {
+      uint32_t at = r * row_bytes + c * 16;
+      if (map.swizzle_bytes == 128) at ^= ((at >> 7) & 7) << 4;
+      const int64_t gx = static_cast<int64_t>(x) + c * per_chunk, gy = static_cast<int64_t>(y) + r;
+      const bool inside = gx >= 0 && gy >= 0 && static_cast<uint64_t>(gx) + per_chunk <= map.dims[0] &&
+                          static_cast<uint64_t>(gy) < map.dims[1];
+      const unsigned char* src =
+          inside ? map.address + static_cast<uint64_t>(gy) * map.row_stride + static_cast<uint64_t>(gx) * map.element_bytes
+                 : kZeros;
+      BulkCopyQueue(dst + at, src, 16, bar);
+    }
+  }
+}
+
 void MbarWaitParity(unsigned char* bar, int parity) {
   WaitFor(
       [&] {
@@ -453,34 +482,51 @@ void CpAsyncWaitGroups(int keep) {
 
 namespace {
 
-// The no-swizzle matrix descriptor (PTX ISA, "Matrix Descriptor Format"):
-// bits 0-13 start >> 4, 16-29 LBO >> 4, 32-45 SBO >> 4, 49-51 base offset,
-// 62-63 swizzle mode; the other bits are reserved. Decoded here on its own,
-// not through wgmma.cuh's packer, so a packer bug shows as a wrong result.
+// The matrix descriptor (PTX ISA, "Matrix Descriptor Format"): bits 0-13
+// start >> 4, 16-29 LBO >> 4, 32-45 SBO >> 4, 49-51 base offset, 62-63
+// swizzle mode (0 none, 1 128-byte; 64- and 32-byte are not modelled); the
+// other bits are reserved. Decoded here on its own, not through wgmma.cuh's
+// packer, so a packer bug shows as a wrong result.
 WgmmaOperand DecodeWgmmaDesc(uint64_t desc, const char* operand) {
   constexpr uint64_t kField = 0x3FFF;
   constexpr uint64_t kKnown = kField | (kField << 16) | (kField << 32) | (uint64_t{7} << 49) | (uint64_t{3} << 62);
-  const char* bad = (desc >> 62) != 0          ? "wgmma descriptor with a swizzle mode (only no-swizzle is modelled)"
-                    : ((desc >> 49) & 7) != 0  ? "wgmma descriptor with a non-zero base offset"
-                    : (desc & ~kKnown) != 0    ? "wgmma descriptor with reserved bits set"
-                                               : nullptr;
+  const uint32_t start = static_cast<uint32_t>(desc & kField) << 4;
+  const bool sw128 = (desc >> 62) == 1;
+  const char* bad = (desc >> 62) > 1          ? "wgmma descriptor with a 64- or 32-byte swizzle (not modelled)"
+                    : ((desc >> 49) & 7) != 0 ? "wgmma descriptor with a non-zero base offset"
+                    : (desc & ~kKnown) != 0   ? "wgmma descriptor with reserved bits set"
+                    : sw128 && start % 1024 >= 128
+                        ? "128-byte swizzled wgmma operand starting past the first row of its 1024-byte atom"
+                        : nullptr;
   if (bad != nullptr) {
     std::fprintf(stderr, "cuda_emu: wgmma operand %s, descriptor 0x%016llx\n", operand,
                  static_cast<unsigned long long>(desc));
     Fail(bad);
   }
-  return {static_cast<uint32_t>(desc & kField) << 4, static_cast<uint32_t>((desc >> 16) & kField) << 4,
-          static_cast<uint32_t>((desc >> 32) & kField) << 4};
+  return {start, static_cast<uint32_t>((desc >> 16) & kField) << 4, static_cast<uint32_t>((desc >> 32) & kField) << 4,
+          sw128};
 }
 
-// Byte offsets of the no-swizzle layouts (wgmma.cuh's comment): core matrices
-// of 8 rows x 16 bytes, LBO stepping along K and SBO along M or N. K-major:
-// element (row of M or N, k); MN-major: element (k, n).
+// The 128-byte swizzle (wgmma.cuh's comment): chunk c of row r of a 1024-byte atom at chunk c ^ r.
+uint32_t Swizzle128(uint32_t offset) { return offset ^ (((offset >> 7) & 7) << 4); }
+
+// Byte offsets of the layouts (wgmma.cuh's comment). No swizzle: core
+// matrices of 8 rows x 16 bytes, LBO stepping along K and SBO along M or N.
+// 128-byte swizzle: rows of 128 bytes, SBO stepping 8 rows (of M or N for
+// K-major, of K for MN-major), LBO 64 of M or N (MN-major). K-major: element
+// (row of M or N, k); MN-major: element (k, n).
 uint32_t KMajorOffset(const WgmmaOperand& o, int row, int k) {
+  if (o.sw128) {
+    return Swizzle128(o.start + static_cast<uint32_t>(row / 8) * o.sbo + static_cast<uint32_t>((row % 8) * 128 + k * 2));
+  }
   return o.start + static_cast<uint32_t>(row / 8) * o.sbo + static_cast<uint32_t>(k / 8) * o.lbo +
          static_cast<uint32_t>((row % 8) * 16 + (k % 8) * 2);
 }
 uint32_t MnMajorOffset(const WgmmaOperand& o, int k, int n) {
+  if (o.sw128) {
+    return Swizzle128(o.start + static_cast<uint32_t>(k / 8) * o.sbo + static_cast<uint32_t>(n / 64) * o.lbo +
+                      static_cast<uint32_t>((k % 8) * 128 + (n % 64) * 2));
+  }
   return o.start + static_cast<uint32_t>(n / 8) * o.sbo + static_cast<uint32_t>(k / 8) * o.lbo +
          static_cast<uint32_t>((k % 8) * 16 + (n % 8) * 2);
 }
@@ -526,7 +572,9 @@ void WgmmaQueue(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool trans_a,
   // Checked whole (the warpgroup reads all of A[64 x 16] and B[16 x N]) and
   // once: the offsets only grow with each index, so the last element of each
   // operand is the farthest, and the shared memory's size is fixed for the block.
-  const uint32_t a_end = WgmmaAOffset(op, 63, 15) + 2, b_end = WgmmaBOffset(op, 15, n - 1) + 2;
+  // (A swizzled operand's last element may land anywhere in its atom: the atom's end.)
+  auto end = [](const WgmmaOperand& o, uint32_t last) { return o.sw128 ? (last | 1023u) + 1 : last + 2; };
+  const uint32_t a_end = end(op.a, WgmmaAOffset(op, 63, 15)), b_end = end(op.b, WgmmaBOffset(op, 15, n - 1));
   if (a_end > SharedBytes() || b_end > SharedBytes()) {
     std::fprintf(stderr, "cuda_emu: wgmma A at %u..%u, B at %u..%u, dynamic shared memory %zu bytes\n",
                  op.a.start, a_end, op.b.start, b_end, SharedBytes());

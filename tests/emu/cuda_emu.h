@@ -40,6 +40,7 @@
 // Before the CUDA headers: they define these only where undefined.
 #define __shared__ static
 #define __launch_bounds__(...)
+#define __grid_constant__
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -109,6 +110,23 @@ void MbarInit(unsigned char* bar, int count);
 void MbarArriveExpectTx(unsigned char* bar, int bytes);
 void BulkCopyQueue(unsigned char* dst, const void* src, int bytes, unsigned char* bar);
 void MbarWaitParity(unsigned char* bar, int parity);
+// TMA tensor copies (warp_mma.cuh's BulkTensorCopy2d). A tensor map made here
+// (cuTensorMapEncodeTiled as cudaGetDriverEntryPointByVersion hands it out:
+// cuda_runtime_emu.cc) holds this in its 128 bytes. A box copy is queued on
+// its mbarrier as 16-byte bulk copies, each to where the map's swizzle puts
+// it (128-byte swizzle: chunk c of box row r at chunk c ^ (r % 8) of the row,
+// rows of 128 bytes), elements outside the tensor zero.
+struct TensorMap2d {
+  static constexpr uint64_t kMagic = 0x7E450A3D2D000001ull;
+  uint64_t magic;
+  const unsigned char* address;
+  uint64_t dims[2];        // elements: inner, rows
+  uint64_t row_stride;     // bytes
+  uint32_t box[2];         // elements: inner, rows
+  uint32_t element_bytes;
+  uint32_t swizzle_bytes;  // 0 (none) or 128
+};
+void BulkTensorQueue(unsigned char* dst, const void* map, int x, int y, unsigned char* bar);
 // wgmma (kernels/cuda/wgmma.cuh), per thread: an mma is queued with the
 // calling thread's accumulators `d` (n / 2 floats) and computes that thread's
 // fragment of D[64 x n] when a wait retires its group; a thread that ends
@@ -214,6 +232,9 @@ inline void MbarArriveExpectTx(uint32_t bar, int bytes) {
 }
 inline void BulkCopyG2S(uint32_t dst, const void* src, int bytes, uint32_t bar) {
   ::mla::emu::BulkCopyQueue(::mla::emu::SharedBase() + dst, src, bytes, ::mla::emu::SharedBase() + bar);
+}
+inline void BulkTensorCopy2d(uint32_t dst, const void* map, int x, int y, uint32_t bar) {
+  ::mla::emu::BulkTensorQueue(::mla::emu::SharedBase() + dst, map, x, y, ::mla::emu::SharedBase() + bar);
 }
 // A hint on the GPU; here it reads the range's first and last byte, so a
 // prefetch outside the allocation shows (under ASan) and a misaligned one fails.

@@ -8,6 +8,8 @@
 // into graphs (work recorded, not run, until each launch), and (in the
 // _asan build) a kernel reading past a cudaMalloc'd buffer stopped by
 // AddressSanitizer.
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -372,6 +374,98 @@ TEST(CudaEmuTest, WgmmaMnMajorAMatchesAPlainMatmul) {
     }
   });
   ExpectNearRelative(got, Matmul(a, b, nullptr, 64, kN));
+}
+
+// TMA tensor copies with 128-byte swizzle and wgmma reading them, the 16-head
+// decode's staging by TMA: a [64 x 128] BF16 matrix G lands as two 64 x 64
+// boxes, chunk c of row r at chunk c ^ (r % 8) of the row (pinned here byte
+// by byte); then m64n16k16 reads box 0 as a K-major A (G's rows as M, k-step
+// 1: columns 16..31) and box 1 as an MN-major A (G's rows 16..31 as K,
+// columns 64..127 as M), each against a no-swizzle K-major B.
+TEST(CudaEmuTest, TmaSwizzledBoxesAndWgmmaReadingThem) {
+  constexpr int kRows = 64, kCols = 128, kN = 16;
+  std::mt19937 rng(23);
+  const std::vector<uint16_t> g = RandomBf16(kRows * kCols, rng), b = RandomBf16(16 * kN, rng);
+  uint16_t* global = nullptr;
+  ASSERT_EQ(cudaMalloc(&global, g.size() * sizeof(uint16_t)), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(global, g.data(), g.size() * sizeof(uint16_t), cudaMemcpyHostToDevice), cudaSuccess);
+  void* encode_fn = nullptr;
+  cudaDriverEntryPointQueryResult found{};
+  ASSERT_EQ(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &encode_fn, 12000, cudaEnableDefault, &found),
+            cudaSuccess);
+  ASSERT_EQ(found, cudaDriverEntryPointSuccess);
+  const auto encode = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(encode_fn);
+  CUtensorMap map{};
+  const cuuint64_t dims[2] = {kCols, kRows}, strides[1] = {kCols * 2};
+  const cuuint32_t box[2] = {64, 64}, unit[2] = {1, 1};
+  ASSERT_EQ(encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, global, dims, strides, box, unit,
+                   CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
+                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
+            CUDA_SUCCESS);
+  const cuuint32_t wide_box[2] = {128, 64};  // 256-byte rows: more than the 128-byte swizzle spans
+  CUtensorMap bad{};
+  EXPECT_EQ(encode(&bad, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, global, dims, strides, wide_box, unit,
+                   CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
+                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
+            CUDA_ERROR_INVALID_VALUE);
+
+  constexpr uint32_t kBox = 8192, kB = 2 * kBox, kBar = kB + 512;
+  constexpr size_t kShared = kBar + 16;
+  const Layout b_layout{kB, 128, 256};
+  std::vector<unsigned char> landed(2 * kBox);
+  std::vector<float> got_k(64 * kN), got_mn(64 * kN);
+  emu::LaunchGrid(emu::Dim3{}, 128, kShared, [&] {
+    const int i = static_cast<int>(threadIdx.x);
+    for (int x = i; x < 16 * kN; x += 128) Put(KMajorAt(b_layout, x % kN, x / kN), b[x]);
+    if (i == 0) {
+      cuda::detail::MbarInit(kBar, 1);
+      cuda::detail::MbarArriveExpectTx(kBar, 2 * kBox);
+      cuda::detail::BulkTensorCopy2d(0, &map, 0, 0, kBar);
+      cuda::detail::BulkTensorCopy2d(kBox, &map, 64, 0, kBar);
+    }
+    __syncthreads();
+    cuda::detail::MbarWaitParity(kBar, 0);
+    if (i == 0) std::memcpy(landed.data(), emu::SharedBase(), landed.size());
+    for (int pass = 0; pass < 2; ++pass) {
+      const uint64_t a_desc = pass == 0 ? cuda::detail::WgmmaDescSw128(32, 1024, 1024)            // k-step 1 of box 0
+                                        : cuda::detail::WgmmaDescSw128(kBox + 2048, 1024, 1024);  // rows 16.. of box 1
+      float d[kN / 2];
+      cuda::detail::WgmmaFence();
+      if (pass == 0) {
+        cuda::detail::WgmmaBf16<kN, false, false>(d, a_desc, Desc(b_layout), false);
+      } else {
+        cuda::detail::WgmmaBf16<kN, true, false>(d, a_desc, Desc(b_layout), false);
+      }
+      cuda::detail::WgmmaCommit();
+      cuda::detail::WgmmaWait<0>();
+      cuda::detail::WgmmaFenceOperand(d);
+      std::vector<float>& got = pass == 0 ? got_k : got_mn;
+      for (int j = 0; j < kN / 8; ++j) {
+        for (int e = 0; e < 4; ++e) got[FragmentRow(i, e) * kN + FragmentCol(i, j, e)] = d[4 * j + e];
+      }
+    }
+  });
+  for (int bx = 0; bx < 2; ++bx) {
+    for (int r = 0; r < 64; ++r) {
+      for (int c = 0; c < 8; ++c) {
+        uint16_t chunk[8];
+        std::memcpy(chunk, landed.data() + bx * kBox + r * 128 + ((c ^ (r % 8)) * 16), sizeof(chunk));
+        for (int e = 0; e < 8; ++e) {
+          ASSERT_EQ(chunk[e], g[r * kCols + 64 * bx + 8 * c + e]) << "box " << bx << " row " << r << " chunk " << c;
+        }
+      }
+    }
+  }
+  std::vector<uint16_t> a_k(64 * 16), a_mn(64 * 16);
+  for (int m = 0; m < 64; ++m) {
+    for (int k = 0; k < 16; ++k) {
+      a_k[m * 16 + k] = g[m * kCols + 16 + k];
+      a_mn[m * 16 + k] = g[(16 + k) * kCols + 64 + m];
+    }
+  }
+  ExpectNearRelative(got_k, Matmul(a_k, b, nullptr, 64, kN));
+  ExpectNearRelative(got_mn, Matmul(a_mn, b, nullptr, 64, kN));
+  EXPECT_EQ(cudaFree(global), cudaSuccess);
 }
 
 // Two groups in flight: A B1 (N 16, K-major B) and then A B2 (N 8, MN-major).

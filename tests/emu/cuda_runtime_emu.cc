@@ -10,6 +10,7 @@
 // to a capturing stream is recorded, and runs at cudaGraphLaunch).
 #include "tests/emu/cuda_emu.h"  // first: it must precede the CUDA headers
 
+#include <cuda.h>
 #include <cuda_runtime_api.h>
 
 #include <chrono>
@@ -394,6 +395,63 @@ cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp* prop, int device) {
   prop->multiProcessorCount = 132;
   prop->major = 9;
   prop->minor = 0;
+  return cudaSuccess;
+}
+
+}  // extern "C"
+
+namespace {
+
+// cuTensorMapEncodeTiled for the maps the kernels make (mla::emu::TensorMap2d):
+// 2-D, elements of 1, 2 or 4 bytes, unit element strides, no interleave, no
+// swizzle or the 128-byte one (box rows of at most 128 bytes); the driver's
+// argument checks that apply (alignment, box sizes). The L2 promotion and
+// the out-of-bounds fill (zeros here) are accepted as given.
+CUresult EmuTensorMapEncodeTiled(CUtensorMap* map, CUtensorMapDataType type, cuuint32_t rank, void* address,
+                                 const cuuint64_t* dims, const cuuint64_t* strides, const cuuint32_t* box,
+                                 const cuuint32_t* element_strides, CUtensorMapInterleave interleave,
+                                 CUtensorMapSwizzle swizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill) {
+  const uint32_t bytes = type == CU_TENSOR_MAP_DATA_TYPE_UINT8                                           ? 1
+                         : type == CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 || type == CU_TENSOR_MAP_DATA_TYPE_FLOAT16 ? 2
+                         : type == CU_TENSOR_MAP_DATA_TYPE_FLOAT32                                       ? 4
+                                                                                                         : 0;
+  if (map == nullptr || rank != 2 || bytes == 0 || address == nullptr || dims == nullptr || strides == nullptr ||
+      box == nullptr || element_strides == nullptr || reinterpret_cast<uintptr_t>(address) % 16 != 0 ||
+      strides[0] % 16 != 0 || dims[0] == 0 || dims[1] == 0 || dims[0] > (uint64_t{1} << 32) ||
+      dims[1] > (uint64_t{1} << 32) || box[0] == 0 || box[1] == 0 || box[0] > 256 || box[1] > 256 ||
+      (box[0] * bytes) % 16 != 0 || element_strides[0] != 1 || element_strides[1] != 1 ||
+      interleave != CU_TENSOR_MAP_INTERLEAVE_NONE ||
+      (swizzle != CU_TENSOR_MAP_SWIZZLE_NONE && swizzle != CU_TENSOR_MAP_SWIZZLE_128B) ||
+      (swizzle == CU_TENSOR_MAP_SWIZZLE_128B && box[0] * bytes > 128)) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  mla::emu::TensorMap2d m{};
+  m.magic = mla::emu::TensorMap2d::kMagic;
+  m.address = static_cast<const unsigned char*>(address);
+  m.dims[0] = dims[0];
+  m.dims[1] = dims[1];
+  m.row_stride = strides[0];
+  m.box[0] = box[0];
+  m.box[1] = box[1];
+  m.element_bytes = bytes;
+  m.swizzle_bytes = swizzle == CU_TENSOR_MAP_SWIZZLE_128B ? 128 : 0;
+  static_assert(sizeof(m) <= sizeof(CUtensorMap), "the emulated map fits a CUtensorMap");
+  *map = CUtensorMap{};
+  std::memcpy(map, &m, sizeof(m));
+  return CUDA_SUCCESS;
+}
+
+}  // namespace
+
+extern "C" {
+
+// The driver entry points the kernels ask for: cuTensorMapEncodeTiled only.
+cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** function, unsigned int, unsigned long long,
+                                             enum cudaDriverEntryPointQueryResult* status) {
+  if (symbol == nullptr || function == nullptr) return Record(cudaErrorInvalidValue);
+  const bool found = std::strcmp(symbol, "cuTensorMapEncodeTiled") == 0;
+  *function = found ? reinterpret_cast<void*>(&EmuTensorMapEncodeTiled) : nullptr;
+  if (status != nullptr) *status = found ? cudaDriverEntryPointSuccess : cudaDriverEntryPointSymbolNotFound;
   return cudaSuccess;
 }
 
