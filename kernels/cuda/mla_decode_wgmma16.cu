@@ -1,5 +1,7 @@
 #include "kernels/cuda/mla_decode_wgmma16.cuh"
 
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 
 #include <cstddef>
@@ -47,6 +49,16 @@ constexpr uint32_t kRedBytes = sizeof(float) * kWarps * kHeads;
 constexpr uint32_t kPOffset = kQBytes + 2 * kStageBytes;
 constexpr size_t kSharedBytes = kPOffset + kPBytes + kRedBytes;  // 168192
 static_assert(kSharedBytes <= 227 * 1024, "query, two stages, P and the statistics fit sm_90's 227 KiB");
+// Staged by TMA (kTma: MlaDecodeCopy::kBulk): a stage is 9 boxes of 64
+// positions x 64 latent values (128-byte rows, 8 KiB, 128-byte swizzled:
+// wgmma.cuh), box j holding the latent's [64 j, 64 j + 64); then two
+// mbarriers, one a stage; and 1 KiB of slack to align the stages' 1024-byte
+// atoms (the query before them is 18 KiB).
+constexpr uint32_t kBoxBytes = 64 * 128;
+constexpr int kBoxes = kLatent / 64;
+static_assert(kBoxes * kBoxBytes == kStageBytes && kQBytes % 1024 == 0, "boxes tile the stage, 1024-aligned");
+constexpr uint32_t kBarOffset = static_cast<uint32_t>(kSharedBytes);  // a multiple of 8
+constexpr size_t kTmaSharedBytes = kSharedBytes + 16 + 1024;
 static_assert(kTile == 64 && kHeads == 16 && kChunks == 72, "the layouts below assume DeepSeek-V3's shape");
 
 // One work item (MlaDecodeWorkItem) per block: 16 heads of one sequence over
@@ -63,6 +75,13 @@ static_assert(kTile == 64 && kHeads == 16 && kChunks == 72, "the layouts below a
 //   O^T += V^T P^T  32 wgmma m64n16k16 (8 blocks of 64 latent rows x 4
 //                 k-steps of 16 positions): A the same stage read MN-major,
 //                 B P^T; O^T is 64 FP32 registers a thread.
+// How the cache tiles are staged (kTma: MlaDecodeParams.copy kBulk):
+//   false  16-byte cp.async from every thread into the no-swizzle layout;
+//   true   one thread issues a tile's 9 TMA tensor copies (cache_map: the
+//          cache as [rows, 576] BF16, 64 x 64 boxes, 128-byte swizzle) on
+//          the stage's mbarrier; a tile is one 64-token page. Rows past
+//          kv_end of the last page are zeroed once it lands (the page's
+//          stale values could be NaN, and 0 x NaN is NaN).
 // When the cache tiles are requested (kAhead: MlaDecodeParams.issue_ahead):
 //   false  tile i + 1's 36 cp.async a thread go out one after each of tile
 //          i's score mmas (the 64-head kernel's lesson: in one burst they
@@ -74,10 +93,14 @@ static_assert(kTile == 64 && kHeads == 16 && kChunks == 72, "the layouts below a
 // zero-filled and score -inf; the result goes to out_latent (BF16) or the
 // item's partial slot (FP32 normalised, plus the base-2 log-sum-exp), as in
 // the other decode kernels.
-template <bool kAhead>
-__global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmma16Kernel(MlaDecodeParams p) {
-  MLA_DYNAMIC_SHARED(smem);
+template <bool kAhead, bool kTma>
+__global__ void __launch_bounds__(kThreads, 1)
+    MlaDecodeWgmma16Kernel(MlaDecodeParams p, const __grid_constant__ CUtensorMap cache_map) {
+  MLA_DYNAMIC_SHARED(smem_raw);
+  unsigned char* smem = smem_raw;
+  if constexpr (kTma) smem += (1024 - SharedAddress(smem_raw) % 1024) % 1024;  // the 1024-byte atoms aligned
   const uint32_t q_addr = SharedAddress(smem);
+  const uint32_t bar_addr = q_addr + kBarOffset;  // kTma: stage s's mbarrier at bar_addr + 8 s
   const uint32_t kv_addr = q_addr + kQBytes;  // stage s at kv_addr + s * kStageBytes
   const uint32_t p_addr = q_addr + kPOffset;
   unsigned char* p_smem = smem + kPOffset;
@@ -152,15 +175,38 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmma16Kernel(MlaDecodeP
   };
   // Tile 0 with Q in the first group; with kAhead tile 1 in a second (empty
   // past kv_end: a group a tile keeps CpAsyncWait<1> counting right).
-  int32_t next_block[2];
-  lookup(item.kv_begin, next_block);
-  if (item.kv_begin < item.kv_end) copy_tile(kv_addr, item.kv_begin, next_block);
-  CpAsyncCommit();
-  lookup(item.kv_begin + kTile, next_block);
-  if constexpr (kAhead) {
-    if (item.kv_begin + kTile < item.kv_end) copy_tile(kv_addr + kStageBytes, item.kv_begin + kTile, next_block);
+  // kTma: tile t0 (a whole page) into `stage` by one thread: 9 boxes on the
+  // stage's mbarrier, which expects the stage's bytes.
+  auto issue_tile = [&](int stage, int t0) {
+    const uint32_t bar = bar_addr + 8 * stage;
+    MbarArriveExpectTx(bar, static_cast<int>(kStageBytes));
+    const int row = table[t0 / kTile] * kTile;
+#pragma unroll
+    for (int j = 0; j < kBoxes; ++j) {
+      BulkTensorCopy2d(kv_addr + stage * kStageBytes + j * kBoxBytes, &cache_map, 64 * j, row, bar);
+    }
+  };
+  int32_t next_block[2] = {-1, -1};
+  if constexpr (kTma) {
+    CpAsyncCommit();  // Q's group
+    if (threadIdx.x == 0) {
+      MbarInit(bar_addr, 1);
+      MbarInit(bar_addr + 8, 1);
+      FenceMbarInit();
+      if (item.kv_begin < item.kv_end) issue_tile(0, item.kv_begin);
+      if (kAhead && item.kv_begin + kTile < item.kv_end) issue_tile(1, item.kv_begin + kTile);
+    }
+    __syncthreads();  // the barriers are initialised before any thread waits on them
+  } else {
+    lookup(item.kv_begin, next_block);
+    if (item.kv_begin < item.kv_end) copy_tile(kv_addr, item.kv_begin, next_block);
     CpAsyncCommit();
-    lookup(item.kv_begin + 2 * kTile, next_block);
+    lookup(item.kv_begin + kTile, next_block);
+    if constexpr (kAhead) {
+      if (item.kv_begin + kTile < item.kv_end) copy_tile(kv_addr + kStageBytes, item.kv_begin + kTile, next_block);
+      CpAsyncCommit();
+      lookup(item.kv_begin + 2 * kTile, next_block);
+    }
   }
   // L2 prefetch (p.prefetch_l2): the tile after the last one requested.
   const int ahead = kAhead ? 2 * kTile : kTile;
@@ -184,20 +230,42 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmma16Kernel(MlaDecodeP
   const float scale_log2 = p.scale * 1.4426950408889634f;  // scores in log2 units: exp2 below
 
   int stage = 0;
+  uint32_t phases = 0;  // kTma: bit s, the parity of stage s's next mbarrier phase
   for (int t0 = item.kv_begin; t0 < item.kv_end; t0 += kTile, stage ^= 1) {
-    CpAsyncWait<kAhead ? 1 : 0>();  // kAhead: tile t0 + kTile's group stays in flight
-    // cp.async writes through the generic proxy, wgmma reads through the
-    // async proxy: this thread's landed copies are ordered before the barrier.
+    if constexpr (kTma) {
+      if (t0 == item.kv_begin) CpAsyncWait<0>();  // the query
+      MbarWaitParity(bar_addr + 8 * stage, static_cast<int>((phases >> stage) & 1));
+      phases ^= 1u << stage;
+      // The last page's rows past kv_end: zeros (a box row's 128 bytes are
+      // one row whatever the swizzle).
+      if (item.kv_end - t0 < kTile) {
+        unsigned char* st = smem + kQBytes + stage * kStageBytes;
+        const int valid = item.kv_end - t0;
+        for (int i = threadIdx.x; i < (kTile - valid) * kBoxes * 8; i += kThreads) {
+          const int r = valid + i / (kBoxes * 8), box = i / 8 % kBoxes, chunk = i % 8;
+          *reinterpret_cast<uint4*>(st + box * kBoxBytes + r * 128 + chunk * 16) = make_uint4(0, 0, 0, 0);
+        }
+      }
+    } else {
+      CpAsyncWait<kAhead ? 1 : 0>();  // kAhead: tile t0 + kTile's group stays in flight
+    }
+    // cp.async (and the zeros above) write through the generic proxy, wgmma
+    // reads through the async proxy: this thread's writes are ordered before
+    // the barrier.
     FenceProxyAsync();
     // Tile t0 (and Q) are in; the last V^T P^T mma (which read the other
     // stage and P^T) and every read of red are done.
     __syncthreads();
     const uint32_t kv = kv_addr + stage * kStageBytes;
+    if constexpr (kTma && !kAhead) {
+      if (threadIdx.x == 0 && t0 + kTile < item.kv_end) issue_tile(stage ^ 1, t0 + kTile);  // the other stage is free
+    }
 
-    // S^T = K Q^T: the descriptors step 256 bytes (16 latent values) a k-step.
-    const bool load_next = !kAhead && t0 + kTile < item.kv_end;
+    // S^T = K Q^T: the descriptors step 16 latent values a k-step (no
+    // swizzle: 256 bytes; kTma: 32 bytes in a box's rows, then the next box).
+    const bool load_next = !kTma && !kAhead && t0 + kTile < item.kv_end;
     const int32_t block[2] = {next_block[0], next_block[1]};
-    if constexpr (!kAhead) lookup(t0 + 2 * kTile, next_block);
+    if constexpr (!kAhead && !kTma) lookup(t0 + 2 * kTile, next_block);
     const bf16* src[2] = {row_src(t0 + kTile, 0, block[0]), row_src(t0 + kTile, 1, block[1])};
     const uint32_t next_stage = kv_addr + (stage ^ 1) * kStageBytes;
     float s[8];
@@ -206,7 +274,9 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmma16Kernel(MlaDecodeP
     WgmmaFence();
 #pragma unroll
     for (int ks = 0; ks < kLatent / 16; ++ks) {
-      WgmmaBf16<kHeads, false, false>(s, k_desc + (256 >> 4) * ks, q_desc + (256 >> 4) * ks, ks > 0);
+      const uint64_t a_desc = kTma ? WgmmaDescSw128(kv + (ks / 4) * kBoxBytes + (ks % 4) * 32, 1024, 1024)
+                                   : k_desc + (256 >> 4) * ks;
+      WgmmaBf16<kHeads, false, false>(s, a_desc, q_desc + (256 >> 4) * ks, ks > 0);
       if (load_next) copy_piece(next_stage, src[ks % 2], block[ks % 2], ks % 2, ks / 2);
     }
     static_assert(kLatent / 16 == 2 * kPieces, "a piece after every k-step covers the tile");
@@ -267,9 +337,10 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmma16Kernel(MlaDecodeP
     __syncthreads();
 
     // O^T += V^T P^T: k-steps of 16 positions (V^T: two row groups of the
-    // stage, 2 kGroupBytes; P^T: two core matrices, 256 bytes), latent block
-    // mb at piece 8 mb (1024 bytes). k-steps outside: the 8 mmas in a row
-    // write different accumulators.
+    // stage, 2 kGroupBytes, or with kTma 16 rows of a box, 2048 bytes; P^T:
+    // two core matrices, 256 bytes), latent block mb at piece 8 mb (1024
+    // bytes; kTma: box mb). k-steps outside: the 8 mmas in a row write
+    // different accumulators.
     const uint64_t v_desc = WgmmaDesc(kv, kGroupBytes, 128);
     const uint64_t pt_desc = WgmmaDesc(p_addr, 128, kPHeadBytes);
     WgmmaFence();
@@ -277,8 +348,9 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmma16Kernel(MlaDecodeP
     for (int kk = 0; kk < kTile / 16; ++kk) {
 #pragma unroll
       for (int mb = 0; mb < kOutBlocks; ++mb) {
-        WgmmaBf16<kHeads, true, true>(o[mb], v_desc + ((mb * 1024 + kk * 2 * kGroupBytes) >> 4),
-                                      pt_desc + ((kk * 256) >> 4), true);
+        const uint64_t a_desc = kTma ? WgmmaDescSw128(kv + mb * kBoxBytes + kk * 2048, 1024, 1024)
+                                     : v_desc + ((mb * 1024 + kk * 2 * kGroupBytes) >> 4);
+        WgmmaBf16<kHeads, true, true>(o[mb], a_desc, pt_desc + ((kk * 256) >> 4), true);
       }
     }
     WgmmaCommit();
@@ -289,9 +361,13 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmma16Kernel(MlaDecodeP
       // Every warp's mmas are done with this stage (each warp's part of an
       // mma reads its own rows of V^T): tile t0 + 2 kTile may fill it.
       __syncthreads();
-      if (t0 + 2 * kTile < item.kv_end) copy_tile(kv, t0 + 2 * kTile, block);
-      CpAsyncCommit();
-      lookup(t0 + 3 * kTile, next_block);
+      if constexpr (kTma) {
+        if (threadIdx.x == 0 && t0 + 2 * kTile < item.kv_end) issue_tile(stage, t0 + 2 * kTile);
+      } else {
+        if (t0 + 2 * kTile < item.kv_end) copy_tile(kv, t0 + 2 * kTile, block);
+        CpAsyncCommit();
+        lookup(t0 + 3 * kTile, next_block);
+      }
       if (prefetcher) PrefetchPositionsL2(p, table, kLatent, t0 + 3 * kTile, min(t0 + 4 * kTile, item.kv_end));
     }
   }
@@ -342,11 +418,38 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmma16Kernel(MlaDecodeP
   }
 }
 
-template <bool kAhead>
-cudaError_t Launch(const MlaDecodeParams& p, cudaStream_t stream) {
-  const cudaError_t err = OptIntoDynamicShared<&MlaDecodeWgmma16Kernel<kAhead>>(static_cast<int>(kSharedBytes));
+// The cache as a TMA tensor map: [rows, 576] BF16 rows of 1152 bytes, 64 x
+// 64 boxes, 128-byte swizzle. MlaDecodeParams carries no block count, so the
+// map claims 2^31 rows (the most a box's row coordinate reaches): the block
+// tables bound what is read, as for every decode kernel. cuTensorMapEncodeTiled
+// comes through the runtime (no link against the driver library).
+cudaError_t EncodeCacheMap(const MlaDecodeParams& p, CUtensorMap* map) {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      fn = nullptr;
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[2] = {kLatent, cuuint64_t{1} << 31};
+  const cuuint64_t strides[1] = {kLatent * sizeof(bf16)};
+  const cuuint32_t box[2] = {64, kTile}, unit[2] = {1, 1};
+  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(p.cache), dims, strides, box,
+                            unit, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+template <bool kAhead, bool kTma>
+cudaError_t Launch(const MlaDecodeParams& p, const CUtensorMap& map, cudaStream_t stream) {
+  constexpr size_t kBytes = kTma ? kTmaSharedBytes : kSharedBytes;
+  const cudaError_t err = OptIntoDynamicShared<&MlaDecodeWgmma16Kernel<kAhead, kTma>>(static_cast<int>(kBytes));
   if (err != cudaSuccess) return err;
-  LaunchKernelPdl(MlaDecodeWgmma16Kernel<kAhead>, p.num_work_items, kThreads, kSharedBytes, stream, p.pdl, p);
+  LaunchKernelPdl(MlaDecodeWgmma16Kernel<kAhead, kTma>, p.num_work_items, kThreads, kBytes, stream, p.pdl, p, map);
   return cudaGetLastError();
 }
 
@@ -361,7 +464,14 @@ cudaError_t LaunchMlaDecodeWgmma16(const MlaDecodeParams& p, cudaStream_t stream
   if (!MlaDecodeWgmma16Takes(p.kv_lora, p.qk_rope, p.heads_per_block, p.mma) || p.num_work_items <= 0) {
     return cudaErrorInvalidValue;
   }
-  return p.issue_ahead ? Launch<true>(p, stream) : Launch<false>(p, stream);
+  // TMA staging (MlaDecodeCopy::kBulk) where a tile is one page.
+  CUtensorMap map{};
+  if (p.copy == MlaDecodeCopy::kBulk && p.block_size == kTile) {
+    const cudaError_t err = EncodeCacheMap(p, &map);
+    if (err != cudaSuccess) return err;
+    return p.issue_ahead ? Launch<true, true>(p, map, stream) : Launch<false, true>(p, map, stream);
+  }
+  return p.issue_ahead ? Launch<true, false>(p, map, stream) : Launch<false, false>(p, map, stream);
 }
 
 }  // namespace mla::cuda::detail

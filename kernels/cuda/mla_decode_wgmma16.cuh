@@ -17,7 +17,10 @@ inline constexpr int kMlaDecodeWgmma16Heads = 16;  // heads per work item: one w
 bool MlaDecodeWgmma16Takes(int kv_lora, int qk_rope, int heads_per_block, MlaDecodeMma mma);
 
 // Runs the plan's work items (not the merges). Requires MlaDecodeWgmma16Takes
-// and 16-byte aligned q_latent, q_pe and cache.
+// and 16-byte aligned q_latent, q_pe and cache. With MlaDecodeCopy::kBulk and
+// 64-token pages the cache is staged by TMA tensor copies (a tensor map made
+// per launch through cudaGetDriverEntryPointByVersion; cudaErrorNotSupported
+// where the driver has no cuTensorMapEncodeTiled).
 cudaError_t LaunchMlaDecodeWgmma16(const MlaDecodeParams& p, cudaStream_t stream);
 
 }  // namespace mla::cuda::detail

@@ -245,13 +245,19 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
                              {3, 0, 16, a, ac, false, wg, true}, {device_sms, 0, 16, a, ac, true, wg, true}});
     // Under programmatic dependent launch (the L2 prefetch before the wait).
     runs.push_back({device_sms, 0, 16, a, ac, false, wg, true, true});
+    // Staged by TMA tensor copies (Copy::kBulk: 128-byte swizzled stages,
+    // whole pages; other block sizes fall back to cp.async).
+    const Copy tma = Copy::kBulk;
+    runs.insert(runs.end(), {{1, 0, 16, a, tma, false, wg}, {3, 0, 16, a, tma, false, wg, true},
+                             {device_sms, 0, 16, a, tma, true, wg}, {1 << 20, 0, 16, a, tma, false, wg, true, true}});
 #if defined(MLA_DECODE_EXTRA_ORDERS)
     if (wgmma16_tiles <= 16) {
       runs.insert(runs.end(), {{1 << 20, 1, 16, a, ac, false, wg}, {1 << 20, 2, 16, a, ac, false, wg},
                                {1, 3, 16, a, ac, false, wg}, {1, 4, 16, a, ac, false, wg},
                                {1 << 20, 4, 16, a, ac, false, wg}, {1, 4, 16, a, ac, false, wg, true},
                                {1, 2, 16, a, ac, false, wg, true}, {1, 5, 16, a, ac, false, wg},
-                               {1, 5, 16, a, ac, false, wg, true}});
+                               {1, 5, 16, a, ac, false, wg, true}, {1, 4, 16, a, Copy::kBulk, false, wg},
+                               {1, 5, 16, a, Copy::kBulk, false, wg}, {1, 5, 16, a, Copy::kBulk, false, wg, true}});
     }
 #endif
   }

@@ -193,12 +193,14 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
   # waves or half a wave, 64 heads per block on the 16-head shapes) are left
   # to the flags; run here: the 16-head wgmma kernel (--mma warpgroup,
   # positions as the MMA's M; first, being the change not yet measured:
-  # alone, requesting tiles two ahead, with the L2 prefetch, with both, then
+  # alone, requesting tiles two ahead, with the L2 prefetch, with both,
+  # staged by TMA tensor copies (--copy bulk) alone and two ahead, then
   # two ahead with the per-head GEMMs on head_gemm.cuh's kernel, adding programmatic
   # dependent launch (the decode blocks ask L2 for their first tiles while the
   # W_UK GEMM runs, the W_UV GEMM loads W_UV while the merge runs), adding
   # one CUDA graph for the pipeline, and all of that with the L2 prefetch
-  # (the candidates' best guess); then on the 128-head shapes as 8 groups
+  # or with TMA staging (the candidates' best guesses); then on the 128-head
+  # shapes as 8 groups
   # of 16 heads, each group reading the cache again, mostly from L2), 64
   # against 32 heads per block on the 128-head shapes at the batch sizes
   # around the default's cut-off (two 64-head tiles per SM), and the default
@@ -209,10 +211,13 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
                    "--mma warpgroup --issue-ahead --shapes 64x4096x16,128x4096x16" \
                    "--mma warpgroup --prefetch-l2 --shapes 64x4096x16,128x4096x16" \
                    "--mma warpgroup --issue-ahead --prefetch-l2 --shapes 64x4096x16,128x4096x16" \
+                   "--mma warpgroup --copy bulk --shapes 64x4096x16,128x4096x16" \
+                   "--mma warpgroup --copy bulk --issue-ahead --shapes 64x4096x16,128x4096x16" \
                    "--mma warpgroup --issue-ahead --gemm head --shapes 64x4096x16,128x4096x16" \
                    "--mma warpgroup --issue-ahead --gemm head --pdl --shapes 64x4096x16,128x4096x16" \
                    "--mma warpgroup --issue-ahead --gemm head --pdl --graph --shapes 64x4096x16,128x4096x16" \
                    "--mma warpgroup --issue-ahead --prefetch-l2 --gemm head --pdl --graph --shapes 64x4096x16,128x4096x16" \
+                   "--mma warpgroup --copy bulk --issue-ahead --gemm head --pdl --graph --shapes 64x4096x16,128x4096x16" \
                    "--mma warpgroup --issue-ahead --heads-per-block 16 --shapes 1x4096x128,16x4096x128,64x8192x128" \
                    "--heads-per-block 64 --shapes 2x4096x128,4x4096x128,8x4096x128" \
                    "--heads-per-block 32 --shapes 2x4096x128,4x4096x128,8x4096x128" \
