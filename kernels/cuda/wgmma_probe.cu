@@ -34,19 +34,38 @@ uint32_t BExtent(uint32_t lbo, uint32_t sbo, int n, bool trans) {
   return (trans ? MnMajor(lbo, sbo, 15, n - 1) : KMajor(lbo, sbo, n - 1, 15)) + 2;
 }
 uint32_t RoundUp16(uint32_t x) { return (x + 15u) & ~15u; }
+
+// The 128-byte swizzled placement of A (wgmma_probe.cuh), written out here
+// from wgmma.cuh's comment: K-major element (m, k), MN-major (k, m).
+__host__ __device__ uint32_t Swizzle128(uint32_t a) { return a ^ (((a >> 7) & 7) << 4); }
+__host__ __device__ uint32_t Sw128A(const WgmmaProbeParams& p, bool trans, int m, int k) {
+  return trans ? Swizzle128((k / 8) * p.a_sbo + (k % 8) * 128 + m * 2)
+               : Swizzle128((m / 8) * p.a_sbo + (m % 8) * 128 + (p.a_kstep * 16 + k) * 2);
+}
+// A's region: a swizzled A ends with its last 8-row group's atom, whichever
+// of a_sbo and the descriptor's strides reach farther.
 uint32_t ARegion(const WgmmaProbeParams& p) {
+  if (p.a_sw128) {
+    const uint32_t groups = p.trans_a ? 1 : 7;  // the last 8-row group: of K (16) or of M (64)
+    return groups * std::max({p.a_sbo, p.desc_a_sbo, p.desc_a_lbo}) + 1024;
+  }
   return RoundUp16(std::max(AExtent(p.a_lbo, p.a_sbo, p.trans_a), AExtent(p.desc_a_lbo, p.desc_a_sbo, p.trans_a)));
 }
+// Slack to align a swizzled A's atoms to 1024 bytes.
+constexpr uint32_t kAlignSlack = 1024;
 
 template <int N, bool kTransA, bool kTransB>
 __global__ void __launch_bounds__(128) WgmmaProbeKernel(WgmmaProbeParams p, uint32_t b_offset, uint32_t bytes) {
-  MLA_DYNAMIC_SHARED(smem);
+  MLA_DYNAMIC_SHARED(smem_raw);
+  unsigned char* smem = smem_raw + (kAlignSlack - detail::SharedAddress(smem_raw) % kAlignSlack) % kAlignSlack;
   // Zeros where no element is placed: a descriptor that reads there adds 0.
   for (uint32_t i = threadIdx.x; i < bytes / 16; i += 128) reinterpret_cast<uint4*>(smem)[i] = make_uint4(0, 0, 0, 0);
   __syncthreads();
   for (int i = threadIdx.x; i < 64 * 16; i += 128) {
     const int m = i / 16, k = i % 16;
-    const uint32_t off = kTransA ? MnMajor(p.a_lbo, p.a_sbo, k, m) : KMajor(p.a_lbo, p.a_sbo, m, k);
+    const uint32_t off = p.a_sw128 ? Sw128A(p, kTransA, m, k)
+                         : kTransA ? MnMajor(p.a_lbo, p.a_sbo, k, m)
+                                   : KMajor(p.a_lbo, p.a_sbo, m, k);
     *reinterpret_cast<__nv_bfloat16*>(smem + off) = p.a[i];
   }
   for (int i = threadIdx.x; i < 16 * N; i += 128) {
@@ -59,8 +78,11 @@ __global__ void __launch_bounds__(128) WgmmaProbeKernel(WgmmaProbeParams p, uint
   const uint32_t base = detail::SharedAddress(smem);
   float d[N / 2];
   detail::WgmmaFence();
-  detail::WgmmaBf16<N, kTransA, kTransB>(d, detail::WgmmaDesc(base, p.desc_a_lbo, p.desc_a_sbo),
-                                detail::WgmmaDesc(base + b_offset, p.desc_b_lbo, p.desc_b_sbo), false);
+  const uint64_t desc_a =
+      p.a_sw128 ? detail::WgmmaDescSw128(base + (kTransA ? 0 : p.a_kstep * 32), p.desc_a_lbo, p.desc_a_sbo)
+                : detail::WgmmaDesc(base, p.desc_a_lbo, p.desc_a_sbo);
+  detail::WgmmaBf16<N, kTransA, kTransB>(d, desc_a, detail::WgmmaDesc(base + b_offset, p.desc_b_lbo, p.desc_b_sbo),
+                                         false);
   detail::WgmmaCommit();
   detail::WgmmaWait<0>();
   detail::WgmmaFenceOperand(d);
@@ -76,13 +98,14 @@ __global__ void __launch_bounds__(128) WgmmaProbeKernel(WgmmaProbeParams p, uint
 }  // namespace
 
 size_t WgmmaProbeSharedBytes(const WgmmaProbeParams& p) {
-  return ARegion(p) + RoundUp16(std::max(BExtent(p.b_lbo, p.b_sbo, p.n, p.trans_b),
+  return kAlignSlack + ARegion(p) + RoundUp16(std::max(BExtent(p.b_lbo, p.b_sbo, p.n, p.trans_b),
                                          BExtent(p.desc_b_lbo, p.desc_b_sbo, p.n, p.trans_b)));
 }
 
 cudaError_t LaunchWgmmaProbe(const WgmmaProbeParams& p, cudaStream_t stream) {
   const uint32_t strides[] = {p.a_lbo, p.a_sbo, p.b_lbo, p.b_sbo, p.desc_a_lbo, p.desc_a_sbo, p.desc_b_lbo, p.desc_b_sbo};
-  const bool aligned = std::all_of(std::begin(strides), std::end(strides), [](uint32_t s) { return s % 16 == 0; });
+  const bool aligned = std::all_of(std::begin(strides), std::end(strides), [](uint32_t s) { return s % 16 == 0; }) &&
+                       (!p.a_sw128 || (p.a_sbo % 1024 == 0 && p.a_kstep >= 0 && p.a_kstep < 4));
   const size_t bytes = WgmmaProbeSharedBytes(p);
   using Kernel = void (*)(WgmmaProbeParams, uint32_t, uint32_t);
   const Kernel kernel = p.n == 16 && !p.trans_a && !p.trans_b  ? WgmmaProbeKernel<16, false, false>
@@ -97,7 +120,7 @@ cudaError_t LaunchWgmmaProbe(const WgmmaProbeParams& p, cudaStream_t stream) {
   cudaError_t err = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
   if (err != cudaSuccess) return err;
-  detail::LaunchKernel(kernel, 1, 128, bytes, stream, p, ARegion(p), static_cast<uint32_t>(bytes));
+  detail::LaunchKernel(kernel, 1, 128, bytes, stream, p, ARegion(p), static_cast<uint32_t>(bytes - kAlignSlack));
   return cudaGetLastError();
 }
 

@@ -27,6 +27,14 @@ struct WgmmaProbeParams {
   // along M or N: sbo; multiples of 16), and what the descriptors say.
   uint32_t a_lbo = 128, a_sbo = 256, b_lbo = 128, b_sbo = 256;
   uint32_t desc_a_lbo = 128, desc_a_sbo = 256, desc_b_lbo = 128, desc_b_sbo = 256;
+  // A 128-byte swizzled instead (wgmma.cuh; the TMA-staged 16-head decode):
+  // rows of 128 bytes, 8 to a 1024-byte atom, a_sbo bytes between 8-row
+  // groups (a multiple of 1024; a_lbo unused for the placement). K-major: A's
+  // 16 k at k-step a_kstep (0-3) of each 64-element row, the descriptor
+  // starting a_kstep * 32 bytes in; MN-major: A's 64 m along the row, 8 k
+  // rows a group.
+  bool a_sw128 = false;
+  int a_kstep = 0;
 };
 
 // Shared memory the probe needs: A, then B, each covering the farthest byte
@@ -34,8 +42,9 @@ struct WgmmaProbeParams {
 size_t WgmmaProbeSharedBytes(const WgmmaProbeParams& p);
 
 // One block of 128 threads (one warpgroup). cudaErrorInvalidValue for a
-// shape (n, trans_a, trans_b) not listed above, strides not multiples of 16, or more shared memory
-// than a block may have (227 KiB).
+// shape (n, trans_a, trans_b) not listed above, strides not multiples of 16
+// (of 1024 for a swizzled A's a_sbo), a_kstep outside 0-3, or more shared
+// memory than a block may have (227 KiB).
 cudaError_t LaunchWgmmaProbe(const WgmmaProbeParams& p, cudaStream_t stream);
 
 }  // namespace mla::cuda

@@ -19,11 +19,15 @@
 //     releases it (the latest the hardware may land it), so reading a stage
 //     before waiting for it reads poison; or, under SetCopiesLandAtIssue, at
 //     issue (the earliest), so overwriting a stage still to be read shows;
-//   - wgmma m64nNk16 BF16 -> FP32 from no-swizzle shared-memory descriptors
-//     (kernels/cuda/wgmma.cuh), likewise deferred: each thread's mma runs at
-//     the wait that retires its group, reading shared memory then (the latest
-//     the hardware may read it), so accumulators read before the wait are
-//     stale and operands overwritten before it change the result.
+//   - wgmma m64nNk16 BF16 -> FP32 from no-swizzle and 128-byte-swizzled
+//     shared-memory descriptors (kernels/cuda/wgmma.cuh), likewise deferred:
+//     each thread's mma runs at the wait that retires its group, reading
+//     shared memory then (the latest the hardware may read it), so
+//     accumulators read before the wait are stale and operands overwritten
+//     before it change the result;
+//   - bulk copies and 2-D TMA tensor copies (no swizzle or 128-byte) on
+//     mbarriers with transaction counts, landing at the wait (or at issue);
+//   - stream capture into graphs (cuda_runtime_emu.cc).
 // Not modelled: timing, memory-model races beyond the above, warp divergence
 // inside collectives (every lane must call them, as the kernels here do).
 // A barrier that can never complete (a thread exited, or a divergent

@@ -548,8 +548,14 @@ TEST(CudaEmuDeathTest, WgmmaBadOperandsAreCaught) {
                "wgmma operand outside the dynamic shared memory");
   EXPECT_DEATH(OneWgmma(128, kOneShared, Desc(kOneA), Desc({2064, 128, 128}), WgmmaEnd::kWait),
                "wgmma operand outside the dynamic shared memory");
-  EXPECT_DEATH(OneWgmma(128, kOneShared, Desc(kOneA) | (uint64_t{1} << 62), Desc(kOneB), WgmmaEnd::kWait),
-               "wgmma descriptor with a swizzle mode");
+  EXPECT_DEATH(OneWgmma(128, kOneShared, Desc(kOneA) | (uint64_t{2} << 62), Desc(kOneB), WgmmaEnd::kWait),
+               "wgmma descriptor with a 64- or 32-byte swizzle");
+  // 128-byte swizzled: from the first row of a 1024-byte atom only (here byte
+  // 128 of it); and the atom's end must fit (A's 8 row groups 1024 apart).
+  EXPECT_DEATH(OneWgmma(128, kOneShared, cuda::detail::WgmmaDescSw128(128, 1024, 1024), Desc(kOneB), WgmmaEnd::kWait),
+               "128-byte swizzled wgmma operand starting past the first row");
+  EXPECT_DEATH(OneWgmma(128, kOneShared, cuda::detail::WgmmaDescSw128(0, 1024, 1024), Desc(kOneB), WgmmaEnd::kWait),
+               "wgmma operand outside the dynamic shared memory");
   EXPECT_DEATH(OneWgmma(128, kOneShared, Desc(kOneA), Desc(kOneB) | (uint64_t{1} << 49), WgmmaEnd::kWait),
                "wgmma descriptor with a non-zero base offset");
   EXPECT_DEATH(OneWgmma(96, kOneShared, Desc(kOneA), Desc(kOneB), WgmmaEnd::kWait),

@@ -31,6 +31,10 @@ struct ProbeCase {
   int n;
   bool trans_a, trans_b;  // MN-major A, B (wgmma_probe.cuh lists the shapes)
   uint32_t a_lbo, a_sbo, b_lbo, b_sbo;
+  // A 128-byte swizzled (wgmma_probe.cuh): a_sbo its 8-row stride, a_lbo
+  // only the descriptor's LBO; K-major A at k-step a_kstep of its rows.
+  bool a_sw128 = false;
+  int a_kstep = 0;
 };
 
 void PrintTo(const ProbeCase& c, std::ostream* os) { *os << c.name; }
@@ -52,6 +56,8 @@ std::vector<float> RunProbe(const ProbeCase& c, const DeviceBuffer<uint16_t>& a,
   p.a_sbo = c.a_sbo;
   p.b_lbo = c.b_lbo;
   p.b_sbo = c.b_sbo;
+  p.a_sw128 = c.a_sw128;
+  p.a_kstep = c.a_kstep;
   p.desc_a_lbo = swap_desc ? c.a_sbo : c.a_lbo;
   p.desc_a_sbo = swap_desc ? c.a_lbo : c.a_sbo;
   p.desc_b_lbo = swap_desc ? c.b_sbo : c.b_lbo;
@@ -131,7 +137,18 @@ INSTANTIATE_TEST_SUITE_P(
         // Other strides: gaps between core matrices, K steps larger than M/N steps.
         ProbeCase{"kmajor_gaps", 32, false, false, 2048, 160, 1104, 272},
         ProbeCase{"mnmajor_gaps", 256, false, true, 1168, 144, 272, 4112},
-        ProbeCase{"mnmajor_a_gaps", 16, true, true, 1296, 144, 160, 2064}),
+        ProbeCase{"mnmajor_a_gaps", 16, true, true, 1296, 144, 160, 2064},
+        // The 16-head decode staged by TMA (--copy bulk): A 128-byte swizzled
+        // as TMA writes a 64 x 64 box (rows of 128 bytes, 8-row groups 1024
+        // apart), the descriptors' LBO = SBO = 1024 as the kernel sets them;
+        // scores at k-step 1 of the rows, P V with V^T MN-major.
+        ProbeCase{"decode16_tma_scores", 16, false, false, 1024, 1024, 128, 9216, true, 1},
+        ProbeCase{"decode16_tma_pv", 16, true, true, 1024, 1024, 128, 1024, true},
+        // Swizzled with 8-row groups 2048 or 3072 apart and LBO 1024: says
+        // which field steps the 8-row groups (wgmma.cuh reads SBO for both
+        // majors; a failure that matches with LBO and SBO swapped says LBO).
+        ProbeCase{"sw128_kmajor_gaps", 16, false, false, 1024, 2048, 128, 9216, true, 3},
+        ProbeCase{"sw128_mnmajor_gaps", 16, true, true, 1024, 3072, 128, 1024, true}),
     [](const ::testing::TestParamInfo<ProbeCase>& info) { return std::string(info.param.name); });
 
 }  // namespace
