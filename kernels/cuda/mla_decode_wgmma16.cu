@@ -173,8 +173,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     block[0] = row_block(t0, 0);
     block[1] = row_block(t0, 1);
   };
-  // Tile 0 with Q in the first group; with kAhead tile 1 in a second (empty
-  // past kv_end: a group a tile keeps CpAsyncWait<1> counting right).
   // kTma: tile t0 (a whole page) into `stage` by one thread: 9 boxes on the
   // stage's mbarrier, which expects the stage's bytes.
   auto issue_tile = [&](int stage, int t0) {
@@ -198,6 +196,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     __syncthreads();  // the barriers are initialised before any thread waits on them
   } else {
+    // Tile 0 with Q in the first group; with kAhead tile 1 in a second (empty
+    // past kv_end: a group a tile keeps CpAsyncWait<1> counting right).
     lookup(item.kv_begin, next_block);
     if (item.kv_begin < item.kv_end) copy_tile(kv_addr, item.kv_begin, next_block);
     CpAsyncCommit();
