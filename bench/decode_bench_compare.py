@@ -12,8 +12,10 @@ event: no host launch latency in the time) stand beside it for reference.
 
 With --best: instead, per shape, the fastest of the default run (OURS) and the
 variants run.sh tries after it (VARIANTS: their JSON lines, several shapes
-each), with the flags that made it and the same targets, so that a GPU
-session sees at once which variant, if any, meets them.
+each) launched eagerly, as the runtime launches, and apart from it the
+fastest timed as one CUDA graph (--graph), each with the flags that made it
+and the same targets, so that a GPU session sees at once which variant, if
+any, meets them.
 
 Exit status 0 whatever the numbers (a benchmark, not a test); 2 when an input is
 missing or unreadable.
@@ -77,23 +79,25 @@ def targets(key, o, t, copy):
 
 
 def print_best(variants, ours, torch):
-    """Per shape, the fastest row of the default run and the variants."""
-    best = dict(ours)
-    for obj in variants:
-        key = shape_of(obj)
+    """Per shape, the fastest row of the default run and the variants launched
+    eagerly (as the runtime launches), then the fastest as one CUDA graph
+    (--graph) where a variant ran so."""
+    best = {}  # (shape, graph) -> row
+    for obj in list(ours.values()) + variants:
+        key = (shape_of(obj), bool(obj.get("graph")))
         if key not in best or obj["ms"] < best[key]["ms"]:
             best[key] = obj
-    print(f"{'BxLxH':<14} {'ms':>9} {'default ms':>10} {'torch ms':>9} {'speedup':>8} {'% copy':>7}  "
+    print(f"{'BxLxH':<14} {'launch':<6} {'ms':>9} {'default ms':>10} {'torch ms':>9} {'speedup':>8} {'% copy':>7}  "
           f"{'targets':<28} flags")
-    for key in sorted(best, key=lambda k: (k[2], k[0], k[1])):
-        o, t, d = best[key], torch.get(key), ours.get(key)
+    for key, graph in sorted(best, key=lambda k: (k[0][2], k[0][0], k[0][1], k[1])):
+        o, t, d = best[(key, graph)], torch.get(key), ours.get(key)
         copy = (t or o)["copy_gbps"]
         pct, speedup, checks = targets(key, o, t, copy)
         name = "x".join(str(v) for v in key)
         default_ms = f"{d['ms']:10.4f}" if d else f"{'-':>10}"
         torch_ms = f"{t['ms']:9.4f}" if t else f"{'-':>9}"
-        print(f"{name:<14} {o['ms']:9.4f} {default_ms} {torch_ms} {speedup:7.2f}x {pct:6.1f}%  "
-              f"{', '.join(checks):<28} {'(the default run)' if o is d else flags_of(o)}")
+        print(f"{name:<14} {'graph' if graph else 'eager':<6} {o['ms']:9.4f} {default_ms} {torch_ms} {speedup:7.2f}x "
+              f"{pct:6.1f}%  {', '.join(checks):<28} {'(the default run)' if o is d else flags_of(o)}")
 
 
 def main():

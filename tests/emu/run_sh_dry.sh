@@ -59,13 +59,14 @@ for want in "-- nccl_communicator_gpu_test: PASSED" "launcher_cuda_tp1_emulated 
   grep -qF -- "$want" "$log" || fail "no '$want' in run.sh's output"
 done
 # The joined table has a row per dry shape, each with its baseline's time;
-# so has the best-of table after the variants (2 rows a shape in all), whose
-# 16-head row names a variant's flags (the stand-in's 1000 ms loses to all).
+# the best-of table after the variants has two (eager, graph): 3 a shape in
+# all. Its 16-head rows name variants' flags (the stand-in's 1000 ms loses).
 for shape in 2x130x16 1x70x32; do
   n=$(grep -cE "^$shape .*2x torch (ok|MISSED)" "$log")
-  ((n == 2)) || fail "$n joined rows for $shape in run.sh's output, expected 2"
+  ((n == 3)) || fail "$n joined rows for $shape in run.sh's output, expected 3"
 done
-grep -qE "^2x130x16 .*--heads-per-block 16" "$log" || fail "no variant's flags in the best-of table"
+grep -qE "^2x130x16 +eager .*--heads-per-block 16" "$log" || fail "no eager variant's flags in the best-of table"
+grep -qE "^2x130x16 +graph .*--graph" "$log" || fail "no graph row in the best-of table"
 if grep -qF "run.sh: the comparison failed" "$log"; then fail "decode_bench_compare.py failed"; fi
 # The closing table: its header, then one row per test binary and the launcher check.
 rows=$(sed -n '/^test  *result  *passed/,$p' "$log" | grep -cE ' (PASSED|FAILED|SKIPPED|TIMEOUT) ')
