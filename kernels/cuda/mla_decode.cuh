@@ -92,8 +92,11 @@ struct MlaDecodeParams {
   MlaDecodeMma mma = MlaDecodeMma::kAuto;
   // The tensor-core kernels and the merge launched with programmatic
   // dependent launch (launch.cuh's LaunchKernelPdl): each may start while the
-  // kernel ahead of it in the stream finishes. Off by default: on an H200 it
-  // saved nothing measurable (bench/RESULTS.md, session 5).
+  // kernel ahead of it in the stream finishes, and the decode kernels ask L2
+  // for their items' first tiles before waiting for it (a hint; it reads the
+  // plan and block tables, which must not be written by the kernels ahead).
+  // Off by default: on an H200 it saved nothing measurable before that
+  // prefetch (bench/RESULTS.md, session 5); with it, not yet measured.
   bool pdl : 1 = false;
   // The tensor-core kernels also ask L2 for the tile after the one they are
   // staging into shared memory (a bulk prefetch, issued by one thread): two
