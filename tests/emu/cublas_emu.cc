@@ -47,14 +47,11 @@ cublasStatus_t Check(cublasOperation_t ta, cublasOperation_t tb, int m, int n, i
   return CUBLAS_STATUS_SUCCESS;
 }
 
-// C = alpha op(A) op(B) + beta C, column-major; C is not read when beta == 0.
-cublasStatus_t Gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void* alpha,
-                    const void* a, cudaDataType at, int lda, long long sa, const void* b, cudaDataType bt, int ldb,
-                    long long sb, const void* beta, void* c, cudaDataType ct, int ldc, long long sc, int batch,
-                    cublasComputeType_t compute) {
-  const cublasStatus_t status = Check(ta, tb, m, n, k, at, lda, bt, ldb, ct, ldc, batch, compute);
-  if (status != CUBLAS_STATUS_SUCCESS) return status;
-  const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
+// C = al op(A) op(B) + be C, column-major; C is not read when be == 0. The
+// arguments are those Check passed.
+void Gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float al, const void* a, cudaDataType at,
+          int lda, long long sa, const void* b, cudaDataType bt, int ldb, long long sb, float be, void* c,
+          cudaDataType ct, int ldc, long long sc, int batch) {
   // op(A) as rows of k and op(B) as columns of k, in float, so the inner loop is contiguous.
   std::vector<float> a_rows(static_cast<size_t>(m) * k), b_cols(static_cast<size_t>(n) * k);
   for (int64_t p = 0; p < batch; ++p) {
@@ -81,27 +78,21 @@ cublasStatus_t Gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, in
       }
     }
   }
-  return CUBLAS_STATUS_SUCCESS;
 }
 
 // Gemm on the handle's stream: now, or when the graph runs if the stream
-// captures (alpha and beta, host pointers, read now as cuBLAS reads them at
-// the call).
+// captures (a bad call fails at the call; alpha and beta, host pointers, are
+// read at the call, as cuBLAS reads them).
 cublasStatus_t StridedBatched(cublasHandle_t handle, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                               const void* alpha, const void* a, cudaDataType at, int lda, long long sa, const void* b,
                               cudaDataType bt, int ldb, long long sb, const void* beta, void* c, cudaDataType ct,
                               int ldc, long long sc, int batch, cublasComputeType_t compute) {
   if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
-  const cudaStream_t stream = reinterpret_cast<Handle*>(handle)->stream;
-  if (!mla::emu::StreamCapturing(stream)) {
-    mla::emu::StreamWait(stream);
-    return Gemm(ta, tb, m, n, k, alpha, a, at, lda, sa, b, bt, ldb, sb, beta, c, ct, ldc, sc, batch, compute);
-  }
   const cublasStatus_t status = Check(ta, tb, m, n, k, at, lda, bt, ldb, ct, ldc, batch, compute);
-  if (status != CUBLAS_STATUS_SUCCESS) return status;  // a bad call fails at the call, not in the graph
+  if (status != CUBLAS_STATUS_SUCCESS) return status;
   const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
-  mla::emu::CaptureWork(stream, [=] {
-    Gemm(ta, tb, m, n, k, &al, a, at, lda, sa, b, bt, ldb, sb, &be, c, ct, ldc, sc, batch, compute);
+  mla::emu::StreamRun(reinterpret_cast<Handle*>(handle)->stream, [=] {
+    Gemm(ta, tb, m, n, k, al, a, at, lda, sa, b, bt, ldb, sb, be, c, ct, ldc, sc, batch);
   });
   return CUBLAS_STATUS_SUCCESS;
 }

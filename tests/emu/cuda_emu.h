@@ -92,10 +92,11 @@ void StreamWait(cudaStream_t stream);
 // Stream capture (cudaStreamBeginCapture to cudaStreamEndCapture): work issued
 // to a capturing stream (kernel launches, async copies and memsets, emulated
 // cuBLAS GEMMs) is recorded into its graph instead of run, and cudaGraphLaunch
-// runs the recorded work in order. Issuers ask StreamCapturing first and hand
-// the work, holding copies of its arguments, to CaptureWork.
+// runs the recorded work in order. StreamRun is how work is issued: it runs
+// `work` now, after the stream's earlier work, or records it (so `work` holds
+// copies of its arguments) while the stream captures.
 bool StreamCapturing(cudaStream_t stream);
-void CaptureWork(cudaStream_t stream, std::function<void()> work);
+void StreamRun(cudaStream_t stream, std::function<void()> work);
 // Warp collective in two steps: every lane publishes n <= 8 words and gets the
 // warp's table (row l: lane l's words), readable until every lane has called
 // WarpRelease.
@@ -295,16 +296,11 @@ cudaError_t LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_
     ::mla::emu::SetLastError(cudaErrorInvalidConfiguration);
     return cudaErrorInvalidConfiguration;
   }
-  if (::mla::emu::StreamCapturing(stream)) {  // the arguments by value, as a launch copies them
-    ::mla::emu::CaptureWork(stream, [kernel, grid, block, shared_bytes, ... a = std::forward<Args>(args)] {
-      ::mla::emu::LaunchGrid(::mla::emu::Dim3{grid.x, grid.y, grid.z}, static_cast<int>(block.x), shared_bytes,
-                             [&] { kernel(a...); });
-    });
-    return cudaSuccess;
-  }
-  ::mla::emu::StreamWait(stream);
-  ::mla::emu::LaunchGrid(::mla::emu::Dim3{grid.x, grid.y, grid.z}, static_cast<int>(block.x), shared_bytes,
-                         [&] { kernel(args...); });
+  // The arguments by value, as a launch copies them.
+  ::mla::emu::StreamRun(stream, [kernel, grid, block, shared_bytes, ... a = std::forward<Args>(args)] {
+    ::mla::emu::LaunchGrid(::mla::emu::Dim3{grid.x, grid.y, grid.z}, static_cast<int>(block.x), shared_bytes,
+                           [&] { kernel(a...); });
+  });
   return cudaSuccess;
 }
 

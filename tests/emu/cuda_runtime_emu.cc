@@ -143,9 +143,17 @@ bool StreamCapturing(cudaStream_t stream) {
   return g_captures.count(stream) > 0;
 }
 
-void CaptureWork(cudaStream_t stream, std::function<void()> work) {
-  const std::lock_guard<std::mutex> lock(g_capture_mutex);
-  g_captures.at(stream)->work.push_back(std::move(work));
+void StreamRun(cudaStream_t stream, std::function<void()> work) {
+  if (stream != nullptr) {
+    const std::lock_guard<std::mutex> lock(g_capture_mutex);
+    const auto it = g_captures.find(stream);
+    if (it != g_captures.end()) {
+      it->second->work.push_back(std::move(work));
+      return;
+    }
+  }
+  StreamWait(stream);
+  work();
 }
 
 size_t DynamicSharedLimit(const void* kernel) {
@@ -204,31 +212,20 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpy
 
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, enum cudaMemcpyKind, cudaStream_t stream) {
   if (count > 0 && (dst == nullptr || src == nullptr)) return Record(cudaErrorInvalidValue);
-  if (mla::emu::StreamCapturing(stream)) {
-    mla::emu::CaptureWork(stream, [=] {
-      if (count > 0) std::memmove(dst, src, count);
-    });
-    return cudaSuccess;
-  }
-  mla::emu::StreamWait(stream);
-  if (count > 0) std::memmove(dst, src, count);
+  mla::emu::StreamRun(stream, [=] {
+    if (count > 0) std::memmove(dst, src, count);
+  });
   return cudaSuccess;
 }
 
 cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height,
                               enum cudaMemcpyKind, cudaStream_t stream) {
   if (width > dpitch || width > spitch) return Record(cudaErrorInvalidPitchValue);
-  auto copy = [=] {
+  mla::emu::StreamRun(stream, [=] {
     for (size_t r = 0; r < height; ++r) {
       std::memmove(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(src) + r * spitch, width);
     }
-  };
-  if (mla::emu::StreamCapturing(stream)) {
-    mla::emu::CaptureWork(stream, copy);
-    return cudaSuccess;
-  }
-  mla::emu::StreamWait(stream);
-  copy();
+  });
   return cudaSuccess;
 }
 
@@ -242,14 +239,9 @@ cudaError_t cudaMemset(void* ptr, int value, size_t count) {
 
 cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t stream) {
   if (count > 0 && ptr == nullptr) return Record(cudaErrorInvalidValue);
-  if (mla::emu::StreamCapturing(stream)) {
-    mla::emu::CaptureWork(stream, [=] {
-      if (count > 0) std::memset(ptr, value, count);
-    });
-    return cudaSuccess;
-  }
-  mla::emu::StreamWait(stream);
-  if (count > 0) std::memset(ptr, value, count);
+  mla::emu::StreamRun(stream, [=] {
+    if (count > 0) std::memset(ptr, value, count);
+  });
   return cudaSuccess;
 }
 
@@ -455,7 +447,7 @@ cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** function
   return cudaSuccess;
 }
 
-// Stream capture and graphs (see mla::emu::CaptureWork): one capture at a
+// Stream capture and graphs (see mla::emu::StreamRun): one capture at a
 // time per stream, never on the legacy stream; a graph runs its work in the
 // order it was issued, after the launch stream's earlier work.
 cudaError_t cudaStreamBeginCapture(cudaStream_t stream, enum cudaStreamCaptureMode) {
@@ -499,15 +491,9 @@ cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsig
 
 cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
   if (exec == nullptr) return Record(cudaErrorInvalidResourceHandle);
-  auto run = [exec] {
+  mla::emu::StreamRun(stream, [exec] {
     for (const auto& work : exec->work) work();
-  };
-  if (mla::emu::StreamCapturing(stream)) {
-    mla::emu::CaptureWork(stream, run);
-    return cudaSuccess;
-  }
-  mla::emu::StreamWait(stream);
-  run();
+  });
   return cudaSuccess;
 }
 
