@@ -193,10 +193,22 @@ void Yield(bool in_warp = false) {
     SwitchToFirstLive(lanes, [&](int k) { return base + (me - base + k + 1) % lanes; });
     return;
   }
+  if (g_schedule == Schedule::kRandom && b.live > 0) {
+    // Random: any live fiber, each as likely. (Searching from a random start
+    // for the first live one favoured the fiber after a run of finished
+    // ones: where a warp still shuffled after the others had exited, its
+    // lane 0 got the processor back so often while waiting that its stalls
+    // passed WaitFor's limit before the lane it waited for ran.)
+    int k = static_cast<int>(g_rng() % static_cast<uint64_t>(b.live));
+    int next = 0;
+    for (; next < n; ++next) {
+      if (!b.fibers[next].done && k-- == 0) break;
+    }
+    SwitchToFirstLive(1, [&](int) { return next; });
+    return;
+  }
   const int step = g_schedule == Schedule::kReverse ? n - 1 : 1;
-  // Random: start the search for a live fiber at a random one.
-  const int from = g_schedule == Schedule::kRandom ? static_cast<int>(g_rng() % static_cast<uint64_t>(n)) : me;
-  SwitchToFirstLive(n, [&](int k) { return (from + (k + 1) * step) % n; });
+  SwitchToFirstLive(n, [&](int k) { return (me + (k + 1) * step) % n; });
 }
 
 // Switches to the lowest-numbered live fiber (kWarpFirst after a block-wide
