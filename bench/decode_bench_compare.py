@@ -60,6 +60,8 @@ def flags_of(o):
         flags.append(f"--query {o['query']}")
     if o.get("copy", "cp-async") != "cp-async":
         flags.append(f"--copy {o['copy']}")
+    if o.get("merge", "kernel") != "kernel":
+        flags.append(f"--merge {o['merge']}")
     return " ".join(flags)
 
 

@@ -25,9 +25,10 @@
 //                    [--copy-mib 2048]   (the copy measured for the bandwidth floor)
 //                    [--heads-per-block 16|32|64] [--plan-waves 1.0] [--query shared|registers]
 //                    [--copy cp-async|bulk] [--gemm cublas|head] [--pdl] [--prefetch-l2]
-//                    [--mma sync|warpgroup] [--issue-ahead] [--graph] [--no-simple-timing]
+//                    [--mma sync|warpgroup] [--issue-ahead] [--graph] [--merge kernel|last-block]
+//                    [--no-simple-timing]
 //
-// The last eleven try variants of the kernel and its work partition in one GPU
+// The last twelve try variants of the kernel and its work partition in one GPU
 // call (tests/gpu/run.sh runs a few after the main table): the head-group
 // size (default: MlaDecodeDefaultHeadsPerBlock, 64 (the wgmma kernel) at 128
 // heads with two tiles per SM or more, else 16 up to 16 heads, 32 above), the
@@ -45,7 +46,9 @@
 // ahead (MlaDecodeParams.issue_ahead), timing "ms" and "queued ms" as one
 // launch of the pipeline captured into a CUDA graph (what a serving step
 // replayed as a graph would cost; the check then reads the graph's output),
-// and skipping the simple kernel's timing (it still runs once for the check).
+// who merges split sequences (the merge kernel after the decode, the default,
+// or each split's last work item: MlaDecodeParams.merge_counters), and
+// skipping the simple kernel's timing (it still runs once for the check).
 //
 // Prints one JSON object per shape (with --json, only those) and a table.
 // --check: exit 1 when a shape's tensor-core output is off the simple
@@ -220,6 +223,7 @@ struct Options {
   bool prefetch_l2 = false;  // MlaDecodeParams.prefetch_l2: the tile after the staged one asked of L2
   bool issue_ahead = false;  // MlaDecodeParams.issue_ahead (the 16-head wgmma kernel)
   bool graph = false;        // "ms" and "queued ms" time the pipeline captured as one CUDA graph
+  bool merge_in_block = false;  // MlaDecodeParams.merge_counters: each split's last item merges it
   bool time_simple = true;
   size_t busy_mib = 256;  // the memset ahead of each "queued" run
 };
@@ -275,6 +279,8 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
   const size_t slots = static_cast<size_t>(std::max(plan.num_partials, 1));
   float* partial = DeviceAlloc<float>(slots * plan.heads_per_block * kLatent);
   float* partial_lse = DeviceAlloc<float>(slots * plan.heads_per_block);
+  // --merge last-block: a count per merge item, zero (each launch leaves it so).
+  int32_t* merge_counters = Upload(std::vector<int32_t>(plan.merges.size() + 1, 0));
 
   MlaDecodeParams p;
   p.q_latent = q_lat;
@@ -303,6 +309,7 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
   p.issue_ahead = opt.issue_ahead;
   p.partial_out = partial;
   p.partial_lse = partial_lse;
+  p.merge_counters = opt.merge_in_block ? merge_counters : nullptr;
   MlaDecodeParams simple = p;
   simple.work_items = nullptr;  // no plan: the simple kernel
   simple.out_latent = o_ref;
@@ -453,7 +460,7 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
   }
 
   for (void* ptr : std::initializer_list<void*>{cache, w_uk, w_uv, q_nope, q_pe, q_lat, o_lat, o_ref, out, tables,
-                                                kv_lens, items, merges, partial, partial_lse}) {
+                                                kv_lens, items, merges, partial, partial_lse, merge_counters}) {
     CHECK_CUDA(cudaFree(ptr));
   }
   return row;
@@ -490,7 +497,8 @@ int main(int argc, char** argv) {
       "usage: mla-bench-decode [--shapes BxLxH,...] [--iters N] [--json] [--check] [--copy-mib N]\n"
       "                        [--heads-per-block 16|32|64] [--plan-waves X] [--query shared|registers]\n"
       "                        [--copy cp-async|bulk] [--gemm cublas|head] [--pdl] [--prefetch-l2]\n"
-      "                        [--mma sync|warpgroup] [--issue-ahead] [--graph] [--no-simple-timing]\n";
+      "                        [--mma sync|warpgroup] [--issue-ahead] [--graph] [--merge kernel|last-block]\n"
+      "                        [--no-simple-timing]\n";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--shapes" && i + 1 < argc) {
@@ -531,6 +539,9 @@ int main(int argc, char** argv) {
       const std::pair<const char*, MlaDecodeMma> choices[] = {{"sync", MlaDecodeMma::kSync},
                                                                {"warpgroup", MlaDecodeMma::kWarpgroup}};
       if (!ParseChoice("--mma", argv[++i], choices, &opt.mma)) return 2;
+    } else if (a == "--merge" && i + 1 < argc) {
+      const std::pair<const char*, bool> choices[] = {{"kernel", false}, {"last-block", true}};
+      if (!ParseChoice("--merge", argv[++i], choices, &opt.merge_in_block)) return 2;
     } else if (a == "--pdl") {
       opt.pdl = true;
     } else if (a == "--prefetch-l2") {
@@ -577,13 +588,14 @@ int main(int argc, char** argv) {
         "\"items\": %d, \"merges\": %d, \"plan_us\": %.1f, \"max_abs_vs_simple\": %.3g, \"rel_l2_vs_simple\": %.3g, "
         "\"heads_per_block\": %d, \"plan_sms\": %d, \"query\": \"%s\", \"copy\": \"%s\", \"gemm\": \"%s\", "
         "\"gemm_rel_l2_vs_cublas\": %.3g, \"pdl\": %s, \"prefetch_l2\": %s, \"mma16\": \"%s\", \"issue_ahead\": %s, "
-        "\"graph\": %s}\n",
+        "\"graph\": %s, \"merge\": \"%s\"}\n",
         s.batch, s.context, s.heads, r.ms, bytes / r.ms / 1e6, flops / r.ms / 1e9, copy_gbps, r.queued_ms, r.attn_ms,
         bytes / r.attn_ms / 1e6, r.gemm_ms, r.simple_ms, r.items, r.merges, r.plan_us, r.max_abs, r.rel_l2,
         r.heads_per_block, opt.plan_sms, opt.query == MlaDecodeQuery::kShared ? "shared" : "registers",
         opt.copy == MlaDecodeCopy::kBulk ? "bulk" : "cp-async", opt.head_gemm ? "head" : "cublas",
         r.gemm_rel_l2, opt.pdl ? "true" : "false", opt.prefetch_l2 ? "true" : "false", Mma16Name(opt.mma),
-        opt.issue_ahead ? "true" : "false", opt.graph ? "true" : "false");
+        opt.issue_ahead ? "true" : "false", opt.graph ? "true" : "false",
+        opt.merge_in_block ? "last-block" : "kernel");
     std::fflush(stdout);
     rows.push_back(r);
   }
@@ -606,7 +618,7 @@ int main(int argc, char** argv) {
   if (json_only) return status;
   std::printf(
       "\n%s, %d SMs; copy %.0f GB/s (read + written); plan for %d SMs; query in %s; cache staged by %s; GEMMs on "
-      "%s%s%s%s%s%s\n",
+      "%s%s%s%s%s%s%s\n",
       prop.name, sms, copy_gbps, opt.plan_sms,
       opt.query == MlaDecodeQuery::kShared ? "shared memory" : "registers",
       opt.copy != MlaDecodeCopy::kBulk              ? "cp.async"
@@ -616,7 +628,8 @@ int main(int argc, char** argv) {
       opt.prefetch_l2 ? "; L2 prefetch of the next tile" : "",
       opt.mma == MlaDecodeMma::kWarpgroup ? "; 16-head plans on wgmma" : "",
       opt.issue_ahead ? ", tiles requested two ahead" : "",
-      opt.graph ? "; ms and queued ms: one CUDA graph launch" : "");
+      opt.graph ? "; ms and queued ms: one CUDA graph launch" : "",
+      opt.merge_in_block ? "; splits merged by their last block" : "");
   std::printf("%-14s %9s %8s %7s %6s %9s %7s %9s %8s %8s %4s %10s %7s %9s %9s\n", "BxLxH", "ms", "GB/s", "%copy",
               "TF/s", "queued ms", "q %copy", "attn ms", "gemm ms", "simple x", "hpb", "items/merg", "plan us",
               "rel L2", "gemm L2");

@@ -13,13 +13,27 @@ using detail::ToFloat;
 constexpr int kWarps = 8;  // heads per block (one warp each), sharing each cache tile
 constexpr int kTile = 16;  // cached tokens per shared-memory stage
 
+// The fields of MlaDecodeParams the simple kernel reads, as its own argument:
+// with the whole struct as the argument, ptxas spilled 16 bytes in
+// MlaDecodeKernel<18, false> whenever the struct grew past 128 bytes.
+struct SimpleArgs {
+  const __nv_bfloat16* q_latent;
+  const __nv_bfloat16* q_pe;
+  const __nv_bfloat16* cache;
+  const int32_t* block_tables;
+  const int32_t* kv_lens;
+  __nv_bfloat16* out_latent;
+  int num_heads, kv_lora, qk_rope, block_size, max_blocks_per_seq;
+  float scale;
+};
+
 // Grid (seq, head group). The block stages kTile cache rows at a time in shared
 // memory (read from global once for its kWarps heads); each warp scores them
 // for its head and folds them into an online softmax. Lane l holds latent dims
 // l, l + 32, ...: N registers each for the query and the accumulator
 // (kv_lora + qk_rope <= 32N). kVec: 16-byte cache loads (latent % 8 == 0).
 template <int N, bool kVec>
-__global__ void __launch_bounds__(kWarps * 32) MlaDecodeKernel(MlaDecodeParams p) {
+__global__ void __launch_bounds__(kWarps * 32) MlaDecodeKernel(SimpleArgs p) {
   MLA_DYNAMIC_SHARED(smem_raw);
   __nv_bfloat16* tile = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kTile, latent]
   const int lane = threadIdx.x & 31;
@@ -109,10 +123,12 @@ cudaError_t Launch(const MlaDecodeParams& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(p.num_seqs), static_cast<unsigned>(detail::CeilDiv(p.num_heads, kWarps)));
   const size_t smem = sizeof(__nv_bfloat16) * kTile * static_cast<size_t>(latent);  // <= 24 KiB
   const bool vec = latent % 8 == 0 && detail::Aligned16(p.cache);
+  const SimpleArgs a{p.q_latent,  p.q_pe,    p.cache,      p.block_tables, p.kv_lens, p.out_latent,
+                     p.num_heads, p.kv_lora, p.qk_rope,    p.block_size,   p.max_blocks_per_seq, p.scale};
   if (vec) {
-    detail::LaunchKernel(MlaDecodeKernel<N, true>, grid, kWarps * 32, smem, stream, p);
+    detail::LaunchKernel(MlaDecodeKernel<N, true>, grid, kWarps * 32, smem, stream, a);
   } else {
-    detail::LaunchKernel(MlaDecodeKernel<N, false>, grid, kWarps * 32, smem, stream, p);
+    detail::LaunchKernel(MlaDecodeKernel<N, false>, grid, kWarps * 32, smem, stream, a);
   }
   return cudaGetLastError();
 }

@@ -12,7 +12,8 @@
 // - the tensor-core split-KV kernel (mla_decode_mma.cu, mma.sync), for the
 //   shapes MlaDecodeUsesTensorCores accepts (DeepSeek-V3's 512 + 64 among
 //   them): it runs the work items of a host plan (mla_decode_plan.h) and
-//   merges split sequences by log-sum-exp;
+//   merges split sequences by log-sum-exp (mla_decode_merge.cuh: a second
+//   kernel, or each split's last item with merge_counters);
 // - its warpgroup-MMA twins (sm_90a wgmma), for DeepSeek-V3's latent
 //   (MlaDecodeUsesWgmma), with the same merge: at 64 heads per work item
 //   (mla_decode_wgmma.cu, a plan with heads_per_block 64), and at 16 with the
@@ -81,12 +82,23 @@ struct MlaDecodeParams {
   // MlaDecodeMaxPartials. Leave work_items null to run the simple kernel.
   const MlaDecodeWorkItem* work_items = nullptr;  // [num_work_items]
   const MlaDecodeMergeItem* merge_items = nullptr;  // [num_merge_items]
+  // Split sequences merged by the decode kernel itself instead of a second
+  // kernel (mla_decode_merge.cuh): each item of a split counts itself done
+  // here, at merge_counters[item.merge], and the last to finish merges the
+  // split's partials; that last item sets the count back to 0, so the
+  // counters are zero before and after every launch. Null: the merge kernel
+  // runs after the decode, as before. Size: one int32 a merge item (at most
+  // MlaDecodeMaxPartials / 2), zeroed once when allocated; launches that share
+  // the counters must run one after another (one stream). Not measured yet on
+  // a GPU: what it saves is the merge kernel's launch and the grid boundary
+  // before it, for a longer last item of each split.
+  int32_t* merge_counters = nullptr;
   int num_work_items = 0;
   int num_merge_items = 0;
   int heads_per_block = 0;  // the plan's
-  // In the padding before the pointers, a byte each and the two flags in one
-  // byte: the struct keeps its size (one 8 bytes larger made ptxas spill 16
-  // bytes in the simple kernel, MlaDecodeKernel<18>).
+  // A byte each and the flags in one byte, in what was padding before the
+  // pointers below. (The simple kernel takes only the fields it reads, since
+  // ptxas spilled in MlaDecodeKernel<18> once this struct passed 128 bytes.)
   MlaDecodeQuery query = MlaDecodeQuery::kAuto;
   MlaDecodeCopy copy = MlaDecodeCopy::kAuto;
   MlaDecodeMma mma = MlaDecodeMma::kAuto;

@@ -7,6 +7,7 @@
 
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/mla_decode_merge.cuh"
 #include "kernels/cuda/mla_decode_prefetch.cuh"
 #include "kernels/cuda/mla_decode_wgmma.cuh"
 #include "kernels/cuda/mla_decode_wgmma16.cuh"
@@ -87,7 +88,8 @@ size_t MlaDecodeMmaSharedBytes(int latent, int heads_per_block, bool query_in_re
 // Four barriers per tile. Positions past kv_end are zero-filled in shared
 // memory (never read from the cache: NaN there must not reach 0 * NaN) and
 // score -inf. The result goes to out_latent (BF16) for a whole sequence, or
-// to its partial slot (FP32, normalised, plus the base-2 log-sum-exp).
+// to its partial slot (FP32, normalised, plus the base-2 log-sum-exp), which
+// with p.merge_counters the split's last item merges (mla_decode_merge.cuh).
 template <int MT, bool kQRegs, bool kBulk>
 __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParams p) {
   constexpr int kRows = 16 * MT;
@@ -607,52 +609,22 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
       }
     }
   }
+  // The last item of a split merges it (p.merge_counters); its flag in the
+  // cache stages, read by no one now.
+  MergeIfLastOfSplit<kThreads>(p, item, reinterpret_cast<int*>(kv_s));
 }
 
 constexpr int kMergeThreads = 128;
-constexpr int kMergeChunk = 256;  // partial weights staged in shared memory at a time
+constexpr int kMergeRows = kMergeThreads / 32;  // head rows per block: a warp each
 
-// One (split sequence, head) per block: out = sum_i 2^lse_i o_i / sum_i 2^lse_i
-// over its partial slots, in slot order (run-to-run stable).
+// Head rows [kMergeRows y, + kMergeRows) of split x (mla_decode_merge.cuh).
 __global__ void __launch_bounds__(kMergeThreads) MlaDecodeMergeKernel(MlaDecodeParams p) {
-  __shared__ float w_s[kMergeChunk];
   GridDependentsLaunch();  // as in MlaDecodeMmaKernel
   GridDependencyWait();
   const MlaDecodeMergeItem m = p.merge_items[blockIdx.x];
-  const int row = blockIdx.y;
-  if (m.head_begin + row >= p.num_heads) return;  // uniform over the block
-  const int hpb = p.heads_per_block, n = m.num_partials;
-  const float* lse = p.partial_lse + static_cast<int64_t>(m.first_partial) * hpb + row;
-  float mx = -INFINITY;
-  for (int i = 0; i < n; ++i) mx = fmaxf(mx, lse[static_cast<int64_t>(i) * hpb]);
-  constexpr int kDims = 512 / kMergeThreads;  // kv_lora <= 512 on this path
-  float acc[kDims] = {};
-  float wsum = 0.0f;
-  for (int base = 0; base < n; base += kMergeChunk) {
-    const int count = min(kMergeChunk, n - base);
-    __syncthreads();  // the previous chunk's weights are consumed
-    for (int i = threadIdx.x; i < count; i += kMergeThreads) {
-      w_s[i] = exp2f(lse[static_cast<int64_t>(base + i) * hpb] - mx);
-    }
-    __syncthreads();
-    for (int i = 0; i < count; ++i) {
-      const float w = w_s[i];
-      wsum += w;
-      const float* src = p.partial_out + (static_cast<int64_t>(m.first_partial + base + i) * hpb + row) * p.kv_lora;
-#pragma unroll
-      for (int k = 0; k < kDims; ++k) {
-        const int d = threadIdx.x + k * kMergeThreads;
-        if (d < p.kv_lora) acc[k] = fmaf(w, src[d], acc[k]);
-      }
-    }
-  }
-  const float inv = 1.0f / wsum;  // >= 1: the largest weight is 2^0
-  bf16* o = p.out_latent + (static_cast<int64_t>(m.seq) * p.num_heads + m.head_begin + row) * p.kv_lora;
-#pragma unroll
-  for (int k = 0; k < kDims; ++k) {
-    const int d = threadIdx.x + k * kMergeThreads;
-    if (d < p.kv_lora) o[d] = ToBf16(acc[k] * inv);
-  }
+  const int row = blockIdx.y * kMergeRows + threadIdx.x / 32;
+  if (row >= p.heads_per_block || m.head_begin + row >= p.num_heads) return;  // uniform over the warp
+  MergeHeadRowByWarp(p, m, row, threadIdx.x % 32);
 }
 
 template <int MT, bool kQRegs, bool kBulk>
@@ -692,8 +664,10 @@ cudaError_t LaunchMlaDecodeMma(const MlaDecodeParams& p, cudaStream_t stream) {
                     : wgmma16                 ? LaunchMlaDecodeWgmma16(p, stream)
                     : p.heads_per_block == 16 ? LaunchFor<1>(q_regs, bulk, p, smem, stream)
                                               : LaunchFor<2>(q_regs, bulk, p, smem, stream);
-  if (err != cudaSuccess || p.num_merge_items == 0) return err;
-  const dim3 grid(static_cast<unsigned>(p.num_merge_items), static_cast<unsigned>(p.heads_per_block));
+  // Merged by the decode kernel's last item of each split (merge_counters), or by the merge kernel.
+  if (err != cudaSuccess || p.num_merge_items == 0 || p.merge_counters != nullptr) return err;
+  const dim3 grid(static_cast<unsigned>(p.num_merge_items),
+                  static_cast<unsigned>(CeilDiv(p.heads_per_block, kMergeRows)));
   detail::LaunchKernelPdl(MlaDecodeMergeKernel, grid, kMergeThreads, 0, stream, p.pdl, p);
   return cudaGetLastError();
 }

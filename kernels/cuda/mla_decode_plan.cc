@@ -105,6 +105,7 @@ MlaDecodePlan PlanMlaDecode(std::span<const int32_t> kv_lens, int num_heads, int
         item.kv_begin = static_cast<int32_t>(kv_begin);
         item.kv_end = static_cast<int32_t>(kv_end);
         item.partial = splits > 1 ? static_cast<int32_t>(first + g * splits + k) : -1;
+        item.merge = splits > 1 ? static_cast<int32_t>(plan.merges.size() + g) : -1;
         plan.items.push_back(item);
       }
     }

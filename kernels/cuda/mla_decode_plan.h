@@ -27,6 +27,7 @@ struct MlaDecodeWorkItem {
   int32_t kv_begin = 0;    // cached positions [kv_begin, kv_end); empty only for a kv_len 0 sequence
   int32_t kv_end = 0;
   int32_t partial = -1;    // -1: the whole sequence, written to out_latent; else its partial slot
+  int32_t merge = -1;      // with a partial slot: the index of the merge item that combines it
 };
 
 struct MlaDecodeMergeItem {

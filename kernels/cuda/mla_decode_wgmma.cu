@@ -7,6 +7,7 @@
 
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/mla_decode_merge.cuh"
 #include "kernels/cuda/mla_decode_prefetch.cuh"
 #include "kernels/cuda/warp_mma.cuh"
 #include "kernels/cuda/wgmma.cuh"
@@ -63,7 +64,8 @@ static_assert(kTile == 64 && kRows == 64 && kChunks == 72, "the layouts below as
 // here a tile is 40 wgmma per warpgroup, and each cache tile serves 64 heads.
 // Three barriers per tile. Positions past kv_end are zero-filled and score
 // -inf, as in the mma.sync kernel, and the result goes to out_latent (BF16)
-// or the item's partial slot (FP32 normalised, plus the base-2 log-sum-exp).
+// or the item's partial slot (FP32 normalised, plus the base-2 log-sum-exp),
+// which with p.merge_counters the split's last item merges.
 __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmmaKernel(MlaDecodeParams p) {
   MLA_DYNAMIC_SHARED(smem);
   const uint32_t q_addr = SharedAddress(smem);
@@ -298,6 +300,9 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmmaKernel(MlaDecodePar
       if (wg == 0 && t == 0) p.partial_lse[slot_row] = m_run[h] + log2f(l);
     }
   }
+  // The last item of a split merges it (p.merge_counters); its flag in the
+  // cache stages, read by no one now.
+  MergeIfLastOfSplit<kThreads>(p, item, reinterpret_cast<int*>(smem + kMatBytes));
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/mla_decode_merge.cuh"
 #include "kernels/cuda/mla_decode_prefetch.cuh"
 #include "kernels/cuda/warp_mma.cuh"
 #include "kernels/cuda/wgmma.cuh"
@@ -92,7 +93,8 @@ static_assert(kTile == 64 && kHeads == 16 && kChunks == 72, "the layouts below a
 // Three barriers per tile (four with kAhead). Positions past kv_end are
 // zero-filled and score -inf; the result goes to out_latent (BF16) or the
 // item's partial slot (FP32 normalised, plus the base-2 log-sum-exp), as in
-// the other decode kernels.
+// the other decode kernels (and the split's last item merges, with
+// p.merge_counters).
 template <bool kAhead, bool kTma>
 __global__ void __launch_bounds__(kThreads, 1)
     MlaDecodeWgmma16Kernel(MlaDecodeParams p, const __grid_constant__ CUtensorMap cache_map) {
@@ -416,6 +418,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (w == 0 && g == 0) p.partial_lse[slot_row] = m_run[hs] + log2f(sum);
     }
   }
+  // The last item of a split merges it (p.merge_counters); its flag in the
+  // cache stages (every copy into them has landed), read by no one now.
+  MergeIfLastOfSplit<kThreads>(p, item, reinterpret_cast<int*>(smem + kQBytes));
 }
 
 // The cache as a TMA tensor map: [rows, 576] BF16 rows of 1152 bytes, 64 x

@@ -207,6 +207,15 @@ T atomicAdd(T* address, T value) {
   return old;
 }
 
+// Blocks run one after another on one thread: every store is visible to
+// every later load, so the fence orders nothing more and a load through L2 is
+// a plain load.
+inline void __threadfence() {}
+template <typename T>
+T __ldcg(const T* address) {
+  return *address;
+}
+
 template <typename T>
 T __shfl_xor_sync(unsigned /*mask: every lane, as in the kernels*/, T v, int lane_mask) {
   return ::mla::emu::ShuffleXor(v, lane_mask);

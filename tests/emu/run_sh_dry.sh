@@ -55,6 +55,7 @@ for want in "-- nccl_communicator_gpu_test: PASSED" "launcher_cuda_tp1_emulated 
   "tiles requested two ahead" "== decode benchmark variant: --gemm head --pdl" "programmatic dependent launch" \
   "GEMMs on head_gemm.cuh" "== decode benchmark against the PyTorch baseline" "queued ms" \
   "== decode benchmark variant: --gemm head --pdl --graph" "one CUDA graph launch" \
+  "== decode benchmark variant: --merge last-block" "splits merged by their last block" \
   "== best of the default run and the variants, per shape"; do
   grep -qF -- "$want" "$log" || fail "no '$want' in run.sh's output"
 done

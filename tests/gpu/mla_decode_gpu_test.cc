@@ -183,6 +183,7 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
     Mma mma = Mma::kAuto;
     bool issue_ahead = false;  // the 16-head wgmma kernel's MlaDecodeParams.issue_ahead
     bool pdl = false;          // programmatic dependent launch: the L2 prefetch before the wait
+    bool merge_in_block = false;  // also with merge counters: the split's last item merges
   };
   std::vector<Run> runs = {{0, 0, 0},
                            {1, 0, 0},
@@ -209,6 +210,12 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
   // item's first tiles (PrefetchItemStartL2), under few and many items.
   runs.insert(runs.end(), {{1, 0, 0, Query::kShared, Copy::kBulk, false, Mma::kAuto, false, true},
                            {1 << 20, 0, 0, Query::kAuto, Copy::kAuto, false, Mma::kAuto, false, true}});
+  // Merged by the split's last item (MlaDecodeParams.merge_counters), under
+  // the widest plan, and the device's with the other head-group size, bulk
+  // copies and PDL; each of these runs is launched again with the counters (below).
+  const Mma am = Mma::kAuto;
+  runs.insert(runs.end(), {{1 << 20, 0, 0, Query::kAuto, Copy::kAuto, false, am, false, false, true},
+                           {device_sms, 0, other_hpb, Query::kShared, Copy::kBulk, false, am, false, true, true}});
   constexpr int kWgmmaHeads = 64;
   bool wgmma = cuda::MlaDecodeUsesWgmma(c.kv_lora, c.rope);
 #if defined(MLA_CUDA_EMULATED)
@@ -221,7 +228,8 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
   if (wgmma) {
     runs.insert(runs.end(), {{1, 0, kWgmmaHeads}, {3, 0, kWgmmaHeads}, {device_sms, 0, kWgmmaHeads},
                              {1 << 20, 0, kWgmmaHeads}, {1, 0, kWgmmaHeads, Query::kAuto, Copy::kAuto, true},
-                             {device_sms, 0, kWgmmaHeads, Query::kAuto, Copy::kAuto, false, Mma::kAuto, false, true}});
+                             {device_sms, 0, kWgmmaHeads, Query::kAuto, Copy::kAuto, false, Mma::kAuto, false, true},
+                             {1 << 20, 0, kWgmmaHeads, Query::kAuto, Copy::kAuto, false, am, false, true, true}});
   }
   // The 16-head wgmma kernel. On the emulator only the cases of up to 26
   // 16-head tiles run it (up to 8 in the sanitizer build: about 0.1 s a tile
@@ -250,6 +258,9 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
     const Copy tma = Copy::kBulk;
     runs.insert(runs.end(), {{1, 0, 16, a, tma, false, wg}, {3, 0, 16, a, tma, false, wg, true},
                              {device_sms, 0, 16, a, tma, true, wg}, {1 << 20, 0, 16, a, tma, false, wg, true, true}});
+    // Merged by the split's last item, staged by cp.async, or by TMA two ahead.
+    runs.insert(runs.end(), {{1 << 20, 0, 16, a, ac, false, wg, false, false, true},
+                             {3, 0, 16, a, tma, false, wg, true, false, true}});
 #if defined(MLA_DECODE_EXTRA_ORDERS)
     if (wgmma16_tiles <= 16) {
       runs.insert(runs.end(), {{1 << 20, 1, 16, a, ac, false, wg}, {1 << 20, 2, 16, a, ac, false, wg},
@@ -267,12 +278,13 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
                            {1 << 20, 2, 0, Query::kShared, Copy::kBulk}, {1, 1, 0, Query::kAuto, Copy::kBulk}});
   runs.insert(runs.end(), {{1 << 20, 4, 0}, {1, 4, 0, Query::kShared}, {1, 4, 0, Query::kAuto, Copy::kBulk}});
   runs.insert(runs.end(), {{1, 5, 0}, {1, 5, 0, Query::kShared}, {1, 5, 0, Query::kAuto, Copy::kBulk}});
+  runs.push_back({1 << 20, 2, 0, Query::kAuto, Copy::kAuto, false, Mma::kAuto, false, false, true});
   if (wgmma) {
     runs.insert(runs.end(), {{1 << 20, 1, kWgmmaHeads}, {1 << 20, 2, kWgmmaHeads}, {1, 3, kWgmmaHeads},
                              {1, 4, kWgmmaHeads}, {1 << 20, 4, kWgmmaHeads}, {1, 5, kWgmmaHeads}});
   }
 #endif
-  for (const auto& [sms, order, hpb, query, copy, prefetch_l2, mma_kind, issue_ahead, pdl] : runs) {
+  for (const auto& [sms, order, hpb, query, copy, prefetch_l2, mma_kind, issue_ahead, pdl, merge_in_block] : runs) {
 #if defined(MLA_CUDA_EMULATED)
     emu::SetSchedule(order == 0   ? emu::Schedule::kForward
                      : order == 1 ? emu::Schedule::kReverse
@@ -289,7 +301,8 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
                                 (copy == Copy::kBulk ? ", bulk copies" : "") +
                                 (prefetch_l2 ? ", L2 prefetch" : "") +
                                 (mma_kind == Mma::kWarpgroup ? ", wgmma" : "") +
-                                (issue_ahead ? ", issue ahead" : "") + (pdl ? ", PDL" : "") + ", fiber order " +
+                                (issue_ahead ? ", issue ahead" : "") + (pdl ? ", PDL" : "") +
+                                (merge_in_block ? ", merged in the last block" : "") + ", fiber order " +
                                 std::to_string(order));
     cuda::MlaDecodeParams p;
     p.q_latent = d_q_lat.bf16();
@@ -343,6 +356,24 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
       EXPECT_TRUE(SeqRelL2Within(gotf, want, seqs, kMmaSeqRelL2));
     } else {
       EXPECT_TRUE(gpu_test::AllClose(gotf, want, kRtol, kAtol));
+    }
+    if (merge_in_block && sms > 0 && mma) {
+      // The same plan merged by each split's last item: the same bits as the
+      // merge kernel's (one routine, mla_decode_merge.cuh), and the counters
+      // back at zero, ready for the next launch (the bench's graph test
+      // replays one launch over the same counters).
+      SCOPED_TRACE("merged in the last block");
+      const std::vector<int32_t> zeros(plan.merges.size() + 1, 0);
+      DeviceBuffer<int32_t> d_counters(zeros);
+      p.merge_counters = d_counters.get();
+      MLA_ASSERT_CUDA(d_out.Poison());
+      MLA_ASSERT_CUDA(cuda::LaunchMlaDecode(p, nullptr));
+      std::vector<uint16_t> merged;
+      MLA_ASSERT_CUDA(d_out.Download(merged));
+      EXPECT_EQ(merged, got);
+      std::vector<int32_t> counts;
+      MLA_ASSERT_CUDA(d_counters.Download(counts));
+      EXPECT_EQ(counts, zeros);
     }
   }
 #if defined(MLA_CUDA_EMULATED)

@@ -199,7 +199,10 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
   # dependent launch (the decode blocks ask L2 for their first tiles while the
   # W_UK GEMM runs, the W_UV GEMM loads W_UV while the merge runs), adding
   # one CUDA graph for the pipeline, and all of that with the L2 prefetch
-  # or with TMA staging (the candidates' best guesses); then on the 128-head
+  # or with TMA staging (the candidates' best guesses); then split sequences
+  # merged by their last work item instead of the merge kernel (--merge
+  # last-block) with the default kernel, the wgmma one two ahead, and the
+  # TMA candidate's best guess again with it; then on the 128-head
   # shapes as 8 groups
   # of 16 heads, each group reading the cache again, mostly from L2), 64
   # against 32 heads per block on the 128-head shapes at the batch sizes
@@ -218,6 +221,9 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
                    "--mma warpgroup --issue-ahead --gemm head --pdl --graph --shapes 64x4096x16,128x4096x16" \
                    "--mma warpgroup --issue-ahead --prefetch-l2 --gemm head --pdl --graph --shapes 64x4096x16,128x4096x16" \
                    "--mma warpgroup --copy bulk --issue-ahead --gemm head --pdl --graph --shapes 64x4096x16,128x4096x16" \
+                   "--merge last-block --shapes 64x4096x16,128x4096x16" \
+                   "--mma warpgroup --issue-ahead --merge last-block --shapes 64x4096x16,128x4096x16" \
+                   "--mma warpgroup --copy bulk --issue-ahead --gemm head --pdl --graph --merge last-block --shapes 64x4096x16,128x4096x16" \
                    "--mma warpgroup --issue-ahead --heads-per-block 16 --shapes 1x4096x128,16x4096x128,64x8192x128" \
                    "--heads-per-block 64 --shapes 2x4096x128,4x4096x128,8x4096x128" \
                    "--heads-per-block 32 --shapes 2x4096x128,4x4096x128,8x4096x128" \

@@ -1,8 +1,9 @@
 // The split-KV decode's work partition (kernels/cuda/mla_decode_plan.h): every
 // (sequence, head, cached position) is covered by exactly one work item, items
 // start at tile boundaries, split ranges are merged from exactly their own
-// partial slots, the slot count stays within MlaDecodeMaxPartials, and the
-// plan fills about one wave of the given SMs.
+// partial slots (and each split item names its merge), the slot count stays
+// within MlaDecodeMaxPartials, and the plan fills about one wave of the given
+// SMs.
 #include "kernels/cuda/mla_decode_plan.h"
 
 #include <gtest/gtest.h>
@@ -42,6 +43,16 @@ void CheckPlan(const std::vector<int32_t>& lens, int heads, int sms, int heads_p
     if (it.partial >= 0) {
       ASSERT_LT(it.partial, plan.num_partials);
       ++slot_uses[it.partial];
+      // Its merge item: that of its (sequence, group), over its slot.
+      ASSERT_GE(it.merge, 0);
+      ASSERT_LT(it.merge, static_cast<int32_t>(plan.merges.size()));
+      const MlaDecodeMergeItem& m = plan.merges[it.merge];
+      EXPECT_EQ(m.seq, it.seq);
+      EXPECT_EQ(m.head_begin, it.head_begin);
+      EXPECT_GE(it.partial, m.first_partial);
+      EXPECT_LT(it.partial, m.first_partial + m.num_partials);
+    } else {
+      EXPECT_EQ(it.merge, -1) << "an unsplit item names a merge";
     }
   }
   for (size_t s = 0; s < lens.size(); ++s) {
