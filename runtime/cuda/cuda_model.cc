@@ -186,6 +186,12 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(ModelConfig config,
     MLA_CUDA_RETURN_IF_ERROR(cudaMemcpy(model->inv_freq_.data(), inv_freq.data(), inv_freq.size() * sizeof(float),
                                         cudaMemcpyHostToDevice));
   }
+  if (options.decode_merge_in_block) {
+    // At most one merge item per two partial slots (a split has two items or more).
+    const size_t counters = static_cast<size_t>(MlaDecodeMaxPartials(model->ctx_->sm_count()) / 2 + 1);
+    MLA_ASSIGN_OR_RETURN(model->decode_merge_counters_, DeviceBuffer::Allocate(counters * sizeof(int32_t)));
+    MLA_CUDA_RETURN_IF_ERROR(cudaMemset(model->decode_merge_counters_.data(), 0, counters * sizeof(int32_t)));
+  }
   MLA_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());  // the model's stream does not wait for the default one
   return model;
 }
@@ -634,6 +640,14 @@ absl::Status CudaModel::Attention(int64_t layer, const StepPlan& plan, const Wor
       dp.heads_per_block = plan.decode_heads_per_block;
       dp.partial_out = ws.decode_partial;
       dp.partial_lse = ws.decode_partial_lse;
+      if (options_.decode_merge_in_block) {
+        if (static_cast<size_t>(plan.num_decode_merges) * sizeof(int32_t) > decode_merge_counters_.bytes()) {
+          return absl::InternalError(absl::StrCat("decode plan with ", plan.num_decode_merges,
+                                                  " merges (expected at most ",
+                                                  decode_merge_counters_.bytes() / sizeof(int32_t), ")"));
+        }
+        dp.merge_counters = static_cast<int32_t*>(decode_merge_counters_.data());
+      }
     }
     MLA_LAUNCH(LaunchMlaDecode, dp);
     // Head h: out[r, h, :] = W_UV_h o_lat[r, h, :], W_UV_h = kv_b rows [h * kvw + nope, (h + 1) * kvw).

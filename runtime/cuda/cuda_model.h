@@ -44,6 +44,12 @@ struct CudaModelOptions {
   // over cached + new latents otherwise. kNaive: the naive form for every
   // sequence. kAbsorbed is refused (no multi-query absorbed kernel yet).
   AttentionPath attention_path = AttentionPath::kAuto;
+  // Decode sequences whose context the plan splits over several work items
+  // are merged by the decode kernel's last item of each split
+  // (MlaDecodeParams.merge_counters) instead of a second kernel: the same
+  // logits to the bit, one kernel a layer fewer. Off until it is measured
+  // faster on a GPU (bench/RESULTS.md, session 8: --merge last-block).
+  bool decode_merge_in_block = false;
 };
 
 class CudaModel {
@@ -102,6 +108,10 @@ class CudaModel {
   std::unique_ptr<CudaContext> ctx_;
   DeviceWeights weights_;
   DeviceBuffer inv_freq_;  // float [qk_rope / 2]
+  // int32 [MlaDecodeMaxPartials(sm_count) / 2 + 1], one per merge item of a
+  // step's decode plan: zero between launches (each launch sets back what it
+  // counts). Allocated with options_.decode_merge_in_block only.
+  DeviceBuffer decode_merge_counters_;
   float rope_attention_factor_ = 1.0f;
   float softmax_scale_ = 0.0f;
   DeviceArena workspace_;      // per-step activations, grown as needed

@@ -566,6 +566,33 @@ TEST_P(CudaRaggedTest, SequencesDoNotDependOnTheBatch) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaRaggedTest, ::testing::Values("v3_bf16", "v3_fp8", "v2_lite"));
 
+// Split decode sequences merged by the decode kernel's last item of each split
+// (CudaModelOptions.decode_merge_in_block) give the merge kernel's logits to
+// the bit (one merge routine). The ragged step's decode row of 65 positions is
+// two tiles, which a plan for a device of 132 SMs (the emulator's, an H100's
+// or H200's) splits in two.
+TEST(CudaModelTest, DecodeMergedInTheLastBlockMatchesTheMergeKernel) {
+  MLA_SKIP_WITHOUT_GPU();
+  CudaModelOptions in_block;
+  in_block.decode_merge_in_block = true;
+  std::unique_ptr<CudaModel> kernel = LoadCuda("v3_bf16"), merged = LoadCuda("v3_bf16", in_block);
+  ASSERT_NE(kernel, nullptr);
+  ASSERT_NE(merged, nullptr);
+  const RaggedSetup s = MakeRagged(kRagged, kernel->config().vocab_size, gpu_test::BaseSeed() + 2);
+  std::vector<float> logits[2][2];  // [model][context step, ragged step]
+  int i = 0;
+  for (CudaModel* model : {kernel.get(), merged.get()}) {
+    absl::StatusOr<CudaLatentCache> cache = model->MakeCache(s.num_blocks);
+    ASSERT_TRUE(cache.ok()) << cache.status();
+    ASSERT_TRUE(cache->Poison().ok());
+    RunRagged(kRagged, s, [&](std::span<const SequenceStep> b) { return model->Forward(b, *cache); }, &logits[i][0],
+              &logits[i][1]);
+    ++i;
+  }
+  EXPECT_EQ(logits[0][0], logits[1][0]) << "context step";
+  EXPECT_EQ(logits[0][1], logits[1][1]) << "ragged step";
+}
+
 // Bad input is refused before any device work, with the CPU model's messages.
 TEST(CudaModelTest, RejectsBadInput) {
   MLA_SKIP_WITHOUT_GPU();
