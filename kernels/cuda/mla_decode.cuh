@@ -88,7 +88,7 @@ struct MlaDecodeParams {
   // split's partials; that last item sets the count back to 0, so the
   // counters are zero before and after every launch. Null: the merge kernel
   // runs after the decode, as before. Size: one int32 a merge item (at most
-  // MlaDecodeMaxPartials / 2), zeroed once when allocated; launches that share
+  // MlaDecodeMaxMerges), zeroed once when allocated; launches that share
   // the counters must run one after another (one stream). Not measured yet on
   // a GPU: what it saves is the merge kernel's launch and the grid boundary
   // before it, for a longer last item of each split.

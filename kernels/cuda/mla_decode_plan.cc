@@ -32,6 +32,7 @@ int MlaDecodeDefaultHeadsPerBlock(std::span<const int32_t> kv_lens, int num_head
 // ceil(tiles / per_item) < 2 * tiles / per_item items; per_item >=
 // total / num_sms, so all split items together are fewer than 2 * num_sms.
 int64_t MlaDecodeMaxPartials(int num_sms) { return 2 * static_cast<int64_t>(std::max(num_sms, 1)); }
+int64_t MlaDecodeMaxMerges(int num_sms) { return MlaDecodeMaxPartials(num_sms) / 2; }
 
 MlaDecodePlan PlanMlaDecode(std::span<const int32_t> kv_lens, int num_heads, int num_sms) {
   return PlanMlaDecode(kv_lens, num_heads, num_sms, MlaDecodeHeadsPerBlock(num_heads));

@@ -75,6 +75,9 @@ int MlaDecodeDefaultHeadsPerBlock(std::span<const int32_t> kv_lens, int num_head
 // (partial_out: slots x heads_per_block x kv_lora floats; partial_lse: slots x
 // heads_per_block floats) with it once.
 int64_t MlaDecodeMaxPartials(int num_sms);
+// The most merge items any plan for `num_sms` has (a split has two partial
+// slots or more): size MlaDecodeParams.merge_counters with it once.
+int64_t MlaDecodeMaxMerges(int num_sms);
 
 // kv_lens: per sequence, the cached positions it attends to (>= 0).
 // num_sms: thread blocks that run at once (the kernel runs one per SM); the

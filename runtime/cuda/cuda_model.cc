@@ -187,8 +187,7 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(ModelConfig config,
                                         cudaMemcpyHostToDevice));
   }
   if (options.decode_merge_in_block) {
-    // At most one merge item per two partial slots (a split has two items or more).
-    const size_t counters = static_cast<size_t>(MlaDecodeMaxPartials(model->ctx_->sm_count()) / 2 + 1);
+    const size_t counters = static_cast<size_t>(MlaDecodeMaxMerges(model->ctx_->sm_count()));
     MLA_ASSIGN_OR_RETURN(model->decode_merge_counters_, DeviceBuffer::Allocate(counters * sizeof(int32_t)));
     MLA_CUDA_RETURN_IF_ERROR(cudaMemset(model->decode_merge_counters_.data(), 0, counters * sizeof(int32_t)));
   }

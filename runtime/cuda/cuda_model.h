@@ -108,7 +108,7 @@ class CudaModel {
   std::unique_ptr<CudaContext> ctx_;
   DeviceWeights weights_;
   DeviceBuffer inv_freq_;  // float [qk_rope / 2]
-  // int32 [MlaDecodeMaxPartials(sm_count) / 2 + 1], one per merge item of a
+  // int32 [MlaDecodeMaxMerges(sm_count)], one per merge item of a
   // step's decode plan: zero between launches (each launch sets back what it
   // counts). Allocated with options_.decode_merge_in_block only.
   DeviceBuffer decode_merge_counters_;

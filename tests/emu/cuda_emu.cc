@@ -59,6 +59,10 @@ namespace {
 
 constexpr size_t kStackBytes = 256 * 1024;  // per fiber: kernel frames are a few KiB
 
+// The 128-byte swizzle (wgmma.cuh's comment), as TMA writes it and wgmma
+// reads it: chunk c of row r of a 1024-byte atom at chunk c ^ r.
+uint32_t Swizzle128(uint32_t offset) { return offset ^ (((offset >> 7) & 7) << 4); }
+
 struct Copy {
   unsigned char* dst;
   const unsigned char* src;
@@ -455,7 +459,7 @@ void BulkTensorQueue(unsigned char* dst, const void* map_ptr, int x, int y, unsi
   for (uint32_t r = 0; r < map.box[1]; ++r) {
     for (uint32_t c = 0; c < row_bytes / 16; ++c) {
       uint32_t at = r * row_bytes + c * 16;
-      if (map.swizzle_bytes == 128) at ^= ((at >> 7) & 7) << 4;
+      if (map.swizzle_bytes == 128) at = Swizzle128(at);
       const int64_t gx = static_cast<int64_t>(x) + c * per_chunk, gy = static_cast<int64_t>(y) + r;
       const bool inside = gx >= 0 && gy >= 0 && static_cast<uint64_t>(gx) + per_chunk <= map.dims[0] &&
                           static_cast<uint64_t>(gy) < map.dims[1];
@@ -518,9 +522,6 @@ WgmmaOperand DecodeWgmmaDesc(uint64_t desc, const char* operand) {
   return {start, static_cast<uint32_t>((desc >> 16) & kField) << 4, static_cast<uint32_t>((desc >> 32) & kField) << 4,
           sw128};
 }
-
-// The 128-byte swizzle (wgmma.cuh's comment): chunk c of row r of a 1024-byte atom at chunk c ^ r.
-uint32_t Swizzle128(uint32_t offset) { return offset ^ (((offset >> 7) & 7) << 4); }
 
 // Byte offsets of the layouts (wgmma.cuh's comment). No swizzle: core
 // matrices of 8 rows x 16 bytes, LBO stepping along K and SBO along M or N.

@@ -202,9 +202,8 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
   # or with TMA staging (the candidates' best guesses); then split sequences
   # merged by their last work item instead of the merge kernel (--merge
   # last-block) with the default kernel, the wgmma one two ahead, and the
-  # TMA candidate's best guess again with it; then on the 128-head
-  # shapes as 8 groups
-  # of 16 heads, each group reading the cache again, mostly from L2), 64
+  # TMA candidate's best guess again with it; then on the 128-head shapes as
+  # 8 groups of 16 heads, each group reading the cache again, mostly from L2), 64
   # against 32 heads per block on the 128-head shapes at the batch sizes
   # around the default's cut-off (two 64-head tiles per SM), and the default
   # kernel with the per-head GEMMs on head_gemm.cuh's kernel, alone, with
