@@ -621,9 +621,9 @@ int main(int argc, char** argv) {
       "%s%s%s%s%s%s%s\n",
       prop.name, sms, copy_gbps, opt.plan_sms,
       opt.query == MlaDecodeQuery::kShared ? "shared memory" : "registers",
-      opt.copy != MlaDecodeCopy::kBulk              ? "cp.async"
-      : opt.mma == MlaDecodeMma::kWarpgroup ? "bulk copies (TMA tensor copies in the 16-head wgmma kernel)"
-                                            : "bulk copies",
+      opt.copy != MlaDecodeCopy::kBulk ? "cp.async"
+                                       : "bulk copies (TMA tensor copies in the wgmma kernels: 64 heads per block, "
+                                         "or 16 with --mma warpgroup)",
       opt.head_gemm ? "head_gemm.cuh" : "cuBLAS", opt.pdl ? "; programmatic dependent launch" : "",
       opt.prefetch_l2 ? "; L2 prefetch of the next tile" : "",
       opt.mma == MlaDecodeMma::kWarpgroup ? "; 16-head plans on wgmma" : "",

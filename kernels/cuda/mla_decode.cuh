@@ -45,10 +45,10 @@ enum class MlaDecodeQuery : uint8_t { kAuto, kShared, kRegisters };
 // an mbarrier (kBulk, sm_90's TMA engine: far fewer issued instructions per
 // tile, the kernel being issue-bound). kAuto is kCpAsync: on an H200 the bulk
 // copies were no faster at 16 heads and 5% slower on 64x8192x128
-// (bench/RESULTS.md, session 5). The 16-head wgmma kernel reads kBulk as TMA
-// tensor copies: one thread requests a whole 64-token page as 9 boxes into
-// 128-byte-swizzled stages (with 64-token pages; else cp.async); not yet
-// measured. The 64-head wgmma kernel always uses cp.async.
+// (bench/RESULTS.md, session 5). The wgmma kernels (16 and 64 heads per
+// block) read kBulk as TMA tensor copies: one thread requests a whole
+// 64-token page as 9 boxes into 128-byte-swizzled stages (with 64-token
+// pages; else cp.async; mla_decode_tma.cuh); not yet measured.
 enum class MlaDecodeCopy : uint8_t { kAuto, kCpAsync, kBulk };
 
 // Which tensor-core instructions run a plan of 16 heads per block on

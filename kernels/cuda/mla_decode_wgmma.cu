@@ -1,5 +1,6 @@
 #include "kernels/cuda/mla_decode_wgmma.cuh"
 
+#include <cuda.h>
 #include <cuda_bf16.h>
 
 #include <cstddef>
@@ -9,6 +10,7 @@
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/mla_decode_merge.cuh"
 #include "kernels/cuda/mla_decode_prefetch.cuh"
+#include "kernels/cuda/mla_decode_tma.cuh"
 #include "kernels/cuda/warp_mma.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
@@ -46,6 +48,16 @@ constexpr uint32_t kPBytes = kPGroupBytes * (kRows / 8);  // 8192
 constexpr uint32_t kRedBytes = sizeof(float) * kWarpGroups * kRows;
 constexpr size_t kSharedBytes = 3 * static_cast<size_t>(kMatBytes) + kPBytes + kRedBytes;  // 229888
 static_assert(kSharedBytes <= 227 * 1024, "query, two stages, P and the statistics fit sm_90's 227 KiB");
+// Staged by TMA (kTma: MlaDecodeCopy::kBulk with 64-token pages): a stage is
+// mla_decode_tma.cuh's 9 boxes of 64 positions x 64 latent values, 128-byte
+// swizzled (the query stays unswizzled, by cp.async); then two mbarriers, one
+// a stage, and 1 KiB of slack to align the stages' 1024-byte atoms (the query
+// before them is 72 KiB).
+constexpr uint32_t kBoxBytes = kTmaBoxBytes;
+static_assert(kTmaStageBytes == kMatBytes && kMatBytes % 1024 == 0, "boxes tile a stage, 1024-aligned");
+constexpr uint32_t kBarOffset = static_cast<uint32_t>(kSharedBytes);  // a multiple of 8
+constexpr size_t kTmaSharedBytes = kSharedBytes + 16 + 1024;
+static_assert(kTmaSharedBytes <= 227 * 1024, "the mbarriers and the alignment slack fit too");
 static_assert(kTile == 64 && kRows == 64 && kChunks == 72, "the layouts below assume DeepSeek-V3's shape");
 
 // One work item (MlaDecodeWorkItem) per block: 64 heads of one sequence over
@@ -62,13 +74,27 @@ static_assert(kTile == 64 && kRows == 64 && kChunks == 72, "the layouts below as
 // The mma.sync kernel (mla_decode_mma.cu) at 32 heads per block is bound by
 // issuing ldmatrix and mma.sync (about 1100 MMAs per tile) at 8 warps per SM;
 // here a tile is 40 wgmma per warpgroup, and each cache tile serves 64 heads.
+// How the cache tiles are staged (kTma: MlaDecodeParams.copy kBulk):
+//   false  tile i + 1's 18 cp.async a thread go out between tile i's score
+//          mmas, into the no-swizzle layout;
+//   true   one thread requests tile i + 1 (a whole 64-token page: 9 TMA
+//          tensor copies, cache_map, 128-byte swizzle) as soon as tile i has
+//          landed and the other stage is free, so the copy has all of tile
+//          i's mmas and softmax to land in, and the warps issue no copy
+//          instructions. Rows past kv_end of the last page are zeroed once
+//          it lands. Not yet measured on a GPU.
 // Three barriers per tile. Positions past kv_end are zero-filled and score
 // -inf, as in the mma.sync kernel, and the result goes to out_latent (BF16)
 // or the item's partial slot (FP32 normalised, plus the base-2 log-sum-exp),
 // which with p.merge_counters the split's last item merges.
-__global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmmaKernel(MlaDecodeParams p) {
-  MLA_DYNAMIC_SHARED(smem);
+template <bool kTma>
+__global__ void __launch_bounds__(kThreads, 1)
+    MlaDecodeWgmmaKernel(MlaDecodeParams p, const __grid_constant__ CUtensorMap cache_map) {
+  MLA_DYNAMIC_SHARED(smem_raw);
+  unsigned char* smem = smem_raw;
+  if constexpr (kTma) smem += (1024 - SharedAddress(smem_raw) % 1024) % 1024;  // the 1024-byte atoms aligned
   const uint32_t q_addr = SharedAddress(smem);
+  const uint32_t bar_addr = q_addr + kBarOffset;  // kTma: stage s's mbarrier at bar_addr + 8 s
   const uint32_t kv_addr = q_addr + kMatBytes;  // stage s at kv_addr + s * kMatBytes
   const uint32_t p_addr = kv_addr + 2 * kMatBytes;
   float* red = reinterpret_cast<float*>(smem + 3 * kMatBytes + kPBytes);  // [kWarpGroups][kRows]
@@ -125,14 +151,26 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmmaKernel(MlaDecodePar
   auto copy_piece = [&](uint32_t dst, const bf16* src, int32_t block, int j) {
     CpAsync16(dst + 512 * j, block >= 0 ? src + 32 * j : src, block >= 0 ? 16 : 0);
   };
-  if (item.kv_begin < item.kv_end) {
-    const int32_t block = row_block(item.kv_begin);
-    const bf16* src = row_src(item.kv_begin, block);
+  int32_t next_block = -1;  // cp.async: the next tile's entry for this thread's row
+  if constexpr (kTma) {
+    CpAsyncCommit();  // Q's group
+    if (threadIdx.x == 0) {
+      MbarInit(bar_addr, 1);
+      MbarInit(bar_addr + 8, 1);
+      FenceMbarInit();
+      if (item.kv_begin < item.kv_end) IssueCachePage(&cache_map, kv_addr, bar_addr, table[item.kv_begin / kTile]);
+    }
+    __syncthreads();  // the barriers are initialised before any thread waits on them
+  } else {
+    if (item.kv_begin < item.kv_end) {
+      const int32_t block = row_block(item.kv_begin);
+      const bf16* src = row_src(item.kv_begin, block);
 #pragma unroll
-    for (int j = 0; j < kPieces; ++j) copy_piece(kv_addr + my_offset, src, block, j);
+      for (int j = 0; j < kPieces; ++j) copy_piece(kv_addr + my_offset, src, block, j);
+    }
+    CpAsyncCommit();
+    next_block = row_block(item.kv_begin + kTile);
   }
-  CpAsyncCommit();
-  int32_t next_block = row_block(item.kv_begin + kTile);  // the next tile's
   // L2 prefetch (p.prefetch_l2): the tile after the one being staged.
   const bool prefetcher = p.prefetch_l2 && threadIdx.x == 0;
   if (prefetcher) {
@@ -149,25 +187,41 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmmaKernel(MlaDecodePar
   const float scale_log2 = p.scale * 1.4426950408889634f;  // scores in log2 units: exp2 below
 
   int stage = 0;
+  uint32_t phases = 0;  // kTma: bit s, the parity of stage s's next mbarrier phase
   for (int t0 = item.kv_begin; t0 < item.kv_end; t0 += kTile, stage ^= 1) {
-    CpAsyncWait<0>();
-    // cp.async writes through the generic proxy; wgmma reads through the
-    // async proxy: the fence orders this thread's landed copies before the
-    // barrier, after which any warpgroup's wgmma may read them.
+    if constexpr (kTma) {
+      if (t0 == item.kv_begin) CpAsyncWait<0>();  // the query
+      MbarWaitParity(bar_addr + 8 * stage, static_cast<int>((phases >> stage) & 1));
+      phases ^= 1u << stage;
+      // The last page's rows past kv_end: zeros.
+      if (item.kv_end - t0 < kTile) ZeroStageFrom<kThreads>(smem + kMatBytes + stage * kMatBytes, item.kv_end - t0);
+    } else {
+      CpAsyncWait<0>();
+    }
+    // cp.async (and the zeros above) write through the generic proxy; wgmma
+    // reads through the async proxy: the fence orders this thread's writes
+    // before the barrier, after which any warpgroup's wgmma may read them.
     FenceProxyAsync();
     // Tile t0 (and Q) are in; every warpgroup is done with the other stage, P and red.
     __syncthreads();
     const uint32_t kv = kv_addr + stage * kMatBytes;
+    if constexpr (kTma) {
+      if (threadIdx.x == 0 && t0 + kTile < item.kv_end) {
+        IssueCachePage(&cache_map, kv_addr + (stage ^ 1) * kMatBytes, bar_addr + 8 * (stage ^ 1),
+                       table[(t0 + kTile) / kTile]);
+      }
+    }
 
     // S = Q K^T over this warpgroup's 32 positions: the descriptors step 256
-    // bytes (two core matrices, 16 latent values) per k-step. The next tile's
+    // bytes (two core matrices, 16 latent values) per k-step (kTma: K steps
+    // 32 bytes in a box's rows, then the next box). The next tile's
     // copies go out between the mmas, one after every second (they fill the
     // other stage, which no mma in flight reads): issued all at once, the 18
     // cp.async a thread filled the load/store queue (Nsight Compute on an
     // H200: "LG throttle", the largest stall, 1.7 cycles per instruction).
-    const bool load_next = t0 + kTile < item.kv_end;
+    const bool load_next = !kTma && t0 + kTile < item.kv_end;
     const int32_t block = next_block;
-    next_block = row_block(t0 + 2 * kTile);
+    if constexpr (!kTma) next_block = row_block(t0 + 2 * kTile);
     const bf16* src = row_src(t0 + kTile, block);
     const uint32_t dst = kv_addr + (stage ^ 1) * kMatBytes + my_offset;
     float s[kScoreN / 2];
@@ -176,7 +230,10 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmmaKernel(MlaDecodePar
     WgmmaFence();
 #pragma unroll
     for (int ks = 0; ks < kLatent / 16; ++ks) {
-      WgmmaBf16<kScoreN, false, false>(s, q_desc + (256 >> 4) * ks, k_desc + (256 >> 4) * ks, ks > 0);
+      const uint64_t b_desc =
+          kTma ? WgmmaDescSw128(kv + (ks / 4) * kBoxBytes + wg * kScoreN * 128 + (ks % 4) * 32, 1024, 1024)
+               : k_desc + (256 >> 4) * ks;
+      WgmmaBf16<kScoreN, false, false>(s, q_desc + (256 >> 4) * ks, b_desc, ks > 0);
       if (ks % 2 == 1 && load_next) copy_piece(dst, src, block, ks / 2);
     }
     static_assert(kLatent / 16 == 2 * kPieces, "a piece after every second k-step covers the tile");
@@ -254,13 +311,17 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmmaKernel(MlaDecodePar
 
     // O += P V: k-steps of 16 positions (P: two core matrices along K, 256
     // bytes; V: two row groups, 2 kGroupBytes), this warpgroup's 32 column
-    // core matrices starting at piece 32 wg.
+    // core matrices starting at piece 32 wg. kTma: V's 16 positions are rows
+    // 16 kk of boxes 4 wg .. 4 wg + 3 (2048 bytes a k-step), LBO the next box
+    // (the next 64 columns), SBO the next 8 positions.
     const uint64_t p_desc = WgmmaDesc(p_addr, 128, kPGroupBytes);
     const uint64_t v_desc = WgmmaDesc(kv + wg * (kOutN / 8) * 128, kGroupBytes, 128);
     WgmmaFence();
 #pragma unroll
     for (int kk = 0; kk < kTile / 16; ++kk) {
-      WgmmaBf16<kOutN, false, true>(o, p_desc + (256 >> 4) * kk, v_desc + ((2 * kGroupBytes) >> 4) * kk, true);
+      const uint64_t b_desc = kTma ? WgmmaDescSw128(kv + 4 * wg * kBoxBytes + kk * 2048, kBoxBytes, 1024)
+                                   : v_desc + ((2 * kGroupBytes) >> 4) * kk;
+      WgmmaBf16<kOutN, false, true>(o, p_desc + (256 >> 4) * kk, b_desc, true);
     }
     WgmmaCommit();
     WgmmaWait<0>();
@@ -305,6 +366,15 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeWgmmaKernel(MlaDecodePar
   MergeIfLastOfSplit<kThreads>(p, item, reinterpret_cast<int*>(smem + kMatBytes));
 }
 
+template <bool kTma>
+cudaError_t Launch(const MlaDecodeParams& p, const CUtensorMap& map, cudaStream_t stream) {
+  constexpr size_t kBytes = kTma ? kTmaSharedBytes : kSharedBytes;
+  const cudaError_t err = OptIntoDynamicShared<&MlaDecodeWgmmaKernel<kTma>>(static_cast<int>(kBytes));
+  if (err != cudaSuccess) return err;
+  LaunchKernelPdl(MlaDecodeWgmmaKernel<kTma>, p.num_work_items, kThreads, kBytes, stream, p.pdl, p, map);
+  return cudaGetLastError();
+}
+
 }  // namespace
 
 bool MlaDecodeWgmmaTakes(int kv_lora, int qk_rope, int heads_per_block) {
@@ -316,10 +386,14 @@ cudaError_t LaunchMlaDecodeWgmma(const MlaDecodeParams& p, cudaStream_t stream) 
   if (!MlaDecodeWgmmaTakes(p.kv_lora, p.qk_rope, p.heads_per_block) || p.num_work_items <= 0) {
     return cudaErrorInvalidValue;
   }
-  const cudaError_t err = OptIntoDynamicShared<&MlaDecodeWgmmaKernel>(static_cast<int>(kSharedBytes));
-  if (err != cudaSuccess) return err;
-  LaunchKernelPdl(MlaDecodeWgmmaKernel, p.num_work_items, kThreads, kSharedBytes, stream, p.pdl, p);
-  return cudaGetLastError();
+  if (MlaDecodeStagesByTma(p)) {
+    CUtensorMap map;
+    const cudaError_t err = MlaDecodeCacheMap(p, &map);
+    if (err != cudaSuccess) return err;
+    return Launch<true>(p, map, stream);
+  }
+  const CUtensorMap unused{};
+  return Launch<false>(p, unused, stream);
 }
 
 }  // namespace mla::cuda::detail

@@ -18,7 +18,9 @@ inline constexpr int kMlaDecodeWgmmaHeads = 64;  // heads per work item: one wgm
 bool MlaDecodeWgmmaTakes(int kv_lora, int qk_rope, int heads_per_block);
 
 // Runs the plan's work items (not the merges). Requires MlaDecodeWgmmaTakes
-// and 16-byte aligned q_latent, q_pe and cache.
+// and 16-byte aligned q_latent, q_pe and cache. With MlaDecodeCopy::kBulk and
+// 64-token pages the cache is staged by TMA tensor copies (mla_decode_tma.cuh's
+// map; cudaErrorNotSupported where the driver cannot encode one).
 cudaError_t LaunchMlaDecodeWgmma(const MlaDecodeParams& p, cudaStream_t stream);
 
 }  // namespace mla::cuda::detail

@@ -1,7 +1,6 @@
 #include "kernels/cuda/mla_decode_wgmma16.cuh"
 
 #include <cuda.h>
-#include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 
 #include <cstddef>
@@ -11,6 +10,7 @@
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/mla_decode_merge.cuh"
 #include "kernels/cuda/mla_decode_prefetch.cuh"
+#include "kernels/cuda/mla_decode_tma.cuh"
 #include "kernels/cuda/warp_mma.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
@@ -50,14 +50,12 @@ constexpr uint32_t kRedBytes = sizeof(float) * kWarps * kHeads;
 constexpr uint32_t kPOffset = kQBytes + 2 * kStageBytes;
 constexpr size_t kSharedBytes = kPOffset + kPBytes + kRedBytes;  // 168192
 static_assert(kSharedBytes <= 227 * 1024, "query, two stages, P and the statistics fit sm_90's 227 KiB");
-// Staged by TMA (kTma: MlaDecodeCopy::kBulk): a stage is 9 boxes of 64
-// positions x 64 latent values (128-byte rows, 8 KiB, 128-byte swizzled:
-// wgmma.cuh), box j holding the latent's [64 j, 64 j + 64); then two
+// Staged by TMA (kTma: MlaDecodeCopy::kBulk): a stage is mla_decode_tma.cuh's
+// 9 boxes of 64 positions x 64 latent values (128-byte swizzled); then two
 // mbarriers, one a stage; and 1 KiB of slack to align the stages' 1024-byte
 // atoms (the query before them is 18 KiB).
-constexpr uint32_t kBoxBytes = 64 * 128;
-constexpr int kBoxes = kLatent / 64;
-static_assert(kBoxes * kBoxBytes == kStageBytes && kQBytes % 1024 == 0, "boxes tile the stage, 1024-aligned");
+constexpr uint32_t kBoxBytes = kTmaBoxBytes;
+static_assert(kTmaStageBytes == kStageBytes && kQBytes % 1024 == 0, "boxes tile the stage, 1024-aligned");
 constexpr uint32_t kBarOffset = static_cast<uint32_t>(kSharedBytes);  // a multiple of 8
 constexpr size_t kTmaSharedBytes = kSharedBytes + 16 + 1024;
 static_assert(kTile == 64 && kHeads == 16 && kChunks == 72, "the layouts below assume DeepSeek-V3's shape");
@@ -175,16 +173,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     block[0] = row_block(t0, 0);
     block[1] = row_block(t0, 1);
   };
-  // kTma: tile t0 (a whole page) into `stage` by one thread: 9 boxes on the
-  // stage's mbarrier, which expects the stage's bytes.
+  // kTma: tile t0 (a whole page) into `stage` by one thread, on the stage's mbarrier.
   auto issue_tile = [&](int stage, int t0) {
-    const uint32_t bar = bar_addr + 8 * stage;
-    MbarArriveExpectTx(bar, static_cast<int>(kStageBytes));
-    const int row = table[t0 / kTile] * kTile;
-#pragma unroll
-    for (int j = 0; j < kBoxes; ++j) {
-      BulkTensorCopy2d(kv_addr + stage * kStageBytes + j * kBoxBytes, &cache_map, 64 * j, row, bar);
-    }
+    IssueCachePage(&cache_map, kv_addr + stage * kStageBytes, bar_addr + 8 * stage, table[t0 / kTile]);
   };
   int32_t next_block[2] = {-1, -1};
   if constexpr (kTma) {
@@ -238,16 +229,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (t0 == item.kv_begin) CpAsyncWait<0>();  // the query
       MbarWaitParity(bar_addr + 8 * stage, static_cast<int>((phases >> stage) & 1));
       phases ^= 1u << stage;
-      // The last page's rows past kv_end: zeros (a box row's 128 bytes are
-      // one row whatever the swizzle).
-      if (item.kv_end - t0 < kTile) {
-        unsigned char* st = smem + kQBytes + stage * kStageBytes;
-        const int valid = item.kv_end - t0;
-        for (int i = threadIdx.x; i < (kTile - valid) * kBoxes * 8; i += kThreads) {
-          const int r = valid + i / (kBoxes * 8), box = i / 8 % kBoxes, chunk = i % 8;
-          *reinterpret_cast<uint4*>(st + box * kBoxBytes + r * 128 + chunk * 16) = make_uint4(0, 0, 0, 0);
-        }
-      }
+      // The last page's rows past kv_end: zeros.
+      if (item.kv_end - t0 < kTile) ZeroStageFrom<kThreads>(smem + kQBytes + stage * kStageBytes, item.kv_end - t0);
     } else {
       CpAsyncWait<kAhead ? 1 : 0>();  // kAhead: tile t0 + kTile's group stays in flight
     }
@@ -423,32 +406,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   MergeIfLastOfSplit<kThreads>(p, item, reinterpret_cast<int*>(smem + kQBytes));
 }
 
-// The cache as a TMA tensor map: [rows, 576] BF16 rows of 1152 bytes, 64 x
-// 64 boxes, 128-byte swizzle. MlaDecodeParams carries no block count, so the
-// map claims 2^31 rows (the most a box's row coordinate reaches): the block
-// tables bound what is read, as for every decode kernel. cuTensorMapEncodeTiled
-// comes through the runtime (no link against the driver library).
-cudaError_t EncodeCacheMap(const MlaDecodeParams& p, CUtensorMap* map) {
-  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
-    void* fn = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) !=
-            cudaSuccess ||
-        found != cudaDriverEntryPointSuccess) {
-      fn = nullptr;
-    }
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-  }();
-  if (encode == nullptr) return cudaErrorNotSupported;
-  const cuuint64_t dims[2] = {kLatent, cuuint64_t{1} << 31};
-  const cuuint64_t strides[1] = {kLatent * sizeof(bf16)};
-  const cuuint32_t box[2] = {64, kTile}, unit[2] = {1, 1};
-  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(p.cache), dims, strides, box,
-                            unit, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
-}
-
 template <bool kAhead, bool kTma>
 cudaError_t Launch(const MlaDecodeParams& p, const CUtensorMap& map, cudaStream_t stream) {
   constexpr size_t kBytes = kTma ? kTmaSharedBytes : kSharedBytes;
@@ -469,19 +426,11 @@ cudaError_t LaunchMlaDecodeWgmma16(const MlaDecodeParams& p, cudaStream_t stream
   if (!MlaDecodeWgmma16Takes(p.kv_lora, p.qk_rope, p.heads_per_block, p.mma) || p.num_work_items <= 0) {
     return cudaErrorInvalidValue;
   }
-  // TMA staging (MlaDecodeCopy::kBulk) where a tile is one page. The map
-  // depends only on the cache's address (its shape is fixed): a thread's
-  // last one is kept, so repeated launches over one layer's cache (the
-  // benchmark) encode it once; a model's layers each encode theirs, a host
-  // call of about a microsecond.
-  if (p.copy == MlaDecodeCopy::kBulk && p.block_size == kTile) {
-    thread_local const void* mapped_cache = nullptr;
-    thread_local CUtensorMap map{};
-    if (mapped_cache != p.cache) {
-      const cudaError_t err = EncodeCacheMap(p, &map);
-      if (err != cudaSuccess) return err;
-      mapped_cache = p.cache;
-    }
+  // TMA staging (MlaDecodeCopy::kBulk) where a tile is one page.
+  if (MlaDecodeStagesByTma(p)) {
+    CUtensorMap map;
+    const cudaError_t err = MlaDecodeCacheMap(p, &map);
+    if (err != cudaSuccess) return err;
     return p.issue_ahead ? Launch<true, true>(p, map, stream) : Launch<false, true>(p, map, stream);
   }
   const CUtensorMap unused{};

@@ -18,10 +18,8 @@ bool MlaDecodeWgmma16Takes(int kv_lora, int qk_rope, int heads_per_block, MlaDec
 
 // Runs the plan's work items (not the merges). Requires MlaDecodeWgmma16Takes
 // and 16-byte aligned q_latent, q_pe and cache. With MlaDecodeCopy::kBulk and
-// 64-token pages the cache is staged by TMA tensor copies (a tensor map made
-// through cudaGetDriverEntryPointByVersion, kept per host thread for the
-// last cache address; cudaErrorNotSupported where the driver has no
-// cuTensorMapEncodeTiled).
+// 64-token pages the cache is staged by TMA tensor copies (mla_decode_tma.cuh's
+// map; cudaErrorNotSupported where the driver cannot encode one).
 cudaError_t LaunchMlaDecodeWgmma16(const MlaDecodeParams& p, cudaStream_t stream);
 
 }  // namespace mla::cuda::detail

@@ -51,7 +51,30 @@ uint32_t ARegion(const WgmmaProbeParams& p) {
   }
   return RoundUp16(std::max(AExtent(p.a_lbo, p.a_sbo, p.trans_a), AExtent(p.desc_a_lbo, p.desc_a_sbo, p.trans_a)));
 }
-// Slack to align a swizzled A's atoms to 1024 bytes.
+// The same for B (wgmma_probe.cuh): MN-major element (k, n), 64 n along a
+// row and b_lbo to the next 64; K-major (n, k), b_kstep's 16 k of each row.
+__host__ __device__ uint32_t Sw128B(const WgmmaProbeParams& p, bool trans, int k, int n) {
+  return trans ? Swizzle128((k / 8) * p.b_sbo + (n / 64) * p.b_lbo + (k % 8) * 128 + (n % 64) * 2)
+               : Swizzle128((n / 8) * p.b_sbo + (n % 8) * 128 + (p.b_kstep * 16 + k) * 2);
+}
+// B's region: a swizzled B ends with the atom of its last 8-row group (and,
+// MN-major, its last 64 columns), by the placement's strides or the
+// descriptor's, whichever reach farther (either may be the one that steps).
+uint32_t BRegion(const WgmmaProbeParams& p) {
+  if (p.b_sw128) {
+    const uint32_t far = std::max({p.b_lbo, p.b_sbo, p.desc_b_lbo, p.desc_b_sbo});
+    const uint32_t groups = p.trans_b ? 1 + static_cast<uint32_t>(p.n / 64 - 1) : static_cast<uint32_t>(p.n / 8 - 1);
+    return groups * far + 1024;
+  }
+  return RoundUp16(std::max(BExtent(p.b_lbo, p.b_sbo, p.n, p.trans_b),
+                            BExtent(p.desc_b_lbo, p.desc_b_sbo, p.n, p.trans_b)));
+}
+// Where B starts: after A, on a 1024-byte atom when B is swizzled.
+uint32_t BOffset(const WgmmaProbeParams& p) {
+  const uint32_t a = ARegion(p);
+  return p.b_sw128 ? (a + 1023u) & ~1023u : a;
+}
+// Slack to align a swizzled operand's atoms to 1024 bytes.
 constexpr uint32_t kAlignSlack = 1024;
 
 template <int N, bool kTransA, bool kTransB>
@@ -70,7 +93,9 @@ __global__ void __launch_bounds__(128) WgmmaProbeKernel(WgmmaProbeParams p, uint
   }
   for (int i = threadIdx.x; i < 16 * N; i += 128) {
     const int k = i / N, n = i % N;
-    const uint32_t off = kTransB ? MnMajor(p.b_lbo, p.b_sbo, k, n) : KMajor(p.b_lbo, p.b_sbo, n, k);
+    const uint32_t off = p.b_sw128 ? Sw128B(p, kTransB, k, n)
+                         : kTransB ? MnMajor(p.b_lbo, p.b_sbo, k, n)
+                                   : KMajor(p.b_lbo, p.b_sbo, n, k);
     *reinterpret_cast<__nv_bfloat16*>(smem + b_offset + off) = p.b[i];
   }
   detail::FenceProxyAsync();  // the stores (generic proxy) before the mma (async proxy) reads them
@@ -81,8 +106,10 @@ __global__ void __launch_bounds__(128) WgmmaProbeKernel(WgmmaProbeParams p, uint
   const uint64_t desc_a =
       p.a_sw128 ? detail::WgmmaDescSw128(base + (kTransA ? 0 : p.a_kstep * 32), p.desc_a_lbo, p.desc_a_sbo)
                 : detail::WgmmaDesc(base, p.desc_a_lbo, p.desc_a_sbo);
-  detail::WgmmaBf16<N, kTransA, kTransB>(d, desc_a, detail::WgmmaDesc(base + b_offset, p.desc_b_lbo, p.desc_b_sbo),
-                                         false);
+  const uint64_t desc_b =
+      p.b_sw128 ? detail::WgmmaDescSw128(base + b_offset + (kTransB ? 0 : p.b_kstep * 32), p.desc_b_lbo, p.desc_b_sbo)
+                : detail::WgmmaDesc(base + b_offset, p.desc_b_lbo, p.desc_b_sbo);
+  detail::WgmmaBf16<N, kTransA, kTransB>(d, desc_a, desc_b, false);
   detail::WgmmaCommit();
   detail::WgmmaWait<0>();
   detail::WgmmaFenceOperand(d);
@@ -98,14 +125,15 @@ __global__ void __launch_bounds__(128) WgmmaProbeKernel(WgmmaProbeParams p, uint
 }  // namespace
 
 size_t WgmmaProbeSharedBytes(const WgmmaProbeParams& p) {
-  return kAlignSlack + ARegion(p) + RoundUp16(std::max(BExtent(p.b_lbo, p.b_sbo, p.n, p.trans_b),
-                                         BExtent(p.desc_b_lbo, p.desc_b_sbo, p.n, p.trans_b)));
+  return kAlignSlack + BOffset(p) + BRegion(p);
 }
 
 cudaError_t LaunchWgmmaProbe(const WgmmaProbeParams& p, cudaStream_t stream) {
   const uint32_t strides[] = {p.a_lbo, p.a_sbo, p.b_lbo, p.b_sbo, p.desc_a_lbo, p.desc_a_sbo, p.desc_b_lbo, p.desc_b_sbo};
   const bool aligned = std::all_of(std::begin(strides), std::end(strides), [](uint32_t s) { return s % 16 == 0; }) &&
-                       (!p.a_sw128 || (p.a_sbo % 1024 == 0 && p.a_kstep >= 0 && p.a_kstep < 4));
+                       (!p.a_sw128 || (p.a_sbo % 1024 == 0 && p.a_kstep >= 0 && p.a_kstep < 4)) &&
+                       (!p.b_sw128 || (p.b_sbo % 1024 == 0 && (!p.trans_b || p.b_lbo % 1024 == 0) &&
+                                       p.b_kstep >= 0 && p.b_kstep < 4));
   const size_t bytes = WgmmaProbeSharedBytes(p);
   using Kernel = void (*)(WgmmaProbeParams, uint32_t, uint32_t);
   const Kernel kernel = p.n == 16 && !p.trans_a && !p.trans_b  ? WgmmaProbeKernel<16, false, false>
@@ -120,7 +148,7 @@ cudaError_t LaunchWgmmaProbe(const WgmmaProbeParams& p, cudaStream_t stream) {
   cudaError_t err = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
   if (err != cudaSuccess) return err;
-  detail::LaunchKernel(kernel, 1, 128, bytes, stream, p, ARegion(p), static_cast<uint32_t>(bytes - kAlignSlack));
+  detail::LaunchKernel(kernel, 1, 128, bytes, stream, p, BOffset(p), static_cast<uint32_t>(bytes - kAlignSlack));
   return cudaGetLastError();
 }
 

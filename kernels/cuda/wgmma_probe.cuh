@@ -1,7 +1,7 @@
 // One warpgroup MMA (wgmma.cuh, m64nNk16 BF16 -> FP32) on operands handed over
 // in plain row-major global memory: a self-test of the conventions the wgmma
-// decode kernel relies on (tests/gpu/wgmma_gpu_test.cc). The kernel places A
-// and B in shared memory by wgmma.cuh's no-swizzle layouts with the caller's
+// decode kernels rely on (tests/gpu/wgmma_gpu_test.cc). The kernel places A
+// and B in shared memory by wgmma.cuh's layouts (no swizzle, or 128-byte) with the caller's
 // strides, multiplies through descriptors that may carry other strides (a
 // wrong reading of LBO and SBO then shows as a mismatch, or as the swapped
 // strides matching), and writes D out by wgmma.cuh's fragment layout.
@@ -35,6 +35,14 @@ struct WgmmaProbeParams {
   // rows a group.
   bool a_sw128 = false;
   int a_kstep = 0;
+  // B 128-byte swizzled instead (the TMA-staged 64-head decode): rows of 128
+  // bytes, b_sbo bytes between 8-row groups (a multiple of 1024). MN-major:
+  // B's n along the rows, 64 to an atom, b_lbo bytes to the next 64 (a
+  // multiple of 1024), 8 k rows a group; K-major: B's 16 k at k-step b_kstep
+  // (0-3) of each 64-element row, the descriptor starting b_kstep * 32 bytes
+  // in (b_lbo unused for the placement).
+  bool b_sw128 = false;
+  int b_kstep = 0;
 };
 
 // Shared memory the probe needs: A, then B, each covering the farthest byte
@@ -43,7 +51,8 @@ size_t WgmmaProbeSharedBytes(const WgmmaProbeParams& p);
 
 // One block of 128 threads (one warpgroup). cudaErrorInvalidValue for a
 // shape (n, trans_a, trans_b) not listed above, strides not multiples of 16
-// (of 1024 for a swizzled A's a_sbo), a_kstep outside 0-3, or more shared
+// (of 1024 for a swizzled operand's 8-row and 64-column strides), a_kstep
+// or b_kstep outside 0-3, or more shared
 // memory than a block may have (227 KiB).
 cudaError_t LaunchWgmmaProbe(const WgmmaProbeParams& p, cudaStream_t stream);
 

@@ -158,8 +158,8 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
   // three-SM plans, the query in registers or shared memory.
   // Where the shape allows (DeepSeek-V3's latent), the warpgroup-MMA kernels
   // (64 heads per block; 16 heads per block with MlaDecodeMma::kWarpgroup,
-  // requesting tiles one or two ahead) under the one-, three-, device- and
-  // 2^20-SM plans.
+  // requesting tiles one or two ahead; both staged by cp.async or TMA) under
+  // the one-, three-, device- and 2^20-SM plans.
   // On the CPU emulator (tests/emu; not its sanitizer build) the widest plan
   // also runs with the fibers in reverse and in two seeded random orders: a
   // missing barrier tends to show under one order or another, and a few runs
@@ -235,6 +235,13 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
                              {1 << 20, 0, kWgmmaHeads}, {1, 0, kWgmmaHeads, Query::kAuto, Copy::kAuto, true},
                              {device_sms, 0, kWgmmaHeads, Query::kAuto, Copy::kAuto, false, Mma::kAuto, false, true}});
     if (wgmma_merge) runs.push_back({1 << 20, 0, kWgmmaHeads, Query::kAuto, Copy::kAuto, false, am, false, true, true});
+    // Staged by TMA tensor copies (Copy::kBulk: 128-byte swizzled stages,
+    // whole pages; other block sizes fall back to cp.async), with the L2
+    // prefetch and PDL, and merged by the split's last item.
+    const Copy tma = Copy::kBulk;
+    runs.insert(runs.end(), {{1, 0, kWgmmaHeads, Query::kAuto, tma}, {1 << 20, 0, kWgmmaHeads, Query::kAuto, tma},
+                             {device_sms, 0, kWgmmaHeads, Query::kAuto, tma, true, am, false, true}});
+    if (wgmma_merge) runs.push_back({3, 0, kWgmmaHeads, Query::kAuto, tma, false, am, false, false, true});
   }
   // The 16-head wgmma kernel. On the emulator only the cases of up to 26
   // 16-head tiles run it (up to 8 in the sanitizer build: about 0.1 s a tile
@@ -293,7 +300,9 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
   runs.push_back({1 << 20, 2, 0, Query::kAuto, Copy::kAuto, false, Mma::kAuto, false, false, true});
   if (wgmma) {
     runs.insert(runs.end(), {{1 << 20, 1, kWgmmaHeads}, {1 << 20, 2, kWgmmaHeads}, {1, 3, kWgmmaHeads},
-                             {1, 4, kWgmmaHeads}, {1 << 20, 4, kWgmmaHeads}, {1, 5, kWgmmaHeads}});
+                             {1, 4, kWgmmaHeads}, {1 << 20, 4, kWgmmaHeads}, {1, 5, kWgmmaHeads},
+                             {1, 4, kWgmmaHeads, Query::kAuto, Copy::kBulk},
+                             {1, 5, kWgmmaHeads, Query::kAuto, Copy::kBulk}});
   }
 #endif
   for (const auto& [sms, order, hpb, query, copy, prefetch_l2, mma_kind, issue_ahead, pdl, merge_in_block] : runs) {

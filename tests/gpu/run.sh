@@ -203,7 +203,9 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
   # merged by their last work item instead of the merge kernel (--merge
   # last-block) with the default kernel, the wgmma one two ahead, and the
   # TMA candidate's best guess again with it; then on the 128-head shapes as
-  # 8 groups of 16 heads, each group reading the cache again, mostly from L2), 64
+  # 8 groups of 16 heads, each group reading the cache again, mostly from L2),
+  # the 64-head wgmma kernel staged by TMA tensor copies (--copy bulk: a page
+  # requested by one thread as soon as the stage before it has landed), 64
   # against 32 heads per block on the 128-head shapes at the batch sizes
   # around the default's cut-off (two 64-head tiles per SM), and the default
   # kernel with the per-head GEMMs on head_gemm.cuh's kernel, alone, with
@@ -224,6 +226,7 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
                    "--mma warpgroup --issue-ahead --merge last-block --shapes 64x4096x16,128x4096x16" \
                    "--mma warpgroup --copy bulk --issue-ahead --gemm head --pdl --graph --merge last-block --shapes 64x4096x16,128x4096x16" \
                    "--mma warpgroup --issue-ahead --heads-per-block 16 --shapes 1x4096x128,16x4096x128,64x8192x128" \
+                   "--heads-per-block 64 --copy bulk --shapes 8x4096x128,16x4096x128,64x8192x128" \
                    "--heads-per-block 64 --shapes 2x4096x128,4x4096x128,8x4096x128" \
                    "--heads-per-block 32 --shapes 2x4096x128,4x4096x128,8x4096x128" \
                    "--gemm head" "--gemm head --pdl" "--graph" "--gemm head --pdl --graph"; do

@@ -1,7 +1,8 @@
 // The warpgroup-MMA conventions of kernels/cuda/wgmma.cuh, on their own: one
 // m64nNk16 through the probe (kernels/cuda/wgmma_probe.cuh) against a CPU
 // product of the same BF16 values, at the strides the wgmma decode kernels
-// (mla_decode_wgmma.cu, mla_decode_wgmma16.cu) use and at others. If their
+// (mla_decode_wgmma.cu, mla_decode_wgmma16.cu) use and at others, unswizzled
+// and 128-byte swizzled as TMA writes them. If their
 // runs fail on a GPU, this says whether the layouts are the cause: a failing
 // case also tries the descriptors with LBO and SBO swapped and reports
 // whether those match instead. On the emulator (tests/emu) it checks the
@@ -35,6 +36,10 @@ struct ProbeCase {
   // only the descriptor's LBO; K-major A at k-step a_kstep of its rows.
   bool a_sw128 = false;
   int a_kstep = 0;
+  // B 128-byte swizzled: b_sbo its 8-row stride; MN-major b_lbo its 64-column
+  // stride (K-major: only the descriptor's LBO); K-major B at k-step b_kstep.
+  bool b_sw128 = false;
+  int b_kstep = 0;
 };
 
 void PrintTo(const ProbeCase& c, std::ostream* os) { *os << c.name; }
@@ -58,6 +63,8 @@ std::vector<float> RunProbe(const ProbeCase& c, const DeviceBuffer<uint16_t>& a,
   p.b_sbo = c.b_sbo;
   p.a_sw128 = c.a_sw128;
   p.a_kstep = c.a_kstep;
+  p.b_sw128 = c.b_sw128;
+  p.b_kstep = c.b_kstep;
   p.desc_a_lbo = swap_desc ? c.a_sbo : c.a_lbo;
   p.desc_a_sbo = swap_desc ? c.a_lbo : c.a_sbo;
   p.desc_b_lbo = swap_desc ? c.b_sbo : c.b_lbo;
@@ -148,7 +155,18 @@ INSTANTIATE_TEST_SUITE_P(
         // which field steps the 8-row groups (wgmma.cuh reads SBO for both
         // majors; a failure that matches with LBO and SBO swapped says LBO).
         ProbeCase{"sw128_kmajor_gaps", 16, false, false, 1024, 2048, 128, 9216, true, 3},
-        ProbeCase{"sw128_mnmajor_gaps", 16, true, true, 1024, 3072, 128, 1024, true}),
+        ProbeCase{"sw128_mnmajor_gaps", 16, true, true, 1024, 3072, 128, 1024, true},
+        // The 64-head decode staged by TMA (--heads-per-block 64 --copy
+        // bulk): B 128-byte swizzled. Scores: Q as A (unswizzled, K-major), a
+        // warpgroup's 32 positions of the stage as K-major B at k-step 2 of
+        // the rows; P V: P as A, V as MN-major B over 256 columns, 4 boxes
+        // 8192 apart (LBO, CUTLASS's reading) and 8-row groups 1024 apart.
+        ProbeCase{"decode64_tma_scores", 32, false, false, 128, 9216, 1024, 1024, false, 0, true, 2},
+        ProbeCase{"decode64_tma_pv", 256, false, true, 128, 1024, 8192, 1024, false, 0, true},
+        // MN-major swizzled B with the 64-column atoms 3072 and the 8-row
+        // groups 2048 apart: says which field steps which.
+        ProbeCase{"sw128_b_mnmajor_gaps", 256, false, true, 128, 1024, 3072, 2048, false, 0, true},
+        ProbeCase{"sw128_b_kmajor_gaps", 32, false, false, 128, 9216, 1024, 3072, false, 0, true, 3}),
     [](const ::testing::TestParamInfo<ProbeCase>& info) { return std::string(info.param.name); });
 
 }  // namespace
