@@ -64,4 +64,27 @@ __device__ __forceinline__ void ZeroStageFrom(unsigned char* stage, int valid) {
   }
 }
 
+// One thread: the two stages' mbarriers at bar_addr and bar_addr + 8, one
+// arrival a phase (the issuing thread's expect_tx). The block syncs before
+// any thread waits on them.
+__device__ __forceinline__ void InitStageBarriers(uint32_t bar_addr) {
+  MbarInit(bar_addr, 1);
+  MbarInit(bar_addr + 8, 1);
+  FenceMbarInit();
+}
+
+// The block's kThreads threads, at the top of the tile at t0 of `item`:
+// waits for the page in `stage` (mbarrier bar_addr + 8 stage, whose next
+// phase parity is bit `stage` of *phases, flipped here) and, on the item's
+// first tile, for the thread's own cp.async groups (the query); zeroes the
+// page's positions past kv_end. `stage_smem` is the stage's generic address.
+template <int kThreads>
+__device__ __forceinline__ void WaitCachePage(const MlaDecodeWorkItem& item, int t0, int stage, uint32_t bar_addr,
+                                              uint32_t* phases, unsigned char* stage_smem) {
+  if (t0 == item.kv_begin) CpAsyncWait<0>();
+  MbarWaitParity(bar_addr + 8 * stage, static_cast<int>((*phases >> stage) & 1));
+  *phases ^= 1u << stage;
+  if (item.kv_end - t0 < kMlaDecodeTileTokens) ZeroStageFrom<kThreads>(stage_smem, item.kv_end - t0);
+}
+
 }  // namespace mla::cuda::detail

@@ -155,9 +155,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   if constexpr (kTma) {
     CpAsyncCommit();  // Q's group
     if (threadIdx.x == 0) {
-      MbarInit(bar_addr, 1);
-      MbarInit(bar_addr + 8, 1);
-      FenceMbarInit();
+      InitStageBarriers(bar_addr);
       if (item.kv_begin < item.kv_end) IssueCachePage(&cache_map, kv_addr, bar_addr, table[item.kv_begin / kTile]);
     }
     __syncthreads();  // the barriers are initialised before any thread waits on them
@@ -190,15 +188,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint32_t phases = 0;  // kTma: bit s, the parity of stage s's next mbarrier phase
   for (int t0 = item.kv_begin; t0 < item.kv_end; t0 += kTile, stage ^= 1) {
     if constexpr (kTma) {
-      if (t0 == item.kv_begin) CpAsyncWait<0>();  // the query
-      MbarWaitParity(bar_addr + 8 * stage, static_cast<int>((phases >> stage) & 1));
-      phases ^= 1u << stage;
-      // The last page's rows past kv_end: zeros.
-      if (item.kv_end - t0 < kTile) ZeroStageFrom<kThreads>(smem + kMatBytes + stage * kMatBytes, item.kv_end - t0);
+      WaitCachePage<kThreads>(item, t0, stage, bar_addr, &phases, smem + kMatBytes + stage * kMatBytes);  // and the query
     } else {
       CpAsyncWait<0>();
     }
-    // cp.async (and the zeros above) write through the generic proxy; wgmma
+    // cp.async (and WaitCachePage's zeros) write through the generic proxy; wgmma
     // reads through the async proxy: the fence orders this thread's writes
     // before the barrier, after which any warpgroup's wgmma may read them.
     FenceProxyAsync();

@@ -181,9 +181,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   if constexpr (kTma) {
     CpAsyncCommit();  // Q's group
     if (threadIdx.x == 0) {
-      MbarInit(bar_addr, 1);
-      MbarInit(bar_addr + 8, 1);
-      FenceMbarInit();
+      InitStageBarriers(bar_addr);
       if (item.kv_begin < item.kv_end) issue_tile(0, item.kv_begin);
       if (kAhead && item.kv_begin + kTile < item.kv_end) issue_tile(1, item.kv_begin + kTile);
     }
@@ -226,15 +224,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint32_t phases = 0;  // kTma: bit s, the parity of stage s's next mbarrier phase
   for (int t0 = item.kv_begin; t0 < item.kv_end; t0 += kTile, stage ^= 1) {
     if constexpr (kTma) {
-      if (t0 == item.kv_begin) CpAsyncWait<0>();  // the query
-      MbarWaitParity(bar_addr + 8 * stage, static_cast<int>((phases >> stage) & 1));
-      phases ^= 1u << stage;
-      // The last page's rows past kv_end: zeros.
-      if (item.kv_end - t0 < kTile) ZeroStageFrom<kThreads>(smem + kQBytes + stage * kStageBytes, item.kv_end - t0);
+      WaitCachePage<kThreads>(item, t0, stage, bar_addr, &phases, smem + kQBytes + stage * kStageBytes);  // and the query
     } else {
       CpAsyncWait<kAhead ? 1 : 0>();  // kAhead: tile t0 + kTile's group stays in flight
     }
-    // cp.async (and the zeros above) write through the generic proxy, wgmma
+    // cp.async (and WaitCachePage's zeros) write through the generic proxy, wgmma
     // reads through the async proxy: this thread's writes are ordered before
     // the barrier.
     FenceProxyAsync();
