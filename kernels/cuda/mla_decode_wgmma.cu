@@ -188,7 +188,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint32_t phases = 0;  // kTma: bit s, the parity of stage s's next mbarrier phase
   for (int t0 = item.kv_begin; t0 < item.kv_end; t0 += kTile, stage ^= 1) {
     if constexpr (kTma) {
-      WaitCachePage<kThreads>(item, t0, stage, bar_addr, &phases, smem + kMatBytes + stage * kMatBytes);  // and the query
+      // The page in this stage (and on the first tile the query).
+      WaitCachePage<kThreads>(item, t0, stage, bar_addr, &phases, smem + kMatBytes + stage * kMatBytes);
     } else {
       CpAsyncWait<0>();
     }
