@@ -34,19 +34,44 @@ cudaError_t EncodeCacheMap(const __nv_bfloat16* cache, CUtensorMap* map) {
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
+// The kept maps: a ring, searched from the last hit (a model's layers come
+// in order, so that is usually the next entry).
+struct KeptMaps {
+  const void* cache[kMlaDecodeCacheMapsKept] = {};
+  CUtensorMap map[kMlaDecodeCacheMapsKept];
+  int used = 0;
+  int next = 0;  // the slot the next new map takes
+  int last = 0;  // the last hit or insertion
+  int64_t encoded = 0;
+};
+thread_local KeptMaps kept;
+
 }  // namespace
 
 cudaError_t MlaDecodeCacheMap(const MlaDecodeParams& p, CUtensorMap* map) {
   if (p.kv_lora + p.qk_rope != kTmaLatent) return cudaErrorInvalidValue;
-  thread_local const void* mapped_cache = nullptr;
-  thread_local CUtensorMap cached{};
-  if (mapped_cache != p.cache) {
-    const cudaError_t err = EncodeCacheMap(p.cache, &cached);
-    if (err != cudaSuccess) return err;
-    mapped_cache = p.cache;
+  for (int i = 0; i < kept.used; ++i) {
+    const int slot = (kept.last + i) % kept.used;
+    if (kept.cache[slot] == p.cache) {
+      kept.last = slot;
+      *map = kept.map[slot];
+      return cudaSuccess;
+    }
   }
-  *map = cached;
+  CUtensorMap fresh{};  // encoded aside: a failure leaves the kept maps as they were
+  const cudaError_t err = EncodeCacheMap(p.cache, &fresh);
+  if (err != cudaSuccess) return err;
+  ++kept.encoded;
+  const int slot = kept.next;
+  kept.cache[slot] = p.cache;
+  kept.map[slot] = fresh;
+  kept.next = (slot + 1) % kMlaDecodeCacheMapsKept;
+  if (kept.used < kMlaDecodeCacheMapsKept) ++kept.used;
+  kept.last = slot;
+  *map = kept.map[slot];
   return cudaSuccess;
 }
+
+int64_t MlaDecodeCacheMapsEncoded() { return kept.encoded; }
 
 }  // namespace mla::cuda::detail

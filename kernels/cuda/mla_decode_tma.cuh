@@ -12,12 +12,12 @@
 #include <cstdint>
 
 #include "kernels/cuda/mla_decode.cuh"
+#include "kernels/cuda/mla_decode_cache_map.h"
 #include "kernels/cuda/mla_decode_plan.h"
 #include "kernels/cuda/warp_mma.cuh"
 
 namespace mla::cuda::detail {
 
-inline constexpr int kTmaLatent = 576;  // BF16 per cached position
 // A stage: 9 boxes of 64 positions x 64 latent values (128-byte rows, 8 KiB,
 // 128-byte swizzled: wgmma.cuh), box j holding the latent's [64 j, 64 j + 64).
 // Position r's 16-byte chunk c of box j lies at byte j * kTmaBoxBytes + r *
@@ -32,14 +32,6 @@ static_assert(kMlaDecodeTileTokens == 64, "a stage is one 64-token page");
 inline bool MlaDecodeStagesByTma(const MlaDecodeParams& p) {
   return p.copy == MlaDecodeCopy::kBulk && p.block_size == kMlaDecodeTileTokens;
 }
-
-// The tensor map of p.cache ([rows, 576] BF16, 64 x 64 boxes, 128-byte
-// swizzle) into *map. Encoded through cudaGetDriverEntryPointByVersion (no
-// link against the driver library) and kept per host thread for the last
-// cache address: repeated launches over one layer's cache (the benchmark)
-// encode it once, a model's layers each theirs (about a microsecond).
-// cudaErrorNotSupported where the driver has no cuTensorMapEncodeTiled.
-cudaError_t MlaDecodeCacheMap(const MlaDecodeParams& p, CUtensorMap* map);
 
 // One thread: requests page `block` of the cache (its 64 positions, 9 boxes)
 // into the stage at `stage_addr` on the mbarrier `bar`, which it arms with

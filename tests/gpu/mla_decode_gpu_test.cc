@@ -7,20 +7,24 @@
 // Tolerance: rtol 1e-2 for the BF16 output (at most 2^-8 relative), atol 2e-5:
 // FP32 scores, softmax and sums on both sides, in a different order. The
 // tensor-core kernel's own bounds are below (kMmaAtol, kMmaSeqRelL2).
+#include <cuda.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <ostream>
 #include <span>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include "kernels/cpu/attention.h"
 #include "kernels/cuda/mla_decode.cuh"
+#include "kernels/cuda/mla_decode_cache_map.h"
 #include "kernels/cuda/mla_decode_plan.h"
 #include "tests/gpu/gpu_test_util.h"
 #include "tests/gpu/paged_batch.h"
@@ -401,6 +405,59 @@ TEST_P(MlaDecodeGpuTest, MatchesCpuAbsorbed) {
   emu::SetSchedule(emu::Schedule::kForward);
   emu::SetCopiesLandAtIssue(false);
 #endif
+}
+
+// The TMA staging's tensor maps (mla_decode_cache_map.h) are kept per cache
+// address: a model's 61 layers, each with its own cache, encode theirs once
+// over any number of decode steps; past kMlaDecodeCacheMapsKept caches the
+// oldest is replaced and encoded again when it comes back, to the same map.
+// On a thread of its own: the kept maps are per host thread, and this one's
+// start empty (an earlier test's freed cache may have had these addresses).
+void KeepsOneMapPerCache() {
+  using cuda::detail::kMlaDecodeCacheMapsKept;
+  constexpr int kLayers = 61;
+  constexpr size_t kPage = 64 * 576;  // BF16: one 64-token page a layer
+  DeviceBuffer<uint16_t> pages(kPage * (kMlaDecodeCacheMapsKept + 1));
+  cuda::MlaDecodeParams p;
+  p.kv_lora = 512;
+  p.qk_rope = 64;
+  auto map_of = [&](size_t layer, CUtensorMap* map) {
+    p.cache = pages.bf16() + layer * kPage;
+    return cuda::detail::MlaDecodeCacheMap(p, map);
+  };
+  const int64_t before = cuda::detail::MlaDecodeCacheMapsEncoded();
+  std::vector<CUtensorMap> first(kLayers);
+  for (int step = 0; step < 3; ++step) {
+    for (int layer = 0; layer < kLayers; ++layer) {
+      CUtensorMap map{};
+      ASSERT_EQ(map_of(layer, &map), cudaSuccess);
+      if (step == 0) {
+        first[layer] = map;
+      } else {
+        EXPECT_EQ(std::memcmp(&map, &first[layer], sizeof(map)), 0) << "layer " << layer << ", step " << step;
+      }
+    }
+  }
+  EXPECT_EQ(cuda::detail::MlaDecodeCacheMapsEncoded() - before, kLayers);
+  EXPECT_NE(std::memcmp(&first[0], &first[1], sizeof(CUtensorMap)), 0) << "two caches, one map";
+  // More caches than are kept: layer 0's map is replaced, then encoded again.
+  for (int layer = kLayers; layer <= kMlaDecodeCacheMapsKept; ++layer) {
+    CUtensorMap map{};
+    ASSERT_EQ(map_of(layer, &map), cudaSuccess);
+  }
+  const int64_t encoded = cuda::detail::MlaDecodeCacheMapsEncoded();
+  CUtensorMap again{};
+  ASSERT_EQ(map_of(0, &again), cudaSuccess);
+  EXPECT_EQ(cuda::detail::MlaDecodeCacheMapsEncoded(), encoded + 1);
+  EXPECT_EQ(std::memcmp(&again, &first[0], sizeof(again)), 0);
+  // A latent other than 512 + 64: no map.
+  p.qk_rope = 32;
+  EXPECT_EQ(cuda::detail::MlaDecodeCacheMap(p, &again), cudaErrorInvalidValue);
+}
+
+TEST(MlaDecodeCacheMapTest, KeepsOneMapPerCache) {
+  MLA_SKIP_WITHOUT_GPU();
+  std::thread(KeepsOneMapPerCache).join();
 }
 
 INSTANTIATE_TEST_SUITE_P(
