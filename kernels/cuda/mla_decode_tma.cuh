@@ -9,6 +9,7 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "kernels/cuda/mla_decode.cuh"
@@ -26,6 +27,15 @@ inline constexpr uint32_t kTmaBoxBytes = 64 * 128;
 inline constexpr int kTmaBoxes = kTmaLatent / 64;
 inline constexpr uint32_t kTmaStageBytes = kTmaBoxes * kTmaBoxBytes;  // 73728
 static_assert(kMlaDecodeTileTokens == 64, "a stage is one 64-token page");
+
+// A TMA-staged kernel's dynamic shared memory: its own layout (stages at
+// 1024-byte multiples from its start, mbarriers at its end), then the two
+// stages' mbarriers (16 bytes) and the slack to start the layout on a
+// 1024-byte atom (AlignToAtom).
+inline constexpr size_t kTmaSharedExtraBytes = 16 + 1024;
+__device__ __forceinline__ unsigned char* AlignToAtom(unsigned char* smem) {
+  return smem + (1024 - SharedAddress(smem) % 1024) % 1024;
+}
 
 // Whether a launch stages by TMA: MlaDecodeCopy::kBulk and 64-token pages
 // (other block sizes fall back to cp.async).

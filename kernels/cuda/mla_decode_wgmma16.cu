@@ -57,7 +57,7 @@ static_assert(kSharedBytes <= 227 * 1024, "query, two stages, P and the statisti
 constexpr uint32_t kBoxBytes = kTmaBoxBytes;
 static_assert(kTmaStageBytes == kStageBytes && kQBytes % 1024 == 0, "boxes tile the stage, 1024-aligned");
 constexpr uint32_t kBarOffset = static_cast<uint32_t>(kSharedBytes);  // a multiple of 8
-constexpr size_t kTmaSharedBytes = kSharedBytes + 16 + 1024;
+constexpr size_t kTmaSharedBytes = kSharedBytes + kTmaSharedExtraBytes;
 static_assert(kTile == 64 && kHeads == 16 && kChunks == 72, "the layouts below assume DeepSeek-V3's shape");
 
 // One work item (MlaDecodeWorkItem) per block: 16 heads of one sequence over
@@ -98,7 +98,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     MlaDecodeWgmma16Kernel(MlaDecodeParams p, const __grid_constant__ CUtensorMap cache_map) {
   MLA_DYNAMIC_SHARED(smem_raw);
   unsigned char* smem = smem_raw;
-  if constexpr (kTma) smem += (1024 - SharedAddress(smem_raw) % 1024) % 1024;  // the 1024-byte atoms aligned
+  if constexpr (kTma) smem = AlignToAtom(smem_raw);
   const uint32_t q_addr = SharedAddress(smem);
   const uint32_t bar_addr = q_addr + kBarOffset;  // kTma: stage s's mbarrier at bar_addr + 8 s
   const uint32_t kv_addr = q_addr + kQBytes;  // stage s at kv_addr + s * kStageBytes

@@ -63,7 +63,8 @@ __host__ __device__ uint32_t Sw128B(const WgmmaProbeParams& p, bool trans, int k
 uint32_t BRegion(const WgmmaProbeParams& p) {
   if (p.b_sw128) {
     const uint32_t far = std::max({p.b_lbo, p.b_sbo, p.desc_b_lbo, p.desc_b_sbo});
-    const uint32_t groups = p.trans_b ? 1 + static_cast<uint32_t>(p.n / 64 - 1) : static_cast<uint32_t>(p.n / 8 - 1);
+    // Atoms past the first: MN-major one 8-row group and n / 64 - 1 column blocks; K-major n / 8 - 1 row groups.
+    const uint32_t groups = static_cast<uint32_t>(p.trans_b ? p.n / 64 : p.n / 8 - 1);
     return groups * far + 1024;
   }
   return RoundUp16(std::max(BExtent(p.b_lbo, p.b_sbo, p.n, p.trans_b),
