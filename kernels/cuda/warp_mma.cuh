@@ -22,6 +22,16 @@
 #include <cstdint>
 #include <cstring>
 
+namespace mla::cuda::detail {
+
+// How long MbarWaitParity lets a phase stay open before it traps (ns): the
+// copies and arrivals these kernels wait for take microseconds; the bound is
+// short beside the callers' own (a GPU test binary's 150 s in run.sh, a
+// benchmark variant's 120 s), so a hung copy costs seconds of a lent GPU.
+inline constexpr uint64_t kMbarWaitLimitNs = 10'000'000'000;
+
+}  // namespace mla::cuda::detail
+
 #if defined(__CUDACC__)
 
 namespace mla::cuda::detail {
@@ -130,17 +140,43 @@ __device__ __forceinline__ void PrefetchL2(const void* src, uint32_t bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(bytes) : "memory");
 }
 
-// Returns once the phase of parity `parity` has completed.
-__device__ __forceinline__ void MbarWaitParity(uint32_t bar, int parity) {
+// Whether the phase of parity `parity` has completed; a thread may sleep in
+// here for a while first (try_wait's system-dependent time limit).
+__device__ __forceinline__ bool MbarTryWaitParity(uint32_t bar, int parity) {
+  uint32_t done;
   asm volatile(
-      "{\n"  // the braces scope the labels: every inlined copy has its own
-      ".reg .pred done;\n"
-      "retry:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra retry;\n"
-      "}\n" ::"r"(bar),
-      "r"(parity)
+      "{\n"
+      ".reg .pred p;\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "selp.b32 %0, 1, 0, p;\n"
+      "}\n"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
       : "memory");
+  return done != 0;
+}
+
+// The GPU's global nanosecond timer (%globaltimer).
+__device__ __forceinline__ uint64_t GlobalTimerNs() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+  return t;
+}
+
+// Returns once the phase of parity `parity` has completed. A phase still
+// open after limit_ns (a copy that never lands, bytes expected that no copy
+// brings, an arrival that never comes: bugs) ends the kernel by a trap: the
+// launch fails with a sticky error (the context is lost), so the process
+// ends in seconds instead of spinning until a test's or a worker's own
+// timeout kills it. (A debugger holding the kernel stopped that long trips it
+// too. No printf: its argument buffer would give every kernel that waits a
+// stack frame.)
+__device__ __forceinline__ void MbarWaitParity(uint32_t bar, int parity, uint64_t limit_ns = kMbarWaitLimitNs) {
+  if (MbarTryWaitParity(bar, parity)) return;
+  const uint64_t start = GlobalTimerNs();
+  while (!MbarTryWaitParity(bar, parity)) {
+    if (GlobalTimerNs() - start > limit_ns) __trap();
+  }
 }
 
 }  // namespace mla::cuda::detail

@@ -260,7 +260,9 @@ inline void PrefetchL2(const void* src, uint32_t bytes) {
   (void)p[0];
   (void)p[bytes - 1];
 }
-inline void MbarWaitParity(uint32_t bar, int parity) {
+// limit_ns is the GPU's bound before it traps (warp_mma.cuh); here a phase
+// that can never complete is known at once (every live thread waits) and fails.
+inline void MbarWaitParity(uint32_t bar, int parity, uint64_t /*limit_ns*/ = 0) {
   ::mla::emu::MbarWaitParity(::mla::emu::SharedBase() + bar, parity);
 }
 template <int N>

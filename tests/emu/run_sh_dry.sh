@@ -46,10 +46,14 @@ EOF
 export MLA_EMU_DEVICE_COUNT=4 MLA_GPU_RACECHECK_FILTER= MLA_LAUNCHER_CHECK_EMULATED=1
 export MLA_TEST_DATA_DIR=$repo/tests/data MLA_TORCH_BASELINE=$work/baseline_stand_in.py
 log=$work/run.log
-MLA_GPU_LOG_DIR=$work/logs timeout 600 bash "$repo/tests/gpu/run.sh" "$work/dry" >"$log" 2>&1
+mkdir -p "$work/out"
+OUT=$work/out MLA_GPU_LOG_DIR=$work/logs timeout 600 bash "$repo/tests/gpu/run.sh" "$work/dry" >"$log" 2>&1
 rc=$?
 cat "$log"
 ((rc == 0)) || fail "run.sh exited $rc on passing tests"
+# The device runner's $OUT: the logs packed (after each part, the last copy whole).
+tar tzf "$work/out/gpu-test-logs.tar.gz" | grep -q 'decode_bench_variants.jsonl' ||
+  fail "no decode_bench_variants.jsonl in \$OUT/gpu-test-logs.tar.gz"
 for want in "-- nccl_communicator_gpu_test: PASSED" "launcher_cuda_tp1_emulated PASSED" \
   "== decode benchmark: " "== decode benchmark variant: --mma warpgroup" "16-head plans on wgmma" \
   "tiles requested two ahead" "== decode benchmark variant: --gemm head --pdl" "programmatic dependent launch" \
@@ -87,6 +91,21 @@ for want in "== round 1: mla-bench-decode --no-simple-timing" "== round 1: mla-b
 done
 [[ -s $work/ab/ab_mla-bench-decode-0123abc.log ]] || fail "bench_ab.sh wrote no log for the second build"
 rm "$work/dry/bin/mla-bench-decode-0123abc"
+
+# Benchmark variants that hang: two time out, the rest of the sweep is skipped.
+mkdir -p "$work/hang/bin"
+printf '#!/usr/bin/env bash\nexit 0\n' >"$work/hang/bin/ok_gpu_test"
+cat >"$work/hang/bin/mla-bench-decode" <<'EOF'
+#!/usr/bin/env bash
+[[ " $* " == *" --no-simple-timing "* ]] && exec sleep 30  # a variant: hangs
+exit 0
+EOF
+chmod +x "$work/hang/bin/ok_gpu_test" "$work/hang/bin/mla-bench-decode"
+MLA_GPU_VARIANT_TIMEOUT=1 MLA_LAUNCHER_CHECK_TIMEOUT=5 MLA_GPU_LOG_DIR=$work/logs3 timeout 120 \
+  bash "$repo/tests/gpu/run.sh" "$work/hang" >"$log" 2>&1
+n=$(grep -c '^== decode benchmark variant: ' "$log")
+grep -qF "run.sh: two variants timed out; the rest of the sweep is skipped" "$log" && ((n == 2)) ||
+  { cat "$log"; fail "$n variants ran after hanging ones, expected 2 and the sweep skipped"; }
 
 # A test binary that fails: run.sh must say so and exit 1.
 cat >"$work/dry/bin/broken_gpu_test" <<'EOF'

@@ -18,11 +18,15 @@
 # Environment:
 #   MLA_GPU_TEST_TIMEOUT  seconds per binary (default 900)
 #   MLA_LAUNCHER_CHECK_TIMEOUT  seconds for the launcher check (default 600; its own waits are shorter)
-#   MLA_GPU_SANITIZE=1    run each binary under compute-sanitizer (memcheck)
+#   MLA_GPU_SANITIZE=1    run each binary under compute-sanitizer (memcheck; mbar_wait_gpu_test's
+#                         cases of a trapping kernel skip themselves)
 #   MLA_GPU_BENCH_SWEEP=0 skip the decode benchmark's partition variants
+#   MLA_GPU_VARIANT_TIMEOUT  seconds per benchmark variant (default 120; two past it end the sweep)
 #   MLA_GPU_RACECHECK_FILTER  gtest filter of the decode cases run under racecheck (empty: none)
 #   MLA_GPU_LOG_DIR       where the full logs and XML reports go (default: a temp dir); when $OUT is
-#                         set (the device runner), they are also packed into $OUT/gpu-test-logs.tar.gz
+#                         set (the device runner), they are also packed into $OUT/gpu-test-logs.tar.gz,
+#                         again after each part (tests, benchmark, variants): a call cut off at its
+#                         limit still brings back the logs of the parts done
 #   MLA_GPU_TEST_SEED     base seed of the random inputs (printed by failing cases)
 #   MLA_GPU_REQUIRED      1 (the default where nvidia-smi sees a GPU): no device is a failure, not a skip
 #   MLA_TEST_DATA_DIR     the golden fixtures' tests/data (default: the repository's, found from here)
@@ -70,6 +74,11 @@ if nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 else
   echo "(nvidia-smi: no GPU visible; the tests will skip)"
 fi
+
+save_logs() {  # the logs so far into $OUT (the device runner), replacing the last copy
+  [[ -n ${OUT:-} && -d ${OUT:-} ]] || return 0
+  tar czf "$OUT/gpu-test-logs.tar.gz.part" -C "$logs" . && mv "$OUT/gpu-test-logs.tar.gz.part" "$OUT/gpu-test-logs.tar.gz"
+}
 
 count() {  # count ATTRIBUTE-OR-RESULT XML: from gtest's XML report
   case $1 in
@@ -123,6 +132,7 @@ for t in "${tests[@]}"; do
   else
     run_gtest "$(basename "$t")" "$t" "$@"
   fi
+  save_logs
 done
 
 # Shared-memory hazards of the tensor-core decode kernel (its barriers and
@@ -170,6 +180,7 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
   echo "== decode benchmark: $bench"
   # --check: exit 1 (reported here, the run goes on) where the two decode kernels disagree.
   timeout 600 "$bench" --check 2>&1 | tee "$logs/decode_bench.jsonl" || echo "run.sh: mla-bench-decode failed (rc $?)"
+  save_logs
   baseline=${MLA_TORCH_BASELINE:-}
   for b in "$dir/bench/mla_decode_torch_baseline.py" "$here/../../../shared/bench/mla_decode_torch_baseline.py"; do
     [[ -z $baseline && -f $b ]] && baseline=$b
@@ -211,6 +222,8 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
   # kernel with the per-head GEMMs on head_gemm.cuh's kernel, alone, with
   # programmatic dependent launch, and as a CUDA graph with cuBLAS's or those.
   if [[ ${MLA_GPU_BENCH_SWEEP:-1} != 0 ]]; then
+    save_logs
+    timeouts=0
     for variant in "--mma warpgroup --shapes 64x4096x16,128x4096x16" \
                    "--mma warpgroup --issue-ahead --shapes 64x4096x16,128x4096x16" \
                    "--mma warpgroup --prefetch-l2 --shapes 64x4096x16,128x4096x16" \
@@ -231,10 +244,21 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
                    "--heads-per-block 32 --shapes 2x4096x128,4x4096x128,8x4096x128" \
                    "--gemm head" "--gemm head --pdl" "--graph" "--gemm head --pdl --graph"; do
       echo "== decode benchmark variant: $variant"
-      # 120 s: a variant takes about 10 s on an H200; a hung one must not eat the call.
+      # 120 s by default: a variant takes about 10 s on an H200; a hung one
+      # must not eat the call. (A copy the kernels wait for in vain traps
+      # within 10 s: warp_mma.cuh MbarWaitParity.) Two variants past it end
+      # the sweep: the rest would likely hang too, and the call's minutes are few.
       # shellcheck disable=SC2086  # the variant is several flags
-      timeout 120 "$bench" --check --no-simple-timing --copy-mib 512 $variant 2>&1 |
-        tee -a "$logs/decode_bench_variants.jsonl" | grep -v '^{' || echo "run.sh: variant '$variant' failed"
+      timeout "${MLA_GPU_VARIANT_TIMEOUT:-120}" "$bench" --check --no-simple-timing --copy-mib 512 $variant 2>&1 |
+        tee -a "$logs/decode_bench_variants.jsonl" | grep -v '^{'
+      rc=${PIPESTATUS[0]}
+      save_logs
+      (( rc == 0 )) && continue
+      echo "run.sh: variant '$variant' failed (rc $rc)"
+      if (( rc == 124 || rc == 137 )) && (( ++timeouts == 2 )); then
+        echo "run.sh: two variants timed out; the rest of the sweep is skipped"
+        break
+      fi
     done
     if [[ -n $baseline ]]; then
       echo "== best of the default run and the variants, per shape (same card, same call)"
@@ -245,7 +269,7 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
 fi
 
 if [[ -n ${OUT:-} && -d ${OUT:-} ]]; then
-  tar czf "$OUT/gpu-test-logs.tar.gz" -C "$logs" . && echo "logs: \$OUT/gpu-test-logs.tar.gz"
+  save_logs && echo "logs: \$OUT/gpu-test-logs.tar.gz"
 fi
 echo
 printf '%-28s %-8s %6s %6s %7s %8s\n' test result passed failed skipped seconds
