@@ -220,7 +220,11 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
   # against 32 heads per block on the 128-head shapes at the batch sizes
   # around the default's cut-off (two 64-head tiles per SM), and the default
   # kernel with the per-head GEMMs on head_gemm.cuh's kernel, alone, with
-  # programmatic dependent launch, and as a CUDA graph with cuBLAS's or those.
+  # programmatic dependent launch, and as a CUDA graph with cuBLAS's or those;
+  # last, 64 sequences of 1024 to 8192 tokens at 16 heads with the default and
+  # the 16-head candidate's best guess: with 64x4096x16, a line of time against
+  # context, whose intercept (launch, ramp, merge, GEMMs) and slope (streaming
+  # rate) say which part of 64x4096x16's gap to the 70% target is which.
   if [[ ${MLA_GPU_BENCH_SWEEP:-1} != 0 ]]; then
     save_logs
     timeouts=0
@@ -242,7 +246,9 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
                    "--heads-per-block 64 --copy bulk --shapes 8x4096x128,16x4096x128,64x8192x128" \
                    "--heads-per-block 64 --shapes 2x4096x128,4x4096x128,8x4096x128" \
                    "--heads-per-block 32 --shapes 2x4096x128,4x4096x128,8x4096x128" \
-                   "--gemm head" "--gemm head --pdl" "--graph" "--gemm head --pdl --graph"; do
+                   "--gemm head" "--gemm head --pdl" "--graph" "--gemm head --pdl --graph" \
+                   "--shapes 64x1024x16,64x2048x16,64x8192x16" \
+                   "--mma warpgroup --copy bulk --issue-ahead --gemm head --pdl --graph --shapes 64x1024x16,64x2048x16,64x8192x16"; do
       echo "== decode benchmark variant: $variant"
       # 120 s by default: a variant takes about 10 s on an H200; a hung one
       # must not eat the call. (A copy the kernels wait for in vain traps
