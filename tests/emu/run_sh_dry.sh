@@ -52,8 +52,8 @@ rc=$?
 cat "$log"
 ((rc == 0)) || fail "run.sh exited $rc on passing tests"
 # The device runner's $OUT: the logs packed (after each part, the last copy whole).
-tar tzf "$work/out/gpu-test-logs.tar.gz" | grep -q 'decode_bench_variants.jsonl' ||
-  fail "no decode_bench_variants.jsonl in \$OUT/gpu-test-logs.tar.gz"
+packed=$(tar tzf "$work/out/gpu-test-logs.tar.gz")  # listed whole first: grep -q would cut tar off (pipefail)
+grep -q 'decode_bench_variants.jsonl' <<<"$packed" || fail "no decode_bench_variants.jsonl in \$OUT/gpu-test-logs.tar.gz"
 for want in "-- nccl_communicator_gpu_test: PASSED" "launcher_cuda_tp1_emulated PASSED" \
   "== decode benchmark: " "== decode benchmark variant: --mma warpgroup" "16-head plans on wgmma" \
   "tiles requested two ahead" "== decode benchmark variant: --gemm head --pdl" "programmatic dependent launch" \
