@@ -46,8 +46,18 @@ EOF
 export MLA_EMU_DEVICE_COUNT=4 MLA_GPU_RACECHECK_FILTER= MLA_LAUNCHER_CHECK_EMULATED=1
 export MLA_TEST_DATA_DIR=$repo/tests/data MLA_TORCH_BASELINE=$work/baseline_stand_in.py
 log=$work/run.log
-mkdir -p "$work/out"
-OUT=$work/out MLA_GPU_LOG_DIR=$work/logs timeout 600 bash "$repo/tests/gpu/run.sh" "$work/dry" >"$log" 2>&1
+# A stand-in for Nsight Compute on the PATH: it runs the profiled command (its
+# first argument that is an executable file) and prints a duration line.
+mkdir -p "$work/out" "$work/fake_ncu"
+cat >"$work/fake_ncu/ncu" <<'EOF'
+#!/usr/bin/env bash
+while (($#)) && ! [[ -f $1 && -x $1 ]]; do shift; done
+"$@" >/dev/null || exit
+echo "    Duration                         us        12.34"
+EOF
+chmod +x "$work/fake_ncu/ncu"
+PATH=$work/fake_ncu:$PATH OUT=$work/out MLA_GPU_LOG_DIR=$work/logs timeout 600 \
+  bash "$repo/tests/gpu/run.sh" "$work/dry" >"$log" 2>&1
 rc=$?
 cat "$log"
 ((rc == 0)) || fail "run.sh exited $rc on passing tests"
@@ -60,7 +70,8 @@ for want in "-- nccl_communicator_gpu_test: PASSED" "launcher_cuda_tp1_emulated 
   "GEMMs on head_gemm.cuh" "== decode benchmark against the PyTorch baseline" "queued ms" \
   "== decode benchmark variant: --gemm head --pdl --graph" "one CUDA graph launch" \
   "== decode benchmark variant: --merge last-block" "splits merged by their last block" \
-  "== best of the default run and the variants, per shape"; do
+  "== best of the default run and the variants, per shape" \
+  "== ncu: wgmma16_tma (regex:MlaDecodeWgmma16Kernel --mma warpgroup --copy bulk --issue-ahead), 64x4096x16"; do
   grep -qF -- "$want" "$log" || fail "no '$want' in run.sh's output"
 done
 # The joined table has a row per dry shape, each with its baseline's time;
@@ -73,6 +84,9 @@ done
 grep -qE "^2x130x16 +eager .*--heads-per-block 16" "$log" || fail "no eager variant's flags in the best-of table"
 grep -qE "^2x130x16 +graph .*--graph" "$log" || fail "no graph row in the best-of table"
 if grep -qF "run.sh: the comparison failed" "$log"; then fail "decode_bench_compare.py failed"; fi
+n=$(grep -c '^ncu rc 0$' "$log")
+((n == 2)) || fail "$n profiles ended well (ncu rc 0), expected 2"
+grep -qF "Duration" "$log" || fail "no profile's duration line in run.sh's output"
 # The closing table: its header, then one row per test binary and the launcher check.
 rows=$(sed -n '/^test  *result  *passed/,$p' "$log" | grep -cE ' (PASSED|FAILED|SKIPPED|TIMEOUT) ')
 ((rows == 5)) || fail "the closing table has $rows rows, expected 5"

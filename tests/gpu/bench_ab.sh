@@ -25,6 +25,7 @@ set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/stage_packed.sh" || exit 2
+source "$here/ncu_decode.sh" || exit 2
 dir=$(pick_dir "$here" "${1:-}")
 [[ $# -gt 0 && $1 != -- ]] && shift
 [[ ${1:-} == -- ]] && shift
@@ -58,24 +59,15 @@ if [[ -f $summary ]] && command -v python3 >/dev/null; then
   LD_LIBRARY_PATH= python3 "$summary" "$logs/ab_mla-bench-decode.log" "${others[@]}" || echo "bench_ab.sh: no summary"
 fi
 
-ncu=$(command -v ncu || find /usr/local/cuda/bin /opt/nvidia -name ncu -type f -print -quit 2>/dev/null)
+ncu=$(ncu_path)
 if [[ ${MLA_AB_NCU:-1} != 0 && -n $ncu ]]; then
   IFS=, read -ra ncu_shapes <<<"${MLA_AB_NCU_SHAPES:-64x4096x16,64x8192x128}"
   for b in "$dir/bin/mla-bench-decode"; do
     for shape in "${ncu_shapes[@]}"; do
-      report=$logs/ncu_$(basename "$b")_$shape.txt
       echo "== ncu: $(basename "$b") $shape"
-      # The tensor pipes' activity (mma.sync: hmma; wgmma: gmma) beside the sections.
       # shellcheck disable=SC2086  # MLA_AB_NCU_ARGS is several flags
-      timeout "${MLA_AB_NCU_TIMEOUT:-60}" "$ncu" --kernel-name "${MLA_AB_NCU_KERNEL:-regex:MlaDecodeMmaKernel}" \
-        --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
-        --section MemoryWorkloadAnalysis_Tables --section WarpStateStats --section SchedulerStats \
-        --section Occupancy --section LaunchStats --print-details all \
-        --metrics sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum \
-        "$b" --shapes "$shape" --iters 1 --no-simple-timing --copy-mib 16 ${MLA_AB_NCU_ARGS:-} >"$report" 2>&1
-      echo "ncu rc $?"
-      grep -E 'Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Stall|Warp Cycles Per Issued|Issued Warp|No Eligible|Registers|Bank|Shared|tensor_op|bank_conflicts|wavefronts|ERR_|==ERROR==' \
-        "$report" | head -n 60
+      ncu_decode "$ncu" "$logs/ncu_$(basename "$b")_$shape.txt" "${MLA_AB_NCU_TIMEOUT:-60}" \
+        "${MLA_AB_NCU_KERNEL:-regex:MlaDecodeMmaKernel}" "$b" "$shape" ${MLA_AB_NCU_ARGS:-}
     done
   done
 elif [[ ${MLA_AB_NCU:-1} != 0 ]]; then

@@ -15,7 +15,7 @@
 #         and mla-bench-decode (the decode-attention benchmark, issue 6) where built;
 #   bench/ decode_bench_compare.py and the PyTorch baseline it is compared with
 #         (../shared/bench/mla_decode_torch_baseline.py, where this checkout has it);
-#   run.sh, launcher_check.sh, and bench_ab.sh (with any older decode benchmark
+#   run.sh, launcher_check.sh, ncu_decode.sh, and bench_ab.sh (with any older decode benchmark
 #         builds copied into BUILD_DIR/bin as mla-bench-decode-COMMIT).
 # There: `bash DEST/run.sh`.
 #
@@ -109,6 +109,7 @@ cp "$root/tests/gpu/run.sh" "$dest/run.sh"
 cp "$root/tests/gpu/launcher_check.sh" "$dest/launcher_check.sh"
 cp "$root/tests/gpu/stage_packed.sh" "$dest/stage_packed.sh"
 cp "$root/tests/gpu/bench_ab.sh" "$dest/bench_ab.sh"
+cp "$root/tests/gpu/ncu_decode.sh" "$dest/ncu_decode.sh"
 mkdir -p "$dest/bench"
 cp "$root/bench/decode_bench_compare.py" "$root/bench/decode_ab_summary.py" "$dest/bench/"
 if [[ -f $baseline ]]; then

@@ -3,9 +3,10 @@
 # the launcher check (launcher_check.sh beside this script: mla-launch --backend
 # cuda --tp 1 serving the golden fixture, one greedy generation, SIGTERM), then
 # the decode-attention benchmark (mla-bench-decode) beside the PyTorch baseline
-# (mla_decode_torch_baseline.py) on the same card, and prints the benchmark's
-# tables and then the tests' table last: test, result, passed/failed/skipped
-# cases, seconds. The benchmark never fails the run.
+# (mla_decode_torch_baseline.py) on the same card, its variants, and where
+# Nsight Compute runs two profiles of 64x4096x16 (ncu_decode.sh), and prints
+# the benchmark's tables and then the tests' table last: test, result,
+# passed/failed/skipped cases, seconds. The benchmark never fails the run.
 # (Counts come from gtest's XML report; a crash or timeout leaves them 0. The
 # launcher check is one row, its one case counted in the column of its result.)
 #
@@ -22,6 +23,7 @@
 #                         cases of a trapping kernel skip themselves)
 #   MLA_GPU_BENCH_SWEEP=0 skip the decode benchmark's partition variants
 #   MLA_GPU_VARIANT_TIMEOUT  seconds per benchmark variant (default 120; two past it end the sweep)
+#   MLA_GPU_PROFILE=0     skip the Nsight Compute profiles after the variants (where ncu runs)
 #   MLA_GPU_RACECHECK_FILTER  gtest filter of the decode cases run under racecheck (empty: none)
 #   MLA_GPU_LOG_DIR       where the full logs and XML reports go (default: a temp dir); when $OUT is
 #                         set (the device runner), they are also packed into $OUT/gpu-test-logs.tar.gz,
@@ -38,6 +40,7 @@ set -uo pipefail
 machine_ld_path=${LD_LIBRARY_PATH:-}  # for python3 (PyTorch): without the packed Debian libraries
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/stage_packed.sh" || exit 2
+source "$here/ncu_decode.sh" || exit 2
 dir=$(pick_dir "$here" "${1:-}")
 [[ $# -gt 0 && $1 != -- ]] && shift
 [[ ${1:-} == -- ]] && shift
@@ -266,6 +269,24 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
         break
       fi
     done
+    # Nsight Compute on 64x4096x16, the shape short of its target: the default
+    # kernel and the 16-head candidate (one launch each; the reports go with
+    # the logs, here only their time and throughput lines, so that the tables
+    # stay at the end of the output).
+    ncu=$(ncu_path)
+    if [[ ${MLA_GPU_PROFILE:-1} != 0 && -n $ncu ]]; then
+      for prof in "default regex:MlaDecodeMmaKernel" \
+                  "wgmma16_tma regex:MlaDecodeWgmma16Kernel --mma warpgroup --copy bulk --issue-ahead"; do
+        read -r name kernel flags <<<"$prof"
+        echo "== ncu: $name ($kernel${flags:+ $flags}), 64x4096x16"
+        # shellcheck disable=SC2086  # flags is several flags
+        ncu_decode "$ncu" "$logs/ncu_${name}_64x4096x16.txt" 90 "$kernel" "$bench" 64x4096x16 $flags \
+          >"$logs/ncu_${name}_64x4096x16.summary" 2>&1
+        grep -E '^ *(Duration|DRAM Throughput|Memory Throughput)|ncu rc|==ERROR==' \
+          "$logs/ncu_${name}_64x4096x16.summary" | head -n 6
+      done
+      save_logs
+    fi
     if [[ -n $baseline ]]; then
       echo "== best of the default run and the variants, per shape (same card, same call)"
       LD_LIBRARY_PATH=$machine_ld_path python3 "$compare" --best "$logs/decode_bench_variants.jsonl" \
