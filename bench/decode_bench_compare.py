@@ -10,6 +10,14 @@ event: no host launch latency in the time) stand beside it for reference.
     python3 decode_bench_compare.py OURS.jsonl TORCH.jsonl
     python3 decode_bench_compare.py --best VARIANTS.jsonl OURS.jsonl TORCH.jsonl
 
+    python3 decode_bench_compare.py --fit VARIANTS.jsonl OURS.jsonl
+
+With --fit: instead, for each batch, head count, launch and flags run at three
+or more context lengths (the fastest row of each length), a least-squares
+line of time against context, for "ms", "queued ms" and "attn ms": its
+intercept is the fixed cost (launches, the pipeline's ramp, the merge, the
+GEMMs), its slope the streaming rate, given also as cache GB/s.
+
 With --best: instead, per shape, the fastest of the default run (OURS) and the
 variants run.sh tries after it (VARIANTS: their JSON lines, several shapes
 each) launched eagerly, as the runtime launches, and apart from it the
@@ -102,20 +110,66 @@ def print_best(variants, ours, torch):
               f"{pct:6.1f}%  {', '.join(checks):<28} {'(the default run)' if o is d else flags_of(o)}")
 
 
+def line_fit(points):
+    """Least squares y = a + b x over (x, y) points: (a, b)."""
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    b = sum((x - mx) * (y - my) for x, y in points) / sxx
+    return my - b * mx, b
+
+
+def print_fit(rows):
+    """Per (batch, heads, launch, flags) run at 3 or more contexts: intercept and
+    slope of ms, queued ms and attn ms against context (fastest row a context)."""
+    groups = {}  # (batch, heads, graph, flags) -> {context: row}
+    for o in rows:
+        key = (o["batch"], o["heads"], bool(o.get("graph")), flags_of(o))
+        by_context = groups.setdefault(key, {})
+        if o["context"] not in by_context or o["ms"] < by_context[o["context"]]["ms"]:
+            by_context[o["context"]] = o
+    print(f"{'BxH':<8} {'launch':<6} {'contexts':<16} {'ms at 0':>8} {'per 1k':>8} {'GB/s':>6} "
+          f"{'queued 0':>8} {'per 1k':>8} {'attn 0':>8} {'per 1k':>8} {'GB/s':>6}  flags")
+    for (batch, heads, graph, flags), by_context in sorted(groups.items()):
+        if len(by_context) < 3:
+            continue
+        contexts = sorted(by_context)
+        cols = []
+        for field, with_rate in (("ms", True), ("queued_ms", False), ("attn_ms", True)):
+            pts = [(c / 1024.0, by_context[c][field]) for c in contexts if by_context[c].get(field)]
+            if len(pts) < 3:
+                cols.append(f"{'-':>8} {'-':>8}" + (f" {'-':>6}" if with_rate else ""))
+                continue
+            a, b = line_fit(pts)
+            # Latent-cache bytes per 1024 tokens of every sequence over the slope's time.
+            gbps = batch * 1024 * 576 * 2 / (b * 1e6) if b > 0 else float("nan")
+            cols.append(f"{a:8.4f} {b:8.4f}" + (f" {gbps:6.0f}" if with_rate else ""))
+        span = f"{contexts[0]}..{contexts[-1]} ({len(contexts)})"
+        print(f"{batch}x{heads:<5} {'graph' if graph else 'eager':<6} {span:<16} {' '.join(cols)}  {flags}")
+
+
 def main():
     args = sys.argv[1:]
     variants_path = None
+    mode = None
     if len(args) == 4 and args[0] == "--best":
-        variants_path, args = args[1], args[2:]
+        mode, variants_path, args = "best", args[1], args[2:]
+    elif len(args) == 3 and args[0] == "--fit":
+        mode, variants_path, args = "fit", args[1], args[2:] + [None]
     if len(args) != 2:
         print(__doc__, file=sys.stderr)
         return 2
     try:
-        ours, torch = read_rows(args[0]), read_rows(args[1])
+        ours = read_rows(args[0])
+        torch = read_rows(args[1]) if args[1] else {}
         variants = list(json_rows(variants_path)) if variants_path else None
     except (OSError, ValueError) as e:
         print(f"decode_bench_compare: {e}", file=sys.stderr)
         return 2
+    if mode == "fit":
+        print_fit(list(ours.values()) + variants)
+        return 0
     if variants is not None:
         print_best(variants, ours, torch)
         return 0

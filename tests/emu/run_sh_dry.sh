@@ -71,7 +71,8 @@ for want in "-- nccl_communicator_gpu_test: PASSED" "launcher_cuda_tp1_emulated 
   "== decode benchmark variant: --gemm head --pdl --graph" "one CUDA graph launch" \
   "== decode benchmark variant: --merge last-block" "splits merged by their last block" \
   "== best of the default run and the variants, per shape" \
-  "== ncu: wgmma16_tma (regex:MlaDecodeWgmma16Kernel --mma warpgroup --copy bulk --issue-ahead), 64x4096x16"; do
+  "== ncu: wgmma16_tma (regex:MlaDecodeWgmma16Kernel --mma warpgroup --copy bulk --issue-ahead), 64x4096x16" \
+  "== time against context"; do
   grep -qF -- "$want" "$log" || fail "no '$want' in run.sh's output"
 done
 # The joined table has a row per dry shape, each with its baseline's time;
@@ -87,6 +88,25 @@ if grep -qF "run.sh: the comparison failed" "$log"; then fail "decode_bench_comp
 n=$(grep -c '^ncu rc 0$' "$log")
 ((n == 2)) || fail "$n profiles ended well (ncu rc 0), expected 2"
 grep -qF "Duration" "$log" || fail "no profile's duration line in run.sh's output"
+if grep -qF "run.sh: the fit failed" "$log"; then fail "decode_bench_compare.py --fit failed"; fi
+
+# The fit itself (the dry shapes have no context sweep): rows on the line
+# ms = 0.04 + 0.02 per 1024 tokens at 4 contexts, one of them in the default
+# run's log, and a slower duplicate that must not count.
+python3 - "$work" <<'EOF'
+import json, sys
+def row(context, ms):
+    return json.dumps(dict(batch=64, context=context, heads=16, ms=ms, queued_ms=ms - 0.01, attn_ms=ms - 0.02,
+                           cache_gbps=1, tflops=1, copy_gbps=1, heads_per_block=16))
+line = lambda c: 0.04 + 0.02 * c / 1024
+open(sys.argv[1] + "/fit_ours.jsonl", "w").write(row(4096, line(4096)) + "\n")
+open(sys.argv[1] + "/fit_variants.jsonl", "w").write(
+    "".join(row(c, line(c)) + "\n" for c in (1024, 2048, 8192)) + row(2048, 1.0) + "\n")
+EOF
+fit=$(python3 "$repo/bench/decode_bench_compare.py" --fit "$work/fit_variants.jsonl" "$work/fit_ours.jsonl") ||
+  fail "decode_bench_compare.py --fit exited $?"
+grep -qE '^64x16 +eager +1024\.\.8192 \(4\) +0\.0400 +0\.0200 +3775 +0\.0300 +0\.0200 +0\.0200 +0\.0200 ' <<<"$fit" ||
+  fail "the fit of a known line is off: $fit"
 # The closing table: its header, then one row per test binary and the launcher check.
 rows=$(sed -n '/^test  *result  *passed/,$p' "$log" | grep -cE ' (PASSED|FAILED|SKIPPED|TIMEOUT) ')
 ((rows == 5)) || fail "the closing table has $rows rows, expected 5"

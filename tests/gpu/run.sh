@@ -292,6 +292,10 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
       LD_LIBRARY_PATH=$machine_ld_path python3 "$compare" --best "$logs/decode_bench_variants.jsonl" \
         "$logs/decode_bench.jsonl" "$logs/decode_torch.jsonl" || echo "run.sh: the comparison failed"
     fi
+    # The context sweep's lines: fixed cost (ms at context 0) and streaming rate.
+    echo "== time against context (least squares over 3 or more contexts: ms at 0, ms per 1024 tokens)"
+    LD_LIBRARY_PATH=$machine_ld_path python3 "$compare" --fit "$logs/decode_bench_variants.jsonl" \
+      "$logs/decode_bench.jsonl" || echo "run.sh: the fit failed"
   fi
 fi
 
