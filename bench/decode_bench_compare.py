@@ -151,26 +151,23 @@ def print_fit(rows):
 
 def main():
     args = sys.argv[1:]
-    variants_path = None
-    mode = None
-    if len(args) == 4 and args[0] == "--best":
-        mode, variants_path, args = "best", args[1], args[2:]
-    elif len(args) == 3 and args[0] == "--fit":
-        mode, variants_path, args = "fit", args[1], args[2:] + [None]
-    if len(args) != 2:
+    if not (len(args) == 2 or (len(args) == 4 and args[0] == "--best") or (len(args) == 3 and args[0] == "--fit")):
         print(__doc__, file=sys.stderr)
         return 2
-    try:
-        ours = read_rows(args[0])
-        torch = read_rows(args[1]) if args[1] else {}
-        variants = list(json_rows(variants_path)) if variants_path else None
+    try:  # every input read before anything is printed
+        if args[0] == "--fit":
+            rows = list(read_rows(args[2]).values()) + list(json_rows(args[1]))
+        elif args[0] == "--best":
+            variants, ours, torch = list(json_rows(args[1])), read_rows(args[2]), read_rows(args[3])
+        else:
+            ours, torch = read_rows(args[0]), read_rows(args[1])
     except (OSError, ValueError) as e:
         print(f"decode_bench_compare: {e}", file=sys.stderr)
         return 2
-    if mode == "fit":
-        print_fit(list(ours.values()) + variants)
+    if args[0] == "--fit":
+        print_fit(rows)
         return 0
-    if variants is not None:
+    if args[0] == "--best":
         print_best(variants, ours, torch)
         return 0
     print(f"{'BxLxH':<14} {'ours ms':>9} {'torch ms':>9} {'speedup':>8} {'ours GB/s':>10} "

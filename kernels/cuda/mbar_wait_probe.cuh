@@ -12,6 +12,8 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/warp_mma.cuh"
+
 namespace mla::cuda {
 
 struct MbarWaitProbeParams {
@@ -23,7 +25,7 @@ struct MbarWaitProbeParams {
   const void* src = nullptr;  // [copy_bytes], 16-byte aligned
   void* dst = nullptr;        // [copy_bytes]: what landed, after the wait
   int32_t* passed = nullptr;  // [threads]
-  uint64_t limit_ns = 0;      // MbarWaitParity's bound
+  uint64_t limit_ns = detail::kMbarWaitLimitNs;  // MbarWaitParity's bound
 };
 
 inline constexpr int kMbarWaitProbeMaxBytes = 1024;

@@ -20,7 +20,6 @@
 #include <vector>
 
 #include "kernels/cuda/mbar_wait_probe.cuh"
-#include "kernels/cuda/warp_mma.cuh"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace mla {
@@ -55,7 +54,6 @@ TEST(MbarWaitGpuTest, EveryArrivalCompletesThePhase) {
   cuda::MbarWaitProbeParams p;
   p.expected = 3;
   p.arrivals = 3;
-  p.limit_ns = cuda::detail::kMbarWaitLimitNs;
   std::vector<uint8_t> landed;
   RunToCompletion(p, &landed);
 }
@@ -66,7 +64,6 @@ TEST(MbarWaitGpuTest, TheExpectedBytesCompleteThePhase) {
   p.expected = 2;
   p.arrivals = 2;
   p.expect_bytes = p.copy_bytes = cuda::kMbarWaitProbeMaxBytes;
-  p.limit_ns = cuda::detail::kMbarWaitLimitNs;
   std::vector<uint8_t> landed;
   RunToCompletion(p, &landed);
   EXPECT_EQ(landed.size(), static_cast<size_t>(cuda::kMbarWaitProbeMaxBytes));
