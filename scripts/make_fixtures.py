@@ -14,6 +14,8 @@ sharded, model.safetensors.index.json) plus golden.json with reference logits an
               128x128 block scales (`<name>_scale_inv`, F32), like the real V3 release.
   v2_lite     DeepseekV2ForCausalLM in DeepSeek-V2-Lite style (q_proj, softmax, greedy), F16.
   v3_sharded  The weights of v3_bf16 split over two files with an index.json.
+  v3_mla      DeepseekV3ForCausalLM with DeepSeek-V3's own MLA dimensions (the 576-value latent),
+              tiny elsewhere, BF16, one model.safetensors, no MTP layer.
 
 The models are built from configs with transformers' own classes (nothing is downloaded),
 seeded, and run in float32 with eager attention on the ROUNDED weights (BF16 / F16 / FP8
@@ -148,6 +150,29 @@ V3_CONFIG = {
     "v_head_dim": 32,
     "vocab_size": 256,
 }
+
+# v3_mla: DeepSeek-V3's own attention dimensions (kv_lora_rank 512, qk_rope 64, qk_nope 128,
+# v_head 128: the 576-value latent the decode kernels are built for), everything else tiny:
+# 8 heads (the kv_b_proj of 8 x 256 rows x 512 is most of its bytes), hidden 64, 2 layers
+# (layer 0 dense, layer 1 MoE), no MTP layer. The CUDA backend's tensor-core decode kernels
+# (mma.sync, and wgmma at 16 and 64 heads per block) take only this latent.
+V3_MLA_CONFIG = dict(V3_CONFIG)
+V3_MLA_CONFIG.update({
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "kv_lora_rank": 512,
+    "moe_intermediate_size": 32,
+    "n_group": 4,
+    "n_routed_experts": 8,
+    "num_experts_per_tok": 2,
+    "num_hidden_layers": 2,
+    "num_nextn_predict_layers": 0,
+    "q_lora_rank": 96,
+    "qk_nope_head_dim": 128,
+    "qk_rope_head_dim": 64,
+    "v_head_dim": 128,
+})
+V3_MLA_WEIGHT_SEED = 1236  # torch.manual_seed for v3_mla's weights (v2_lite has 1235)
 
 FP8_QUANTIZATION_CONFIG = {
     "activation_scheme": "dynamic",
@@ -927,6 +952,29 @@ def main():
         sensitivity(v2, V2_CONFIG, cases_c, log)
     reload_check(d, DeepseekV2ForCausalLM, v2, cases_c, log)
     summary["v2_lite"] = cases_c
+
+    # (e) v3_mla: DeepSeek-V3's attention dimensions
+    log("\n[v3_mla] DeepseekV3ForCausalLM with V3's MLA dimensions (kv_lora 512, rope 64, nope 128, v 128), BF16")
+    torch.manual_seed(V3_MLA_WEIGHT_SEED)
+    mla = build_model(V3_MLA_CONFIG)
+    init_model(mla)
+    mla_full = named_tensors(mla)
+    assert set(mla_full) == expected_names(V3_MLA_CONFIG, with_mtp=False), \
+        set(mla_full) ^ expected_names(V3_MLA_CONFIG, with_mtp=False)
+    mla_stored, mla_values = round_to(mla_full, torch.bfloat16)
+    d = out_root / "v3_mla"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir()
+    write_config(d / "config.json", V3_MLA_CONFIG, V3_REAL_KEYS)
+    st_save(mla_stored, d / "model.safetensors")
+    log(f"  softmax scale {mla.model.layers[0].self_attn.scaling:.6f} "
+        f"(= 192^-0.5 * {mla.model.layers[0].self_attn.scaling * 192 ** 0.5:.6f}, as DeepSeek-V3's)")
+    cases_e = reference_for(mla, V3_MLA_CONFIG, mla_values, "v3_mla", log, entropy)
+    write_golden(d / "golden.json", ref_v3, cases_e)
+    if not args.skip_sensitivity:
+        sensitivity(mla, V3_MLA_CONFIG, cases_e, log)
+    reload_check(d, DeepseekV3ForCausalLM, mla, cases_e, log)
+    summary["v3_mla"] = cases_e
 
     log("\nsummary (min greedy margin per fixture):")
     for name, cases in summary.items():

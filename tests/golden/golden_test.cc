@@ -41,7 +41,7 @@ TEST_P(GoldenTest, GreedyDecodeMatchesTransformers) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenTest, ::testing::Values("v3_bf16", "v3_fp8", "v2_lite", "v3_sharded"));
+INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenTest, ::testing::Values("v3_bf16", "v3_fp8", "v2_lite", "v3_sharded", "v3_mla"));
 
 TEST(GoldenFixtureTest, ShardedEqualsSingleFile) {
   std::unique_ptr<Model> single = LoadModel("v3_bf16"), sharded = LoadModel("v3_sharded");
