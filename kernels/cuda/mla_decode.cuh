@@ -29,36 +29,9 @@
 #include <cstdint>
 
 #include "kernels/cuda/mla_decode_plan.h"
+#include "kernels/cuda/mla_decode_variant.h"
 
 namespace mla::cuda {
-
-// Where the tensor-core kernel keeps a work item's query while it streams the
-// cache (mla_decode_mma.cu): re-read from shared memory every tile (kShared),
-// or held as MMA fragments in registers for the whole item (kRegisters: a
-// third less shared-memory traffic per tile at 32 heads per block, the price
-// being registers and a four-way sum of partial scores). kAuto is
-// kRegisters, 1-5% faster on every benchmark shape on an H200 (bench/RESULTS.md).
-enum class MlaDecodeQuery : uint8_t { kAuto, kShared, kRegisters };
-
-// How the tensor-core kernel stages the cache: 16-byte cp.async from every
-// thread (kCpAsync), or bulk copies of whole rows from one warp completing on
-// an mbarrier (kBulk, sm_90's TMA engine: far fewer issued instructions per
-// tile, the kernel being issue-bound). kAuto is kCpAsync: on an H200 the bulk
-// copies were no faster at 16 heads and 5% slower on 64x8192x128
-// (bench/RESULTS.md, session 5). The wgmma kernels (16 and 64 heads per
-// block) read kBulk as TMA tensor copies: one thread requests a whole
-// 64-token page as 9 boxes into 128-byte-swizzled stages (with 64-token
-// pages; else cp.async; mla_decode_tma.cuh); not yet measured.
-enum class MlaDecodeCopy : uint8_t { kAuto, kCpAsync, kBulk };
-
-// Which tensor-core instructions run a plan of 16 heads per block on
-// DeepSeek-V3's latent (MlaDecodeUsesWgmma's shape): mma.sync (kSync,
-// mla_decode_mma.cu) or warpgroup MMAs with the cached positions as the MMA's
-// M (kWarpgroup, mla_decode_wgmma16.cu: no padded rows, an 18 KiB query, 68
-// wgmma a tile where mma.sync takes 544 mma and about as many ldmatrix).
-// kAuto is kSync until it has been measured on a GPU. Plans of 32 heads per block always run mma.sync, of 64
-// always wgmma; other shapes always mma.sync.
-enum class MlaDecodeMma : uint8_t { kAuto, kSync, kWarpgroup };
 
 struct MlaDecodeParams {
   const __nv_bfloat16* q_latent = nullptr;  // [num_seqs, num_heads, kv_lora]

@@ -114,6 +114,28 @@ size_t AppendPod(std::vector<int32_t>& meta, const std::vector<T>& items) {
   return offset;
 }
 
+// The decode kernel choice (CudaModelOptions.decode) against the latent.
+absl::Status CheckDecodeVariant(const ModelConfig& c, const MlaDecodeVariant& v) {
+  const int kv_lora = static_cast<int>(c.kv_lora_rank), rope = static_cast<int>(c.qk_rope_head_dim);
+  const int hpb = v.heads_per_block;
+  if (hpb != 0 && hpb != 16 && hpb != 32 && hpb != 64) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("decode heads per block ", hpb, " (expected 0 for the default, 16, 32 or 64)"));
+  }
+  if (!v.IsDefault() && !MlaDecodeUsesTensorCores(kv_lora, rope)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "decode kernel options for kv_lora_rank ", kv_lora, ", qk_rope_head_dim ", rope,
+        ": no tensor-core decode takes this latent (expected kv_lora_rank <= 512, a multiple of 8, and a latent "
+        "that is a multiple of 16 and at most 640), and the simple kernel has no options"));
+  }
+  if ((hpb == 64 || v.mma == MlaDecodeMma::kWarpgroup) && !MlaDecodeUsesWgmma(kv_lora, rope)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        hpb == 64 ? "decode heads per block 64" : "decode mma warpgroup", " for kv_lora_rank ", kv_lora,
+        ", qk_rope_head_dim ", rope, " (expected DeepSeek-V3's latent: kv_lora_rank 512, qk_rope_head_dim 64)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckLimits(const ModelConfig& c, const CudaModelOptions& o) {
   if (o.attention_path == AttentionPath::kAbsorbed) {
     return absl::InvalidArgumentError(
@@ -128,6 +150,7 @@ absl::Status CheckLimits(const ModelConfig& c, const CudaModelOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat("qk_head_dim ", c.qk_head_dim(), ", v_head_dim ", c.v_head_dim,
                                                    " (expected each at most ", kMlaPrefillMaxDim, " on CUDA)"));
   }
+  MLA_RETURN_IF_ERROR(CheckDecodeVariant(c, o.decode));
   if (c.qk_rope_head_dim % 2 != 0) {
     return absl::InvalidArgumentError(absl::StrCat("qk_rope_head_dim ", c.qk_rope_head_dim, " (expected even)"));
   }
@@ -186,7 +209,7 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(ModelConfig config,
     MLA_CUDA_RETURN_IF_ERROR(cudaMemcpy(model->inv_freq_.data(), inv_freq.data(), inv_freq.size() * sizeof(float),
                                         cudaMemcpyHostToDevice));
   }
-  if (options.decode_merge_in_block) {
+  if (options.decode.merge_in_block) {
     const size_t counters = static_cast<size_t>(MlaDecodeMaxMerges(model->ctx_->sm_count()));
     MLA_ASSIGN_OR_RETURN(model->decode_merge_counters_, DeviceBuffer::Allocate(counters * sizeof(int32_t)));
     MLA_CUDA_RETURN_IF_ERROR(cudaMemset(model->decode_merge_counters_.data(), 0, counters * sizeof(int32_t)));
@@ -305,10 +328,12 @@ CudaModel::StepPlan CudaModel::Plan(std::span<const SequenceStep> batch, int64_t
     const std::vector<int32_t> kv_lens(m.begin() + static_cast<ptrdiff_t>(p.kv_lens),
                                        m.begin() + static_cast<ptrdiff_t>(p.kv_lens + p.decode_seqs));
     const int heads = static_cast<int>(weights_.local_heads);
-    const MlaDecodePlan dp = PlanMlaDecode(
-        kv_lens, heads, ctx_->sm_count(),
-        MlaDecodeDefaultHeadsPerBlock(kv_lens, heads, static_cast<int>(config_.kv_lora_rank),
-                                      static_cast<int>(config_.qk_rope_head_dim), ctx_->sm_count()));
+    const int heads_per_block =
+        options_.decode.heads_per_block != 0
+            ? options_.decode.heads_per_block
+            : MlaDecodeDefaultHeadsPerBlock(kv_lens, heads, static_cast<int>(config_.kv_lora_rank),
+                                            static_cast<int>(config_.qk_rope_head_dim), ctx_->sm_count());
+    const MlaDecodePlan dp = PlanMlaDecode(kv_lens, heads, ctx_->sm_count(), heads_per_block);
     p.num_decode_items = static_cast<int>(dp.items.size());
     p.num_decode_merges = static_cast<int>(dp.merges.size());
     p.decode_heads_per_block = dp.heads_per_block;
@@ -639,7 +664,13 @@ absl::Status CudaModel::Attention(int64_t layer, const StepPlan& plan, const Wor
       dp.heads_per_block = plan.decode_heads_per_block;
       dp.partial_out = ws.decode_partial;
       dp.partial_lse = ws.decode_partial_lse;
-      if (options_.decode_merge_in_block) {
+      dp.mma = options_.decode.mma;
+      dp.query = options_.decode.query;
+      dp.copy = options_.decode.copy;
+      dp.issue_ahead = options_.decode.issue_ahead;
+      dp.prefetch_l2 = options_.decode.prefetch_l2;
+      dp.pdl = options_.decode.pdl;
+      if (options_.decode.merge_in_block) {
         if (static_cast<size_t>(plan.num_decode_merges) * sizeof(int32_t) > decode_merge_counters_.bytes()) {
           return absl::InternalError(absl::StrCat("decode plan with ", plan.num_decode_merges,
                                                   " merges (expected at most ",

@@ -27,6 +27,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/cuda/mla_decode_variant.h"
 #include "runtime/communicator.h"
 #include "runtime/config.h"
 #include "runtime/cuda/cuda_context.h"
@@ -44,12 +45,15 @@ struct CudaModelOptions {
   // over cached + new latents otherwise. kNaive: the naive form for every
   // sequence. kAbsorbed is refused (no multi-query absorbed kernel yet).
   AttentionPath attention_path = AttentionPath::kAuto;
-  // Decode sequences whose context the plan splits over several work items
-  // are merged by the decode kernel's last item of each split
-  // (MlaDecodeParams.merge_counters) instead of a second kernel: the same
-  // logits to the bit, one kernel a layer fewer. Off until it is measured
-  // faster on a GPU (bench/RESULTS.md, session 8: --merge last-block).
-  bool decode_merge_in_block = false;
+  // The decode attention's kernel and its variants (kernels/cuda/mla_decode_variant.h;
+  // the tests check each in the whole model). Load refuses a choice the
+  // model's latent cannot take, and any but the defaults where no tensor-core
+  // decode takes it (the simple kernel has no variants). The 16-head wgmma
+  // kernel (mma kWarpgroup) and 64 heads per block take DeepSeek-V3's latent
+  // only (kv_lora_rank 512, qk_rope_head_dim 64: MlaDecodeUsesWgmma). Each
+  // stays off by default until measured faster on a GPU (bench/RESULTS.md;
+  // merge_in_block: session 8, --merge last-block).
+  MlaDecodeVariant decode;
 };
 
 class CudaModel {
@@ -110,7 +114,7 @@ class CudaModel {
   DeviceBuffer inv_freq_;  // float [qk_rope / 2]
   // int32 [MlaDecodeMaxMerges(sm_count)], one per merge item of a
   // step's decode plan: zero between launches (each launch sets back what it
-  // counts). Allocated with options_.decode_merge_in_block only.
+  // counts). Allocated with options_.decode.merge_in_block only.
   DeviceBuffer decode_merge_counters_;
   float rope_attention_factor_ = 1.0f;
   float softmax_scale_ = 0.0f;

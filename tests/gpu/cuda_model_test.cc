@@ -1,5 +1,5 @@
 // The CUDA model (runtime/cuda/cuda_model.h) end to end, on the committed
-// golden fixtures (v3_bf16, v3_fp8, v2_lite: tests/data/fixtures/README.md):
+// golden fixtures (v3_bf16, v3_fp8, v2_lite, v3_mla: tests/data/fixtures/README.md):
 //   - against transformers' float32 logits: prefill at every prompt position,
 //     16 decode steps teacher-forced on the fixture's tokens, and free-running
 //     greedy generation through the same Generate loop as the CPU backend;
@@ -9,7 +9,11 @@
 //     out-of-range ids, and every cache row NaN until written;
 //   - the ragged batch against the same sequences run one at a time (no
 //     cross-talk between sequences), the naive decode form against the absorbed
-//     one, and InvalidArgument for bad input.
+//     one, and InvalidArgument for bad input;
+//   - every decode kernel variant (CudaModelOptions.decode: mma.sync, the
+//     wgmma kernels at 16 and 64 heads per block, TMA staging, issue-ahead,
+//     PDL, the merge in the last block) on v3_mla, DeepSeek-V3's own latent,
+//     against transformers and against the default kernel.
 //
 // Tolerances. The CUDA model computes in BF16 (weights, GEMM operands, latent
 // cache) with FP32 accumulation, against FP32 references, on fixtures built to
@@ -58,6 +62,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu/float_convert.h"
@@ -356,7 +361,7 @@ TEST_P(CudaGoldenTest, NaiveDecodeMatchesAbsorbed) {
             << "\n";
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, CudaGoldenTest, ::testing::Values("v3_bf16", "v3_fp8", "v2_lite"));
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaGoldenTest, ::testing::Values("v3_bf16", "v3_fp8", "v2_lite", "v3_mla"));
 
 // ---------------------------------------------------------------------------
 // Ragged batches over cached contexts, against the CPU model and against
@@ -564,33 +569,171 @@ TEST_P(CudaRaggedTest, SequencesDoNotDependOnTheBatch) {
             << *std::max_element(errors.begin(), errors.end()) << "\n";
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, CudaRaggedTest, ::testing::Values("v3_bf16", "v3_fp8", "v2_lite"));
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaRaggedTest, ::testing::Values("v3_bf16", "v3_fp8", "v2_lite", "v3_mla"));
+
+// ---------------------------------------------------------------------------
+// The decode kernels and their variants (CudaModelOptions.decode) inside the
+// whole model, on v3_mla: DeepSeek-V3's own latent (kv_lora 512 + rope 64),
+// the only fixture the wgmma kernels take. Each variant against transformers
+// (teacher forced, the bounds above) and against the default kernel (the
+// same model computed in another order: kSameModelMedian). The long case's
+// 210-token prompt makes four 64-token tiles, which a plan for 132 SMs (the
+// emulator's, an H100's or H200's) splits, so every variant's merge runs too.
+
+struct DecodeVariant {
+  std::string name;
+  CudaModelOptions options;
+};
+
+std::vector<DecodeVariant> DecodeVariants() {
+  using cuda::MlaDecodeCopy;
+  using cuda::MlaDecodeMma;
+  using cuda::MlaDecodeQuery;
+  std::vector<DecodeVariant> v;
+  auto add = [&](std::string name, auto&& set) {
+    DecodeVariant d{std::move(name), {}};
+    set(d.options);
+    v.push_back(std::move(d));
+  };
+  add("MmaSyncQueryShared", [](CudaModelOptions& o) { o.decode.query = MlaDecodeQuery::kShared; });
+  add("MmaSyncBulkCopies", [](CudaModelOptions& o) {
+    o.decode.mma = MlaDecodeMma::kSync;
+    o.decode.copy = MlaDecodeCopy::kBulk;
+  });
+  add("MmaSync32HeadsPrefetchPdl", [](CudaModelOptions& o) {
+    o.decode.heads_per_block = 32;
+    o.decode.prefetch_l2 = true;
+    o.decode.pdl = true;
+  });
+  add("Wgmma16", [](CudaModelOptions& o) { o.decode.mma = MlaDecodeMma::kWarpgroup; });
+  add("Wgmma16IssueAhead", [](CudaModelOptions& o) {
+    o.decode.mma = MlaDecodeMma::kWarpgroup;
+    o.decode.issue_ahead = true;
+  });
+  add("Wgmma16Tma", [](CudaModelOptions& o) {
+    o.decode.mma = MlaDecodeMma::kWarpgroup;
+    o.decode.copy = MlaDecodeCopy::kBulk;
+  });
+  // The candidate default for DeepSeek-V3 once measured (bench/RESULTS.md).
+  add("Wgmma16TmaAheadPdlMergedInBlock", [](CudaModelOptions& o) {
+    o.decode.heads_per_block = 16;
+    o.decode.mma = MlaDecodeMma::kWarpgroup;
+    o.decode.copy = MlaDecodeCopy::kBulk;
+    o.decode.issue_ahead = true;
+    o.decode.pdl = true;
+    o.decode.merge_in_block = true;
+  });
+  add("Wgmma64", [](CudaModelOptions& o) { o.decode.heads_per_block = 64; });
+  add("Wgmma64TmaMergedInBlock", [](CudaModelOptions& o) {
+    o.decode.heads_per_block = 64;
+    o.decode.copy = MlaDecodeCopy::kBulk;
+    o.decode.merge_in_block = true;
+  });
+  return v;
+}
+
+class CudaDecodeVariantTest : public ::testing::TestWithParam<DecodeVariant> {
+ protected:
+  // The default kernel's teacher-forced rows of every v3_mla case, computed
+  // once for all variants (the emulator takes seconds a case).
+  static const std::vector<std::vector<std::vector<float>>>& DefaultRows() {
+    static const std::vector<std::vector<std::vector<float>>>* rows = [] {
+      auto* r = new std::vector<std::vector<std::vector<float>>>;
+      if (std::unique_ptr<CudaModel> base = LoadCuda("v3_mla")) {
+        for (const GoldenCase& c : LoadGolden("v3_mla")) r->push_back(TeacherForced(*base, c));
+      }
+      return r;
+    }();
+    return *rows;
+  }
+};
+
+TEST_P(CudaDecodeVariantTest, TeacherForcedDecodeMatchesTransformersAndTheDefault) {
+  MLA_SKIP_WITHOUT_GPU();
+  const std::string fixture = "v3_mla";
+  std::unique_ptr<CudaModel> variant = LoadCuda(fixture, GetParam().options);
+  ASSERT_NE(variant, nullptr);
+  const int64_t vocab = variant->config().vocab_size;
+  const std::vector<GoldenCase> cases = LoadGolden(fixture);
+  ASSERT_EQ(DefaultRows().size(), cases.size());
+  std::vector<double> to_transformers, to_default;
+  int clear = 0;
+  for (size_t k = 0; k < cases.size(); ++k) {
+    const GoldenCase& c = cases[k];
+    SCOPED_TRACE(c.name);
+    const std::vector<std::vector<float>> rows = TeacherForced(*variant, c);
+    const std::vector<std::vector<float>>& want = DefaultRows()[k];
+    ASSERT_EQ(rows.size(), c.logits.size());
+    ASSERT_EQ(want.size(), c.logits.size());
+    for (size_t i = 0; i < rows.size(); ++i) {
+      ASSERT_EQ(rows[i].size(), static_cast<size_t>(vocab));
+      const double e = RelL2(rows[i].data(), c.logits[i].data(), vocab);
+      EXPECT_LT(e, kRowRelL2) << "step " << i << " against transformers";
+      to_transformers.push_back(e);
+      if (i == 0) {
+        // The prompt step runs the prefill kernel, which no decode option touches.
+        EXPECT_EQ(rows[0], want[0]) << "prompt step";
+        continue;
+      }
+      const double d = RelL2(rows[i].data(), want[i].data(), vocab);
+      EXPECT_LT(d, kRowRelL2) << "step " << i << " against the default kernel";
+      to_default.push_back(d);
+      if (c.margins[i] > kClearMargin) {
+        ++clear;
+        EXPECT_EQ(Argmax(rows[i].data(), vocab), c.generated_ids[i])
+            << "step " << i << ": margin " << c.margins[i] << " is clear";
+      }
+    }
+  }
+  ASSERT_FALSE(to_default.empty());
+  EXPECT_GT(clear, 0);
+  EXPECT_LT(Median(to_transformers), kMedianRelL2) << "median over " << to_transformers.size() << " rows";
+  EXPECT_LT(Median(to_default), kSameModelMedian) << "median over " << to_default.size() << " decode rows";
+  std::cout << "[ info ] v3_mla " << GetParam().name << ": median relative L2 " << Median(to_transformers)
+            << " against transformers, " << Median(to_default) << " against the default decode kernel (max "
+            << *std::max_element(to_default.begin(), to_default.end()) << ")\n";
+}
+
+INSTANTIATE_TEST_SUITE_P(V3Latent, CudaDecodeVariantTest, ::testing::ValuesIn(DecodeVariants()),
+                         [](const ::testing::TestParamInfo<DecodeVariant>& info) { return info.param.name; });
 
 // Split decode sequences merged by the decode kernel's last item of each split
-// (CudaModelOptions.decode_merge_in_block) give the merge kernel's logits to
-// the bit (one merge routine). The ragged step's decode row of 65 positions is
-// two tiles, which a plan for a device of 132 SMs (the emulator's, an H100's
-// or H200's) splits in two.
+// (CudaModelOptions.decode.merge_in_block) give the merge kernel's logits to
+// the bit (one merge routine), for the mma.sync kernel (v3_bf16) and both
+// wgmma kernels (v3_mla). The ragged step's decode row of 65 positions is two
+// tiles, which a plan for a device of 132 SMs (the emulator's, an H100's or
+// H200's) splits in two.
 TEST(CudaModelTest, DecodeMergedInTheLastBlockMatchesTheMergeKernel) {
   MLA_SKIP_WITHOUT_GPU();
-  CudaModelOptions in_block;
-  in_block.decode_merge_in_block = true;
-  std::unique_ptr<CudaModel> kernel = LoadCuda("v3_bf16"), merged = LoadCuda("v3_bf16", in_block);
-  ASSERT_NE(kernel, nullptr);
-  ASSERT_NE(merged, nullptr);
-  const RaggedSetup s = MakeRagged(kRagged, kernel->config().vocab_size, gpu_test::BaseSeed() + 2);
-  std::vector<float> logits[2][2];  // [model][context step, ragged step]
-  int i = 0;
-  for (CudaModel* model : {kernel.get(), merged.get()}) {
-    absl::StatusOr<CudaLatentCache> cache = model->MakeCache(s.num_blocks);
-    ASSERT_TRUE(cache.ok()) << cache.status();
-    ASSERT_TRUE(cache->Poison().ok());
-    RunRagged(kRagged, s, [&](std::span<const SequenceStep> b) { return model->Forward(b, *cache); }, &logits[i][0],
-              &logits[i][1]);
-    ++i;
+  CudaModelOptions wgmma16;
+  wgmma16.decode.mma = cuda::MlaDecodeMma::kWarpgroup;
+  wgmma16.decode.copy = cuda::MlaDecodeCopy::kBulk;
+  CudaModelOptions wgmma64;
+  wgmma64.decode.heads_per_block = 64;
+  const std::vector<std::pair<std::string, CudaModelOptions>> cases = {
+      {"v3_bf16", {}}, {"v3_mla", wgmma16}, {"v3_mla", wgmma64}};
+  for (size_t k = 0; k < cases.size(); ++k) {
+    const auto& [fixture, options] = cases[k];
+    SCOPED_TRACE(::testing::Message() << fixture << ", case " << k);
+    CudaModelOptions in_block = options;
+    in_block.decode.merge_in_block = true;
+    std::unique_ptr<CudaModel> kernel = LoadCuda(fixture, options), merged = LoadCuda(fixture, in_block);
+    ASSERT_NE(kernel, nullptr);
+    ASSERT_NE(merged, nullptr);
+    const RaggedSetup s = MakeRagged(kRagged, kernel->config().vocab_size, gpu_test::BaseSeed() + 2);
+    std::vector<float> logits[2][2];  // [model][context step, ragged step]
+    int i = 0;
+    for (CudaModel* model : {kernel.get(), merged.get()}) {
+      absl::StatusOr<CudaLatentCache> cache = model->MakeCache(s.num_blocks);
+      ASSERT_TRUE(cache.ok()) << cache.status();
+      ASSERT_TRUE(cache->Poison().ok());
+      RunRagged(kRagged, s, [&](std::span<const SequenceStep> b) { return model->Forward(b, *cache); },
+                &logits[i][0], &logits[i][1]);
+      ++i;
+    }
+    EXPECT_EQ(logits[0][0], logits[1][0]) << "context step";
+    EXPECT_EQ(logits[0][1], logits[1][1]) << "ragged step";
   }
-  EXPECT_EQ(logits[0][0], logits[1][0]) << "context step";
-  EXPECT_EQ(logits[0][1], logits[1][1]) << "ragged step";
 }
 
 // Bad input is refused before any device work, with the CPU model's messages.
@@ -616,6 +759,27 @@ TEST(CudaModelTest, RejectsBadInput) {
   absorbed.attention_path = AttentionPath::kAbsorbed;
   absl::StatusOr<std::unique_ptr<CudaModel>> m = CudaModel::Load(FixtureDir("v3_bf16"), absorbed);
   EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument);
+
+  // Decode kernel choices the latent cannot take.
+  CudaModelOptions hpb48;
+  hpb48.decode.heads_per_block = 48;
+  m = CudaModel::Load(FixtureDir("v3_mla"), hpb48);
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(m.status().message(), "decode heads per block 48 (expected 0 for the default, 16, 32 or 64)");
+  CudaModelOptions wgmma;
+  wgmma.decode.mma = cuda::MlaDecodeMma::kWarpgroup;
+  m = CudaModel::Load(FixtureDir("v3_bf16"), wgmma);
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(m.status().message(),
+            "decode mma warpgroup for kv_lora_rank 160, qk_rope_head_dim 16 (expected DeepSeek-V3's latent: "
+            "kv_lora_rank 512, qk_rope_head_dim 64)");
+  CudaModelOptions hpb64;
+  hpb64.decode.heads_per_block = 64;
+  m = CudaModel::Load(FixtureDir("v2_lite"), hpb64);
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(m.status().message(),
+            "decode heads per block 64 for kv_lora_rank 96, qk_rope_head_dim 16 (expected DeepSeek-V3's latent: "
+            "kv_lora_rank 512, qk_rope_head_dim 64)");
 }
 
 }  // namespace
