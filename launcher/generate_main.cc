@@ -1,7 +1,7 @@
 // mla-generate: offline generation on the CPU backend, or on one GPU with --backend cuda.
 //   mla-generate --model DIR --prompt-ids 1,2,3 --max-new-tokens N [--temperature T --top-k K
 //                --top-p P --seed S] [--kv-cache-dtype fp32|bf16] [--logits-out FILE.json]
-//                [--backend cpu|cuda]
+//                [--backend cpu|cuda [--decode-kernel SPEC]]
 //   mla-generate --model DIR --describe
 // Exit codes: 0 ok; 2 bad flags or a bad model directory; 1 any other failure.
 #include <glog/logging.h>
@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "kernels/cpu/gemm.h"
 #include "launcher/cli_flags.h"
+#include "launcher/decode_kernel_flag.h"
 #include "nlohmann/json.hpp"
 #include "runtime/generator.h"
 #include "runtime/model.h"
@@ -33,6 +34,7 @@ constexpr char kUsage[] =
     "                    [--top-k K] [--top-p P] [--seed S] [--kv-cache-dtype fp32|bf16]\n"
     "                    [--logits-out FILE.json] [--prefill-chunk N] [--threads N] [--describe]\n"
     "                    [--backend cpu|cuda]   (cuda: GPU 0, BF16, a bf16 latent cache)\n"
+    "                    [--decode-kernel SPEC] (cuda: e.g. mma=warpgroup,copy=bulk; launcher/decode_kernel_flag.h)\n"
     "  --model defaults to the embedded tiny DeepSeek-V3 fixture (" MLA_DEFAULT_MODEL_DIR ")\n";
 
 struct Options {
@@ -44,6 +46,7 @@ struct Options {
   std::string logits_out;
   int threads = 1;
   std::string backend = "cpu";
+  cuda::MlaDecodeVariant decode_kernel;
 };
 
 absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
@@ -51,7 +54,7 @@ absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
       CliFlags flags,
       CliFlags::Parse(argc, argv,
                       {"model", "prompt-ids", "max-new-tokens", "temperature", "top-k", "top-p", "seed",
-                       "kv-cache-dtype", "logits-out", "prefill-chunk", "threads", "backend"},
+                       "kv-cache-dtype", "logits-out", "prefill-chunk", "threads", "backend", "decode-kernel"},
                       {"describe", "help"}));
   Options o;
   if (auto m = flags.String("model")) o.model_dir = *m;
@@ -59,6 +62,11 @@ absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
   o.backend = flags.String("backend").value_or("cpu");
   if (o.backend != "cpu" && o.backend != "cuda") {
     return absl::InvalidArgumentError(absl::StrCat("--backend ", o.backend, " (expected cpu or cuda)"));
+  }
+  MLA_ASSIGN_OR_RETURN(o.decode_kernel, ParseDecodeKernel(flags.String("decode-kernel").value_or("")));
+  if (!o.decode_kernel.IsDefault() && o.backend != "cuda") {
+    return absl::InvalidArgumentError(absl::StrCat("--decode-kernel with --backend ", o.backend,
+                                                   " (expected --backend cuda: the CPU model has one decode kernel)"));
   }
   if (o.describe) return o;
   if (!flags.Has("prompt-ids")) return absl::InvalidArgumentError("--prompt-ids is required (e.g. 1,2,3)");
@@ -127,7 +135,9 @@ int Run(int argc, char** argv) {
     if (options->cache_dtype_set && options->cache_dtype != CacheDType::kBF16) {
       return Fail(2, absl::InvalidArgumentError("--kv-cache-dtype fp32 (the CUDA backend's latent cache is bf16)"));
     }
-    absl::StatusOr<std::unique_ptr<cuda::CudaModel>> model = cuda::CudaModel::Load(options->model_dir);
+    cuda::CudaModelOptions model_options;
+    model_options.decode = options->decode_kernel;
+    absl::StatusOr<std::unique_ptr<cuda::CudaModel>> model = cuda::CudaModel::Load(options->model_dir, model_options);
     // A device or CUDA failure is not a bad model directory.
     if (!model.ok()) return Fail(model.status().code() == absl::StatusCode::kInternal ? 1 : 2, model.status());
     if (absl::Status s = ValidateRequest((*model)->config(), req); !s.ok()) return Fail(2, s);

@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "launcher/cli_flags.h"
+#include "launcher/decode_kernel_flag.h"
 #include "runtime/status_macros.h"
 
 namespace mla {
@@ -108,7 +109,7 @@ absl::Status ParseAddresses(const CliFlags& flags, LaunchOptions& o) {
   return absl::OkStatus();
 }
 
-// What the workers get: --num-blocks, --kv-cache-dtype, --threads.
+// What the workers get: --num-blocks, --kv-cache-dtype, --threads, --decode-kernel.
 absl::Status ParseWorkerKnobs(const CliFlags& flags, int64_t cores, LaunchOptions& o) {
   if (flags.Has("num-blocks")) {
     MLA_ASSIGN_OR_RETURN(int64_t blocks, flags.Int("num-blocks", 0, 1));
@@ -119,6 +120,14 @@ absl::Status ParseWorkerKnobs(const CliFlags& flags, int64_t cores, LaunchOption
       return absl::InvalidArgumentError(absl::StrCat("--kv-cache-dtype '", *dtype, "' (expected fp32 or bf16)"));
     }
     o.kv_cache_dtype = *dtype;
+  }
+  if (auto spec = flags.String("decode-kernel")) {
+    MLA_ASSIGN_OR_RETURN(const cuda::MlaDecodeVariant variant, ParseDecodeKernel(*spec));
+    if (!variant.IsDefault() && o.backend != "cuda") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--decode-kernel with --backend ", o.backend, " (expected --backend cuda: the CPU model has one decode kernel)"));
+    }
+    o.decode_kernel = *spec;
   }
   int64_t default_threads = std::max<int64_t>(1, cores / o.local_world_size());
   MLA_ASSIGN_OR_RETURN(o.threads, flags.Int("threads", default_threads, 1));
@@ -145,7 +154,7 @@ absl::StatusOr<LaunchOptions> ParseLaunchOptions(int argc, char** argv, int64_t 
                                         "step-timeout-ms", "grace-ms", "bin-dir", "kv-cache-memory",
                                         "max-num-batched-tokens", "max-num-seqs", "max-queued-requests",
                                         "max-model-len", "shutdown-timeout-ms", "tls-cert", "tls-key", "api-key",
-                                        "metrics-port"},
+                                        "metrics-port", "decode-kernel"},
                                        {"help", "no-prefix-caching"}));
   LaunchOptions o;
   o.model_dir = flags.String("model").value_or("");
@@ -218,6 +227,7 @@ std::vector<std::string> WorkerArgs(const LaunchOptions& o, int64_t local_rank) 
   if (o.kv_cache_dtype) args.insert(args.end(), {"--kv-cache-dtype", *o.kv_cache_dtype});
   if (o.kv_cache_memory) args.insert(args.end(), {"--kv-cache-memory", *o.kv_cache_memory});
   if (o.tls_cert) args.insert(args.end(), {"--tls-ca", *o.tls_cert});
+  if (o.decode_kernel) args.insert(args.end(), {"--decode-kernel", *o.decode_kernel});
   return args;
 }
 

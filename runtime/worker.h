@@ -7,6 +7,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "kernels/cuda/mla_decode_variant.h"
 #include "runtime/kv_cache.h"
 
 namespace mla {
@@ -23,6 +24,7 @@ struct WorkerOptions {
   int64_t num_blocks = 0;      // latent cache blocks; 0: sized from cache_memory_bytes
   int64_t cache_memory_bytes = int64_t{256} << 20;  // --kv-cache-memory
   CacheDType cache_dtype = CacheDType::kF32;
+  cuda::MlaDecodeVariant decode_kernel;  // --decode-kernel, the cuda backend's only
   std::string api_key;      // sent as a bearer token on every control-plane call
   std::string tls_ca_path;  // PEM root certificate: connect with TLS when set
   absl::Duration connect_timeout = absl::Seconds(60);     // waiting for the coordinator

@@ -1,5 +1,7 @@
 // The worker's GPU backend: NCCL on the GPU named by the local rank, the BF16
 // model and its paged latent cache in device memory. Compiled only with CUDA.
+#include <glog/logging.h>
+
 #include "runtime/cuda/cuda_model.h"
 #include "runtime/nccl_communicator.h"
 #include "runtime/status_macros.h"
@@ -22,7 +24,9 @@ absl::StatusOr<WorkerBackend> MakeCudaBackend(const WorkerOptions& o, KeyValueSt
   MLA_ASSIGN_OR_RETURN(held->comm, CreateNcclCommunicator(store, rank, world, n));
   cuda::CudaModelOptions mo;
   mo.device = o.local_rank;
+  mo.decode = o.decode_kernel;
   MLA_ASSIGN_OR_RETURN(held->model, cuda::CudaModel::Load(o.model_dir, mo, held->comm.get()));
+  LOG(INFO) << "worker rank " << rank << ": decode kernel " << cuda::MlaDecodeVariantSpec(mo.decode);
   if (auto* nccl = dynamic_cast<NcclCommunicator*>(held->comm.get())) nccl->SetStream(held->model->stream());
   const ModelConfig& c = held->model->config();
   MLA_ASSIGN_OR_RETURN(cuda::CudaLatentCache cache, held->model->MakeCache(CacheBlocksFor(o, c, 2)));

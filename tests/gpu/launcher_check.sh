@@ -24,6 +24,10 @@
 #                        backend, which needs no GPU: proves the script's logic on any machine
 #   MLA_LAUNCHER_CHECK_TP=N          --tp N (default 1): ranks on GPUs 0..N-1 (N GPUs, or N
 #                        emulated devices: MLA_EMU_DEVICE_COUNT); the row is launcher_*_tpN
+#   MLA_LAUNCHER_CHECK_DECODE_KERNEL=SPEC  (cuda) --decode-kernel SPEC to the workers
+#                        (launcher/decode_kernel_flag.h, e.g. copy=bulk,merge=last-block,pdl: v3_bf16's
+#                        latent takes the mma.sync kernel's choices only); each worker must log
+#                        that it loaded that kernel. The row is then launcher_*_tpN_decode_kernel.
 #   MLA_LAUNCHER_CHECK_EMULATED=1    DIR holds an mla-worker built on the CUDA emulator
 #                        (build/emu, tests/emu): the CUDA backend on the CPU, no GPU
 #                        needed or looked for; steps are slow, so the step timeout is 2 min.
@@ -41,6 +45,11 @@ extra_flags=()
 if [[ $emulated == 1 ]]; then
   name=${name}_emulated
   extra_flags=(--step-timeout-ms 120000)  # an emulated step of the fixture takes seconds
+fi
+decode_kernel=${MLA_LAUNCHER_CHECK_DECODE_KERNEL:-}
+if [[ -n $decode_kernel ]]; then
+  name=${name}_decode_kernel
+  extra_flags+=(--decode-kernel "$decode_kernel")
 fi
 case_name=short           # a fixture case whose first token has a clear margin (checked below)
 max_new_tokens=16         # every token the fixture recorded
@@ -190,6 +199,15 @@ if i.get("backend") != sys.argv[2] or i.get("tp_size") != tp or got != want:
     sys.exit(f"expected backend {sys.argv[2]}, tp_size {tp}, ranks on {want}")
 print(",".join(want))' "$info" "$backend" "$tp" 2>&1) || die "ModelInfo: $device; got $info"
 echo "launcher_check: ModelInfo: backend $backend, tp $tp, ranks on $device"
+
+# Each worker says which decode kernel its model loaded (cuda_worker_backend.cc),
+# in the flag's own words, which MlaDecodeVariantSpec writes in a fixed order.
+if [[ -n $decode_kernel ]]; then
+  loaded=$(grep -c -E "worker rank [0-9]+: decode kernel $decode_kernel\$" "$launch_log")
+  (( loaded == tp )) ||
+    die "$loaded of $tp workers logged 'decode kernel $decode_kernel' (the spec in MlaDecodeVariantSpec's order?)"
+  echo "launcher_check: every worker loaded decode kernel $decode_kernel"
+fi
 
 # One greedy generation of every recorded token (ignoring EOS, as the fixture did).
 start=$SECONDS

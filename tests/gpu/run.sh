@@ -19,6 +19,8 @@
 # Environment:
 #   MLA_GPU_TEST_TIMEOUT  seconds per binary (default 900)
 #   MLA_LAUNCHER_CHECK_TIMEOUT  seconds for the launcher check (default 600; its own waits are shorter)
+#   MLA_LAUNCHER_CHECK_DECODE_KERNEL  the launcher check's workers run this decode kernel
+#                         (--decode-kernel SPEC; launcher_check.sh), its row then *_decode_kernel
 #   MLA_GPU_SANITIZE=1    run each binary under compute-sanitizer (memcheck; mbar_wait_gpu_test's
 #                         cases of a trapping kernel skip themselves)
 #   MLA_GPU_BENCH_SWEEP=0 skip the decode benchmark's partition variants

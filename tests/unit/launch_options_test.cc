@@ -129,6 +129,27 @@ TEST(LaunchOptionsTest, WorkerArgvOptionalFlags) {
                                       "bf16"}));
 }
 
+// --decode-kernel is checked here (a bad spec fails before any child starts)
+// and handed to every worker as given; the CPU backend has no kernel choice.
+TEST(LaunchOptionsTest, DecodeKernel) {
+  EXPECT_EQ(Error({"--model", "/m", "--decode-kernel", "mma=wgmma"}),
+            "--decode-kernel 'mma=wgmma': mma=wgmma (expected mma=sync|warpgroup)");
+  EXPECT_EQ(Error({"--model", "/m", "--decode-kernel", "pdl"}),
+            "--decode-kernel with --backend cpu (expected --backend cuda: the CPU model has one decode kernel)");
+  absl::StatusOr<LaunchOptions> o = Parse({"--model", "/m", "--threads", "1", "--decode-kernel", "default"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(WorkerArgs(*o, 0).back(), "default");
+#ifdef MLA_LAUNCH_WITH_CUDA
+  o = Parse({"--model", "/m", "--backend", "cuda", "--threads", "1", "--decode-kernel", "mma=warpgroup,copy=bulk"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(WorkerArgs(*o, 0),
+            (std::vector<std::string>{"--model", "/m", "--coordinator", "127.0.0.1:50051", "--node-rank", "0",
+                                      "--local-rank", "0", "--local-world-size", "1", "--host", "127.0.0.1",
+                                      "--backend", "cuda", "--threads", "1", "--decode-kernel",
+                                      "mma=warpgroup,copy=bulk"}));
+#endif
+}
+
 TEST(LaunchOptionsTest, SecondNodeDialsTheCoordinator) {
   absl::StatusOr<LaunchOptions> o = Parse({"--model", "/m", "--tp", "4", "--nnodes", "2", "--node-rank", "1",
                                            "--coordinator", "node0.cluster:7000", "--host", "10.0.0.6",

@@ -1,0 +1,20 @@
+// --decode-kernel SPEC (mla-generate, mla-worker, mla-launch): which decode
+// attention kernel the CUDA backend runs (kernels/cuda/mla_decode_variant.h),
+// in mla-bench-decode's words, comma-separated:
+//   heads-per-block=16|32|64  mma=sync|warpgroup  query=shared|registers
+//   copy=cp-async|bulk  merge=kernel|last-block  issue-ahead  prefetch-l2  pdl
+// e.g. "mma=warpgroup,copy=bulk,issue-ahead". "" or "default": the kernels'
+// own defaults. Whether the model's latent takes the choice is the CUDA
+// model's to say when it loads (CudaModelOptions.decode).
+#pragma once
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "kernels/cuda/mla_decode_variant.h"
+
+namespace mla {
+
+absl::StatusOr<cuda::MlaDecodeVariant> ParseDecodeKernel(const std::string& spec);
+
+}  // namespace mla
