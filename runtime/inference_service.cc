@@ -129,6 +129,7 @@ grpc::Status InferenceService::GetModelInfo(grpc::ServerContext* ctx, const sv1:
     ri->set_device(r.device());
     ri->set_pid(r.pid());
     ri->set_cache_blocks(r.cache_blocks());
+    ri->set_decode_kernel(r.decode_kernel());
     ri->mutable_weight_bytes()->set_attention(r.weight_bytes().attention());
     ri->mutable_weight_bytes()->set_experts(r.weight_bytes().experts());
     ri->mutable_weight_bytes()->set_embeddings(r.weight_bytes().embeddings());

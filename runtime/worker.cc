@@ -47,6 +47,7 @@ class Worker {
     r.set_device(backend_.device);
     r.set_pid(::getpid());
     r.set_cache_bytes(backend_.cache_bytes);
+    r.set_decode_kernel(backend_.decode_kernel);
     return r;
   }
 

@@ -26,6 +26,7 @@ struct WorkerBackend {
   int64_t cache_bytes = 0;
   WeightBytes weight_bytes;
   std::string device;                // "cpu" or "cuda:N"
+  std::string decode_kernel;         // RankInfo.decode_kernel: "" on the CPU
   std::shared_ptr<void> keep_alive;  // owns the communicator, model and cache `forward` uses
 };
 

@@ -38,6 +38,7 @@ absl::StatusOr<WorkerBackend> MakeCudaBackend(const WorkerOptions& o, KeyValueSt
   b.cache_bytes = b.cache_blocks * c.num_hidden_layers * kDefaultBlockSize * c.latent_dim() * 2;
   b.weight_bytes = held->model->weight_bytes_by_kind();
   b.device = absl::StrCat("cuda:", o.local_rank);
+  b.decode_kernel = cuda::MlaDecodeVariantSpec(mo.decode);
   cuda::CudaModel* model = held->model.get();
   cuda::CudaLatentCache* cache_ptr = held->cache.get();
   b.forward = [model, cache_ptr](std::span<const SequenceStep> batch) { return model->Forward(batch, *cache_ptr); };

@@ -99,6 +99,7 @@ TEST(TpWeightBytesTest, ShardedKindsShrinkReplicatedStay) {
       EXPECT_EQ(b.replicated(), one.replicated());
       EXPECT_EQ(r.host(), "127.0.0.1");
       EXPECT_EQ(r.device(), "cpu");
+      EXPECT_EQ(r.decode_kernel(), "");  // the CPU model has one decode kernel
       EXPECT_GT(r.pid(), 0);
     }
   }

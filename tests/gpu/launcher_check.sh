@@ -26,8 +26,9 @@
 #                        emulated devices: MLA_EMU_DEVICE_COUNT); the row is launcher_*_tpN
 #   MLA_LAUNCHER_CHECK_DECODE_KERNEL=SPEC  (cuda) --decode-kernel SPEC to the workers
 #                        (launcher/decode_kernel_flag.h, e.g. copy=bulk,merge=last-block,pdl: v3_bf16's
-#                        latent takes the mma.sync kernel's choices only); each worker must log
-#                        that it loaded that kernel. The row is then launcher_*_tpN_decode_kernel.
+#                        latent takes the mma.sync kernel's choices only, written in the order
+#                        MlaDecodeVariantSpec writes); ModelInfo must say every rank runs it.
+#                        The row is then launcher_*_tpN_decode_kernel.
 #   MLA_LAUNCHER_CHECK_EMULATED=1    DIR holds an mla-worker built on the CUDA emulator
 #                        (build/emu, tests/emu): the CUDA backend on the CPU, no GPU
 #                        needed or looked for; steps are slow, so the step timeout is 2 min.
@@ -186,28 +187,28 @@ ready_s=$((SECONDS - start))
 echo "launcher_check: SERVING after ${ready_s}s"
 
 # The group is what was asked for: tp ranks, on the backend asked for, rank r
-# of the CUDA one on GPU r (ModelInfo: backend, tp_size, ranks[].device "cpu" or "cuda:N").
+# of the CUDA one on GPU r (ModelInfo: backend, tp_size, ranks[].device "cpu" or
+# "cuda:N"), each running the decode kernel asked for (ranks[].decode_kernel, in
+# the words MlaDecodeVariantSpec writes: "default" without --decode-kernel, ""
+# on the CPU backend).
 info=$(timeout 30 "${client[@]}" info --timeout-ms 10000 2>&1) || die "mla-client info: $info"
 device=$(py -c '
 import json, sys
 i = json.loads(sys.argv[1])
-tp = int(sys.argv[3])
-want = [f"cuda:{r}" if sys.argv[2] == "cuda" else "cpu" for r in range(tp)]
+backend, tp, kernel = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+want = [f"cuda:{r}" if backend == "cuda" else "cpu" for r in range(tp)]
+want_kernel = "" if backend == "cpu" else kernel or "default"
 ranks = i.get("ranks", [])
 got = [r.get("device") for r in ranks]
-if i.get("backend") != sys.argv[2] or i.get("tp_size") != tp or got != want:
-    sys.exit(f"expected backend {sys.argv[2]}, tp_size {tp}, ranks on {want}")
-print(",".join(want))' "$info" "$backend" "$tp" 2>&1) || die "ModelInfo: $device; got $info"
+got_kernel = [r.get("decode_kernel", "") for r in ranks]
+if i.get("backend") != backend or i.get("tp_size") != tp or got != want:
+    sys.exit(f"expected backend {backend}, tp_size {tp}, ranks on {want}")
+if got_kernel != [want_kernel] * tp:
+    sys.exit(f"expected every rank on decode kernel {want_kernel!r}, got {got_kernel}")
+print(",".join(want) + (f", decode kernel {want_kernel}" if want_kernel else ""))' "$info" "$backend" "$tp" "$decode_kernel" 2>&1) ||
+  die "ModelInfo: $device; got $info"
 echo "launcher_check: ModelInfo: backend $backend, tp $tp, ranks on $device"
 
-# Each worker says which decode kernel its model loaded (cuda_worker_backend.cc),
-# in the flag's own words, which MlaDecodeVariantSpec writes in a fixed order.
-if [[ -n $decode_kernel ]]; then
-  loaded=$(grep -c -E "worker rank [0-9]+: decode kernel $decode_kernel\$" "$launch_log")
-  (( loaded == tp )) ||
-    die "$loaded of $tp workers logged 'decode kernel $decode_kernel' (the spec in MlaDecodeVariantSpec's order?)"
-  echo "launcher_check: every worker loaded decode kernel $decode_kernel"
-fi
 
 # One greedy generation of every recorded token (ignoring EOS, as the fixture did).
 start=$SECONDS

@@ -423,6 +423,7 @@ TEST_F(ClientCliTest, InfoPrintsModelInfoAsOneJsonLine) {
   ASSERT_EQ(j["ranks"].size(), 1u);
   EXPECT_EQ(j["ranks"][0]["rank"], 1);
   EXPECT_EQ(j["ranks"][0]["weight_bytes"]["experts"], "4096");
+  EXPECT_EQ(j["ranks"][0]["decode_kernel"], "") << "empty strings are printed too";
 }
 
 TEST_F(ClientCliTest, NothingListeningIsUnavailable) {
