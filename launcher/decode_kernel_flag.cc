@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 namespace mla {
 namespace {
@@ -34,14 +35,7 @@ absl::Status Choose(const std::string& spec, const std::string& key, const std::
 absl::StatusOr<cuda::MlaDecodeVariant> ParseDecodeKernel(const std::string& spec) {
   cuda::MlaDecodeVariant v;
   if (spec.empty() || spec == "default") return v;
-  std::vector<std::string> items(1);
-  for (char ch : spec) {
-    if (ch == ',') {
-      items.emplace_back();
-    } else {
-      items.back() += ch;
-    }
-  }
+  const std::vector<std::string> items = absl::StrSplit(spec, ',');
   std::set<std::string> seen;
   for (const std::string& item : items) {
     const size_t eq = item.find('=');
@@ -79,6 +73,15 @@ absl::StatusOr<cuda::MlaDecodeVariant> ParseDecodeKernel(const std::string& spec
       return absl::InvalidArgumentError(absl::StrCat("--decode-kernel '", spec, "': '", item, "' (", kExpected, ")"));
     }
     if (!s.ok()) return s;
+  }
+  return v;
+}
+
+absl::StatusOr<cuda::MlaDecodeVariant> DecodeKernelFlag(const CliFlags& flags, const std::string& backend) {
+  absl::StatusOr<cuda::MlaDecodeVariant> v = ParseDecodeKernel(flags.String("decode-kernel").value_or(""));
+  if (v.ok() && !v->IsDefault() && backend != "cuda") {
+    return absl::InvalidArgumentError(absl::StrCat("--decode-kernel with --backend ", backend,
+                                                   " (expected --backend cuda: the CPU model has one decode kernel)"));
   }
   return v;
 }

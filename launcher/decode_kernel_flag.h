@@ -12,9 +12,14 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/cuda/mla_decode_variant.h"
+#include "launcher/cli_flags.h"
 
 namespace mla {
 
 absl::StatusOr<cuda::MlaDecodeVariant> ParseDecodeKernel(const std::string& spec);
+
+// The --decode-kernel flag of `flags` (absent: the defaults), refused unless
+// `backend` is cuda where it chooses anything (the CPU model has one kernel).
+absl::StatusOr<cuda::MlaDecodeVariant> DecodeKernelFlag(const CliFlags& flags, const std::string& backend);
 
 }  // namespace mla

@@ -63,11 +63,7 @@ absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
   if (o.backend != "cpu" && o.backend != "cuda") {
     return absl::InvalidArgumentError(absl::StrCat("--backend ", o.backend, " (expected cpu or cuda)"));
   }
-  MLA_ASSIGN_OR_RETURN(o.decode_kernel, ParseDecodeKernel(flags.String("decode-kernel").value_or("")));
-  if (!o.decode_kernel.IsDefault() && o.backend != "cuda") {
-    return absl::InvalidArgumentError(absl::StrCat("--decode-kernel with --backend ", o.backend,
-                                                   " (expected --backend cuda: the CPU model has one decode kernel)"));
-  }
+  MLA_ASSIGN_OR_RETURN(o.decode_kernel, DecodeKernelFlag(flags, o.backend));
   if (o.describe) return o;
   if (!flags.Has("prompt-ids")) return absl::InvalidArgumentError("--prompt-ids is required (e.g. 1,2,3)");
   MLA_ASSIGN_OR_RETURN(o.request.prompt_ids, flags.IntList("prompt-ids"));

@@ -121,14 +121,8 @@ absl::Status ParseWorkerKnobs(const CliFlags& flags, int64_t cores, LaunchOption
     }
     o.kv_cache_dtype = *dtype;
   }
-  if (auto spec = flags.String("decode-kernel")) {
-    MLA_ASSIGN_OR_RETURN(const cuda::MlaDecodeVariant variant, ParseDecodeKernel(*spec));
-    if (!variant.IsDefault() && o.backend != "cuda") {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--decode-kernel with --backend ", o.backend, " (expected --backend cuda: the CPU model has one decode kernel)"));
-    }
-    o.decode_kernel = *spec;
-  }
+  MLA_RETURN_IF_ERROR(DecodeKernelFlag(flags, o.backend).status());
+  o.decode_kernel = flags.String("decode-kernel");
   int64_t default_threads = std::max<int64_t>(1, cores / o.local_world_size());
   MLA_ASSIGN_OR_RETURN(o.threads, flags.Int("threads", default_threads, 1));
   return absl::OkStatus();

@@ -6,7 +6,6 @@
 #include <cstdlib>
 #include <iostream>
 
-#include "absl/strings/str_cat.h"
 #include "kernels/cpu/gemm.h"
 #include "launcher/cli_flags.h"
 #include "launcher/decode_kernel_flag.h"
@@ -40,11 +39,7 @@ absl::StatusOr<WorkerOptions> ParseOptions(int argc, char** argv) {
   // The key travels in the environment, not argv, so `ps` does not show it.
   if (const char* key = std::getenv("MLA_API_KEY")) o.api_key = key;
   MLA_ASSIGN_OR_RETURN(o.cache_dtype, ParseCacheDType(flags.String("kv-cache-dtype").value_or("fp32")));
-  MLA_ASSIGN_OR_RETURN(o.decode_kernel, ParseDecodeKernel(flags.String("decode-kernel").value_or("")));
-  if (!o.decode_kernel.IsDefault() && o.backend != "cuda") {
-    return absl::InvalidArgumentError(absl::StrCat("--decode-kernel with --backend ", o.backend,
-                                                   " (expected --backend cuda: the CPU model has one decode kernel)"));
-  }
+  MLA_ASSIGN_OR_RETURN(o.decode_kernel, DecodeKernelFlag(flags, o.backend));
   MLA_ASSIGN_OR_RETURN(int64_t collective_ms, flags.Int("collective-timeout-ms", 5000, 1));
   MLA_ASSIGN_OR_RETURN(int64_t connect_ms, flags.Int("connect-timeout-ms", 60000, 1));
   o.node_rank = static_cast<int>(node_rank);

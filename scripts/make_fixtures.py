@@ -691,6 +691,24 @@ def fmt_row(row):
     return "[" + ",".join(fmt_float(v) for v in row.tolist()) + "]"
 
 
+def fresh_dir(root, name):
+    """root/name, emptied (a rerun rewrites a fixture whole)."""
+    d = root / name
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir()
+    return d
+
+
+def seeded_model(cfg, seed):
+    """The model of cfg with weights drawn from seed; returns (model, its named tensors)."""
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    init_model(model)
+    full = named_tensors(model)
+    assert set(full) == expected_names(cfg, with_mtp=False), set(full) ^ expected_names(cfg, with_mtp=False)
+    return model, full
+
+
 def write_golden(path, reference, cases):
     out = ['{"reference": ' + json.dumps(reference) + ', "cases": [']
     for ci, c in enumerate(cases):
@@ -869,9 +887,7 @@ def main():
 
     # (a) v3_bf16
     log("\n[v3_bf16] DeepseekV3ForCausalLM, BF16 weights")
-    d = out_root / "v3_bf16"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir()
+    d = fresh_dir(out_root, "v3_bf16")
     write_config(d / "config.json", V3_CONFIG, V3_REAL_KEYS)
     st_save(bf16_stored, d / "model.safetensors")
     cases_a = reference_for(v3, V3_CONFIG, bf16_values, "v3_bf16", log, entropy)
@@ -884,9 +900,7 @@ def main():
 
     # (d) v3_sharded: same tensors and golden as (a)
     log("\n[v3_sharded] the weights of v3_bf16 over two files + index")
-    d = out_root / "v3_sharded"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir()
+    d = fresh_dir(out_root, "v3_sharded")
     write_config(d / "config.json", V3_CONFIG, V3_REAL_KEYS)
     shards = write_sharded(d, bf16_stored)
     straddle = sorted({re.match(r"model\.layers\.(\d+)", n).group(1) for n in shards[0] if n.startswith("model.layers.")}
@@ -919,9 +933,7 @@ def main():
                              k) for k in quantised_names)
     rel = max(float((fp8_values[k] - bf16_values[k]).abs().max() / bf16_values[k].abs().max()) for k in quantised_names)
     log(f"  {n_fp8} weights quantised; max |dequant - bf16| / amax: {rel:.3f}")
-    d = out_root / "v3_fp8"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir()
+    d = fresh_dir(out_root, "v3_fp8")
     write_config(d / "config.json", V3_CONFIG, V3_REAL_KEYS, quantization=FP8_QUANTIZATION_CONFIG)
     st_save(fp8_stored, d / "model.safetensors")
     cases_b = reference_for(v3, V3_CONFIG, fp8_values, "v3_fp8", log, entropy)
@@ -931,17 +943,10 @@ def main():
 
     # (c) v2_lite
     log("\n[v2_lite] DeepseekV2ForCausalLM (V2-Lite style: q_proj, softmax, greedy), F16 weights")
-    torch.manual_seed(WEIGHT_SEED + 1)
-    v2 = build_model(V2_CONFIG)
+    v2, v2_full = seeded_model(V2_CONFIG, WEIGHT_SEED + 1)
     assert v2.model.layers[1].mlp.gate.topk_method == "greedy"
-    init_model(v2)
-    v2_full = named_tensors(v2)
-    assert set(v2_full) == expected_names(V2_CONFIG, with_mtp=False), \
-        set(v2_full) ^ expected_names(V2_CONFIG, with_mtp=False)
     v2_stored, v2_values = round_to(v2_full, torch.float16)
-    d = out_root / "v2_lite"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir()
+    d = fresh_dir(out_root, "v2_lite")
     write_config(d / "config.json", V2_CONFIG, V2_LITE_KEYS)
     st_save(v2_stored, d / "model.safetensors")
     cases_c = reference_for(v2, V2_CONFIG, v2_values, "v2_lite", log, entropy)
@@ -955,16 +960,9 @@ def main():
 
     # (e) v3_mla: DeepSeek-V3's attention dimensions
     log("\n[v3_mla] DeepseekV3ForCausalLM with V3's MLA dimensions (kv_lora 512, rope 64, nope 128, v 128), BF16")
-    torch.manual_seed(V3_MLA_WEIGHT_SEED)
-    mla = build_model(V3_MLA_CONFIG)
-    init_model(mla)
-    mla_full = named_tensors(mla)
-    assert set(mla_full) == expected_names(V3_MLA_CONFIG, with_mtp=False), \
-        set(mla_full) ^ expected_names(V3_MLA_CONFIG, with_mtp=False)
+    mla, mla_full = seeded_model(V3_MLA_CONFIG, V3_MLA_WEIGHT_SEED)
     mla_stored, mla_values = round_to(mla_full, torch.bfloat16)
-    d = out_root / "v3_mla"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir()
+    d = fresh_dir(out_root, "v3_mla")
     write_config(d / "config.json", V3_MLA_CONFIG, V3_REAL_KEYS)
     st_save(mla_stored, d / "model.safetensors")
     log(f"  softmax scale {mla.model.layers[0].self_attn.scaling:.6f} "
