@@ -23,7 +23,8 @@ variants run.sh tries after it (VARIANTS: their JSON lines, several shapes
 each) launched eagerly, as the runtime launches, and apart from it the
 fastest timed as one CUDA graph (--graph), each with the flags that made it
 and the same targets, so that a GPU session sees at once which variant, if
-any, meets them.
+any, meets them; then per shape the --decode-kernel SPEC that serves its
+fastest eager row (mla-launch, mla-worker, mla-generate --backend cuda).
 
 Exit status 0 whatever the numbers (a benchmark, not a test); 2 when an input is
 missing or unreadable.
@@ -73,6 +74,34 @@ def flags_of(o):
     return " ".join(flags)
 
 
+def serving_spec(o, d):
+    """The --decode-kernel SPEC (launcher/decode_kernel_flag.h) that serves an
+    eager row as the runtime would launch it, in MlaDecodeVariantSpec's order,
+    given d, the default run's row of the same shape (what "default" plans);
+    or None and why where no serving flag says it."""
+    if o.get("graph"):
+        return None, "a CUDA graph (the runtime launches eagerly)"
+    if d and o.get("plan_sms") != d.get("plan_sms"):
+        return None, "--plan-waves (no serving flag)"
+    words = []
+    if d is None or o["heads_per_block"] != d["heads_per_block"]:
+        words.append(f"heads-per-block={o['heads_per_block']}")
+    if o.get("heads_per_block") == 16 and o.get("mma16", "sync") != "sync":
+        words.append(f"mma={o['mma16']}")
+    if o.get("query", "registers") != "registers":
+        words.append(f"query={o['query']}")
+    if o.get("copy", "cp-async") != "cp-async":
+        words.append(f"copy={o['copy']}")
+    if o.get("gemm", "cublas") != "cublas":
+        words.append(f"gemm={o['gemm']}")
+    if o.get("merge", "kernel") != "kernel":
+        words.append(f"merge={o['merge']}")
+    for key, word in (("issue_ahead", "issue-ahead"), ("prefetch_l2", "prefetch-l2"), ("pdl", "pdl")):
+        if o.get(key):
+            words.append(word)
+    return ",".join(words) or "default", None
+
+
 def targets(key, o, t, copy):
     """The issue's targets for one row: its % copy, speedup, and verdicts."""
     pct = 100.0 * o["cache_gbps"] / copy
@@ -108,6 +137,14 @@ def print_best(variants, ours, torch):
         torch_ms = f"{t['ms']:9.4f}" if t else f"{'-':>9}"
         print(f"{name:<14} {'graph' if graph else 'eager':<6} {o['ms']:9.4f} {default_ms} {torch_ms} {speedup:7.2f}x "
               f"{pct:6.1f}%  {', '.join(checks):<28} {'(the default run)' if o is d else flags_of(o)}")
+    # How to serve each shape's fastest eager row (mla-launch, mla-worker and
+    # mla-generate --backend cuda take the same spec).
+    for key, graph in sorted(best, key=lambda k: (k[0][2], k[0][0], k[0][1], k[1])):
+        if graph:
+            continue
+        spec, why = serving_spec(best[(key, graph)], ours.get(key))
+        name = "x".join(str(v) for v in key)
+        print(f"serve {name} eager best: " + (f"--decode-kernel {spec}" if spec else f"no serving flag: {why}"))
 
 
 def line_fit(points):

@@ -13,7 +13,7 @@ namespace {
 
 constexpr char kExpected[] =
     "expected a comma-separated list of heads-per-block=16|32|64, mma=sync|warpgroup, query=shared|registers, "
-    "copy=cp-async|bulk, merge=kernel|last-block, issue-ahead, prefetch-l2, pdl; or default";
+    "copy=cp-async|bulk, gemm=cublas|head, merge=kernel|last-block, issue-ahead, prefetch-l2, pdl; or default";
 
 template <typename T, size_t N>
 absl::Status Choose(const std::string& spec, const std::string& key, const std::string& value,
@@ -60,6 +60,10 @@ absl::StatusOr<cuda::MlaDecodeVariant> ParseDecodeKernel(const std::string& spec
       const std::pair<const char*, cuda::MlaDecodeCopy> c[] = {{"cp-async", cuda::MlaDecodeCopy::kCpAsync},
                                                                {"bulk", cuda::MlaDecodeCopy::kBulk}};
       s = Choose(spec, key, value, c, &v.copy);
+    } else if (key == "gemm" && has_value) {
+      const std::pair<const char*, cuda::MlaDecodeGemm> c[] = {{"cublas", cuda::MlaDecodeGemm::kCublas},
+                                                               {"head", cuda::MlaDecodeGemm::kHead}};
+      s = Choose(spec, key, value, c, &v.gemm);
     } else if (key == "merge" && has_value) {
       const std::pair<const char*, bool> c[] = {{"kernel", false}, {"last-block", true}};
       s = Choose(spec, key, value, c, &v.merge_in_block);

@@ -2,7 +2,8 @@
 // attention kernel the CUDA backend runs (kernels/cuda/mla_decode_variant.h),
 // in mla-bench-decode's words, comma-separated:
 //   heads-per-block=16|32|64  mma=sync|warpgroup  query=shared|registers
-//   copy=cp-async|bulk  merge=kernel|last-block  issue-ahead  prefetch-l2  pdl
+//   copy=cp-async|bulk  gemm=cublas|head  merge=kernel|last-block  issue-ahead
+//   prefetch-l2  pdl
 // e.g. "mma=warpgroup,copy=bulk,issue-ahead". "" or "default": the kernels'
 // own defaults. Whether the model's latent takes the choice is the CUDA
 // model's to say when it loads (CudaModelOptions.decode).

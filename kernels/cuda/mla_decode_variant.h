@@ -38,6 +38,16 @@ enum class MlaDecodeCopy : uint8_t { kAuto, kCpAsync, kBulk };
 // always wgmma; other shapes always mma.sync.
 enum class MlaDecodeMma : uint8_t { kAuto, kSync, kWarpgroup };
 
+// Who runs the two per-head GEMMs around the decode attention (q_latent =
+// q_nope W_UK before it, out = o_latent W_UV^T after it): cuBLAS's
+// strided-batched GEMM (kCublas) or head_gemm.cuh's kernel (kHead: one launch
+// of every head's output tiles, each block requesting all of its k at once;
+// with pdl it starts while the kernel ahead finishes and loads its weights
+// meanwhile). kAuto is kCublas: on an H200 the kernel was faster alone but did
+// not move the pipeline before its last change (bench/RESULTS.md, session 5);
+// not yet measured since. mla-bench-decode's --gemm.
+enum class MlaDecodeGemm : uint8_t { kAuto, kCublas, kHead };
+
 // One decode kernel and its variants, the choices mla-bench-decode's flags
 // make, so that the serving path runs whichever the benchmark measures best.
 struct MlaDecodeVariant {
@@ -47,16 +57,20 @@ struct MlaDecodeVariant {
   MlaDecodeMma mma = MlaDecodeMma::kAuto;        // of 16-head plans
   MlaDecodeQuery query = MlaDecodeQuery::kAuto;  // the mma.sync kernel's
   MlaDecodeCopy copy = MlaDecodeCopy::kAuto;     // kBulk: in the wgmma kernels TMA
+  MlaDecodeGemm gemm = MlaDecodeGemm::kAuto;     // the per-head GEMMs around it
   bool issue_ahead = false;  // the 16-head wgmma kernel requests tiles two ahead
   bool prefetch_l2 = false;  // the tile after the next one asked of L2
-  bool pdl = false;          // decode and merge with programmatic dependent launch
+  // Decode, merge and (with gemm kHead) the per-head GEMMs launched with
+  // programmatic dependent launch.
+  bool pdl = false;
   // Split sequences merged by each split's last item, not a second kernel
   // (MlaDecodeParams.merge_counters): the same logits to the bit.
   bool merge_in_block = false;
 
   bool IsDefault() const {
     return heads_per_block == 0 && mma == MlaDecodeMma::kAuto && query == MlaDecodeQuery::kAuto &&
-           copy == MlaDecodeCopy::kAuto && !issue_ahead && !prefetch_l2 && !pdl && !merge_in_block;
+           copy == MlaDecodeCopy::kAuto && gemm == MlaDecodeGemm::kAuto && !issue_ahead && !prefetch_l2 && !pdl &&
+           !merge_in_block;
   }
   bool operator==(const MlaDecodeVariant&) const = default;
 };
@@ -70,6 +84,7 @@ inline std::string MlaDecodeVariantSpec(const MlaDecodeVariant& v) {
   if (v.mma != MlaDecodeMma::kAuto) add(v.mma == MlaDecodeMma::kSync ? "mma=sync" : "mma=warpgroup");
   if (v.query != MlaDecodeQuery::kAuto) add(v.query == MlaDecodeQuery::kShared ? "query=shared" : "query=registers");
   if (v.copy != MlaDecodeCopy::kAuto) add(v.copy == MlaDecodeCopy::kCpAsync ? "copy=cp-async" : "copy=bulk");
+  if (v.gemm != MlaDecodeGemm::kAuto) add(v.gemm == MlaDecodeGemm::kCublas ? "gemm=cublas" : "gemm=head");
   if (v.merge_in_block) add("merge=last-block");
   if (v.issue_ahead) add("issue-ahead");
   if (v.prefetch_l2) add("prefetch-l2");

@@ -11,6 +11,7 @@
 #include "kernels/cpu/rope.h"
 #include "kernels/cuda/convert.cuh"
 #include "kernels/cuda/embedding.cuh"
+#include "kernels/cuda/head_gemm.cuh"
 #include "kernels/cuda/latent_cache.cuh"
 #include "kernels/cuda/latent_gather.cuh"
 #include "kernels/cuda/latent_norm_rope.cuh"
@@ -132,6 +133,17 @@ absl::Status CheckDecodeVariant(const ModelConfig& c, const MlaDecodeVariant& v)
     return absl::InvalidArgumentError(absl::StrCat(
         hpb == 64 ? "decode heads per block 64" : "decode mma warpgroup", " for kv_lora_rank ", kv_lora,
         ", qk_rope_head_dim ", rope, " (expected DeepSeek-V3's latent: kv_lora_rank 512, qk_rope_head_dim 64)"));
+  }
+  // head_gemm.cuh's kernel copies 16 bytes at a time: every width and stride
+  // of the two per-head GEMMs (q rows of nope + rope, kv_b rows of kv_lora,
+  // outputs of kv_lora and v) a whole number of 8 BF16 values.
+  if (v.gemm == MlaDecodeGemm::kHead &&
+      (c.qk_nope_head_dim % 8 != 0 || c.qk_rope_head_dim % 8 != 0 || c.kv_lora_rank % 8 != 0 ||
+       c.v_head_dim % 8 != 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "decode gemm head for qk_nope_head_dim ", c.qk_nope_head_dim, ", qk_rope_head_dim ", c.qk_rope_head_dim,
+        ", kv_lora_rank ", c.kv_lora_rank, ", v_head_dim ", c.v_head_dim,
+        " (expected each a multiple of 8: the per-head GEMM kernel copies 16 bytes at a time)"));
   }
   return absl::OkStatus();
 }
@@ -629,19 +641,7 @@ absl::Status CudaModel::Attention(int64_t layer, const StepPlan& plan, const Wor
     }
     // Head h: q_lat[r, h, j] = sum_i q[r, h, i] * kv_b[h * kvw + i, j], i < nope:
     // kv_b's W_UK rows of head h read as a [k = nope, n = kv_lora] matrix.
-    GemmParams g;
-    g.m = d;
-    g.n = kvl;
-    g.k = nope;
-    g.x = {qd, DType::kBF16, heads * qk, qk};
-    g.w = {w.kv_b, DType::kBF16, kvl, kvw * kvl};
-    g.w_is_k_by_n = true;
-    g.out = ws.q_lat;
-    g.out_dtype = DType::kBF16;
-    g.ldo = heads * kvl;
-    g.out_stride = kvl;
-    g.batch = static_cast<int>(heads);
-    MLA_RETURN_IF_ERROR(ctx_->Gemm(g));
+    MLA_RETURN_IF_ERROR(HeadGemm(d, qd, heads * qk, qk, nope, w.kv_b, true, ws.q_lat, heads * kvl, kvl));
     MlaDecodeParams dp;
     dp.q_latent = ws.q_lat;
     dp.q_pe = ws.q_pe;
@@ -681,23 +681,52 @@ absl::Status CudaModel::Attention(int64_t layer, const StepPlan& plan, const Wor
     }
     MLA_LAUNCH(LaunchMlaDecode, dp);
     // Head h: out[r, h, :] = W_UV_h o_lat[r, h, :], W_UV_h = kv_b rows [h * kvw + nope, (h + 1) * kvw).
-    g = GemmParams{};
-    g.m = d;
-    g.n = vd;
-    g.k = kvl;
-    g.x = {ws.o_lat, DType::kBF16, heads * kvl, kvl};
-    g.w = {w.kv_b + nope * kvl, DType::kBF16, kvl, kvw * kvl};
-    g.out = ws.heads_out + r0 * heads * vd;
-    g.out_dtype = DType::kBF16;
-    g.ldo = heads * vd;
-    g.out_stride = vd;
-    g.batch = static_cast<int>(heads);
-    MLA_RETURN_IF_ERROR(ctx_->Gemm(g));
+    MLA_RETURN_IF_ERROR(HeadGemm(d, ws.o_lat, heads * kvl, kvl, kvl, w.kv_b + nope * kvl, false,
+                                 ws.heads_out + r0 * heads * vd, heads * vd, vd));
   }
 
   // o_proj into the FP32 branch (this rank's heads: a partial sum under TP).
   return ctx_->Gemm(
       DenseGemm(t, hd, heads * vd, ws.heads_out, DType::kBF16, w.o_proj, DType::kBF16, ws.branch, DType::kF32));
+}
+
+absl::Status CudaModel::HeadGemm(int64_t rows, const bf16* x, int64_t x_ld, int64_t x_head_stride, int64_t k,
+                                 const bf16* w, bool w_is_k_by_n, bf16* out, int64_t out_ld, int64_t n) {
+  const int64_t heads = weights_.local_heads, kvl = config_.kv_lora_rank,
+                kvw = config_.qk_nope_head_dim + config_.v_head_dim;
+  if (options_.decode.gemm == MlaDecodeGemm::kHead) {
+    HeadGemmParams g;
+    g.x = x;
+    g.x_ld = x_ld;
+    g.x_head_stride = x_head_stride;
+    g.w = w;
+    g.w_ld = kvl;
+    g.w_head_stride = kvw * kvl;
+    g.w_is_k_by_n = w_is_k_by_n;
+    g.out = out;
+    g.out_ld = out_ld;
+    g.out_head_stride = n;
+    g.rows = rows;
+    g.n = static_cast<int>(n);
+    g.k = static_cast<int>(k);
+    g.heads = static_cast<int>(heads);
+    g.pdl = options_.decode.pdl;  // w is kv_b: weights, which no kernel writes
+    MLA_LAUNCH(LaunchHeadGemm, g);
+    return absl::OkStatus();
+  }
+  GemmParams g;
+  g.m = rows;
+  g.n = n;
+  g.k = k;
+  g.x = {x, DType::kBF16, x_ld, x_head_stride};
+  g.w = {w, DType::kBF16, kvl, kvw * kvl};
+  g.w_is_k_by_n = w_is_k_by_n;
+  g.out = out;
+  g.out_dtype = DType::kBF16;
+  g.ldo = out_ld;
+  g.out_stride = n;
+  g.batch = static_cast<int>(heads);
+  return ctx_->Gemm(g);
 }
 
 // out[rows, hidden] (FP32) = down(silu(gate(x)) * up(x)), x [rows, hidden] BF16.

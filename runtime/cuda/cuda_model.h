@@ -52,7 +52,8 @@ struct CudaModelOptions {
   // kernel (mma kWarpgroup) and 64 heads per block take DeepSeek-V3's latent
   // only (kv_lora_rank 512, qk_rope_head_dim 64: MlaDecodeUsesWgmma). Each
   // stays off by default until measured faster on a GPU (bench/RESULTS.md;
-  // merge_in_block: session 8, --merge last-block).
+  // merge_in_block: session 8, --merge last-block). gemm kHead (the per-head
+  // GEMMs by head_gemm.cuh) needs head widths that are multiples of 8.
   MlaDecodeVariant decode;
 };
 
@@ -99,6 +100,14 @@ class CudaModel {
   StepPlan Plan(std::span<const SequenceStep> batch, int64_t block_size) const;
   absl::Status Layout(const StepPlan& plan, Workspace& ws);
   absl::Status Attention(int64_t layer, const StepPlan& plan, const Workspace& ws, CudaLatentCache& cache);
+  // One of the per-head GEMMs around the absorbed decode, by whoever
+  // options_.decode.gemm names: out[m, h, :] = x[m, h, :k] W_h for m < rows
+  // and every local head, BF16 in and out, FP32 accumulation. x rows are
+  // x_ld apart and heads x_head_stride; W_h lies in kv_b from w (head h at
+  // h * (nope + v) rows of kv_lora), [k, n] when w_is_k_by_n (W_UK) else [n, k]
+  // (W_UV); out rows out_ld apart, heads n.
+  absl::Status HeadGemm(int64_t rows, const __nv_bfloat16* x, int64_t x_ld, int64_t x_head_stride, int64_t k,
+                        const __nv_bfloat16* w, bool w_is_k_by_n, __nv_bfloat16* out, int64_t out_ld, int64_t n);
   absl::Status Mlp(const DeviceMlp& w, const __nv_bfloat16* x, int64_t rows, const Workspace& ws, float* out);
   absl::Status Moe(const DeviceMoe& w, int64_t rows, const Workspace& ws);
   absl::StatusOr<std::vector<float>> Logits(const StepPlan& plan, const Workspace& ws);

@@ -84,6 +84,8 @@ for shape in 2x130x16 1x70x32; do
 done
 grep -qE "^2x130x16 +eager .*--heads-per-block 16" "$log" || fail "no eager variant's flags in the best-of table"
 grep -qE "^2x130x16 +graph .*--graph" "$log" || fail "no graph row in the best-of table"
+grep -qE "^serve 2x130x16 eager best: (--decode-kernel [a-z0-9=,-]+|no serving flag: .+)$" "$log" ||
+  fail "no serving spec for 2x130x16's fastest eager row"
 if grep -qF "run.sh: the comparison failed" "$log"; then fail "decode_bench_compare.py failed"; fi
 n=$(grep -c '^ncu rc 0$' "$log")
 ((n == 2)) || fail "$n profiles ended well (ncu rc 0), expected 2"

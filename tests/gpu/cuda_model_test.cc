@@ -67,6 +67,7 @@
 
 #include "kernels/cpu/float_convert.h"
 #include "nlohmann/json.hpp"
+#include "runtime/config.h"
 #include "runtime/cuda/cuda_model.h"
 #include "runtime/generator.h"
 #include "runtime/kv_cache.h"
@@ -623,6 +624,19 @@ std::vector<DecodeVariant> DecodeVariants() {
     o.decode.pdl = true;
     o.decode.merge_in_block = true;
   });
+  // The per-head GEMMs by head_gemm.cuh's kernel, after the default decode
+  // kernel, and in the candidate with programmatic dependent launch from the
+  // W_UK GEMM through the decode to the W_UV GEMM.
+  add("HeadGemm", [](CudaModelOptions& o) { o.decode.gemm = cuda::MlaDecodeGemm::kHead; });
+  add("Wgmma16TmaAheadPdlMergedInBlockHeadGemm", [](CudaModelOptions& o) {
+    o.decode.heads_per_block = 16;
+    o.decode.mma = MlaDecodeMma::kWarpgroup;
+    o.decode.copy = MlaDecodeCopy::kBulk;
+    o.decode.gemm = cuda::MlaDecodeGemm::kHead;
+    o.decode.issue_ahead = true;
+    o.decode.pdl = true;
+    o.decode.merge_in_block = true;
+  });
   add("Wgmma64", [](CudaModelOptions& o) { o.decode.heads_per_block = 64; });
   add("Wgmma64TmaMergedInBlock", [](CudaModelOptions& o) {
     o.decode.heads_per_block = 64;
@@ -692,6 +706,56 @@ TEST_P(CudaDecodeVariantTest, TeacherForcedDecodeMatchesTransformersAndTheDefaul
   std::cout << "[ info ] v3_mla " << GetParam().name << ": median relative L2 " << Median(to_transformers)
             << " against transformers, " << Median(to_default) << " against the default decode kernel (max "
             << *std::max_element(to_default.begin(), to_default.end()) << ")\n";
+}
+
+// A batch of several decode sequences (kv_len 1, 2, 64 and 65: the last split
+// in two by a 132-SM plan) beside prefill rows, as serving runs them: the
+// teacher-forced cases decode one sequence a step, so only this reaches a
+// plan's second sequence and the per-head GEMMs' rows past the first. Each
+// variant against the default kernel on the same model and cache contents.
+TEST_P(CudaDecodeVariantTest, RaggedStepMatchesTheDefault) {
+  MLA_SKIP_WITHOUT_GPU();
+  const std::string fixture = "v3_mla";
+  std::unique_ptr<CudaModel> base = LoadCuda(fixture), variant = LoadCuda(fixture, GetParam().options);
+  ASSERT_NE(base, nullptr);
+  ASSERT_NE(variant, nullptr);
+  const int64_t vocab = variant->config().vocab_size;
+  const RaggedSetup s = MakeRagged(kRagged, vocab, gpu_test::BaseSeed() + 3);
+  std::vector<float> logits[2][2];  // [model][context step, ragged step]
+  int i = 0;
+  for (CudaModel* model : {base.get(), variant.get()}) {
+    absl::StatusOr<CudaLatentCache> cache = model->MakeCache(s.num_blocks);
+    ASSERT_TRUE(cache.ok()) << cache.status();
+    ASSERT_TRUE(cache->Poison().ok());
+    RunRagged(kRagged, s, [&](std::span<const SequenceStep> b) { return model->Forward(b, *cache); },
+              &logits[i][0], &logits[i][1]);
+    ++i;
+  }
+  // The context step: one row per sequence with a context, those of one
+  // cached token decoded by the absorbed form too.
+  ASSERT_EQ(logits[1][0].size(), logits[0][0].size());
+  std::vector<double> decode_rows, all_rows;
+  for (size_t r = 0; r < logits[1][0].size() / vocab; ++r) {
+    const double e = RelL2(&logits[1][0][r * vocab], &logits[0][0][r * vocab], vocab);
+    EXPECT_LT(e, kRowRelL2) << "context step row " << r;
+    all_rows.push_back(e);
+  }
+  ASSERT_EQ(logits[1][1].size(), static_cast<size_t>(LogitRows(kRagged) * vocab));
+  size_t row = 0;
+  for (const RaggedSeq& q : kRagged) {
+    for (int64_t r = 0; r < (q.all_logits ? q.fresh : 1); ++r, ++row) {
+      const double e = RelL2(&logits[1][1][row * vocab], &logits[0][1][row * vocab], vocab);
+      EXPECT_LT(e, kRowRelL2) << "ragged step row " << row << " (cached " << q.cached << ", fresh " << q.fresh << ")";
+      all_rows.push_back(e);
+      if (q.fresh == 1) decode_rows.push_back(e);
+    }
+  }
+  ASSERT_EQ(decode_rows.size(), 4u);
+  EXPECT_LT(Median(all_rows), kSameModelMedian) << "median over " << all_rows.size() << " rows";
+  EXPECT_LT(*std::max_element(decode_rows.begin(), decode_rows.end()), kSameModelMedian) << "decode rows";
+  std::cout << "[ info ] v3_mla " << GetParam().name << " ragged step: decode rows within "
+            << *std::max_element(decode_rows.begin(), decode_rows.end()) << " of the default kernel, median "
+            << Median(all_rows) << " over all rows\n";
 }
 
 INSTANTIATE_TEST_SUITE_P(V3Latent, CudaDecodeVariantTest, ::testing::ValuesIn(DecodeVariants()),
@@ -780,6 +844,18 @@ TEST(CudaModelTest, RejectsBadInput) {
   EXPECT_EQ(m.status().message(),
             "decode heads per block 64 for kv_lora_rank 96, qk_rope_head_dim 16 (expected DeepSeek-V3's latent: "
             "kv_lora_rank 512, qk_rope_head_dim 64)");
+  // The per-head GEMM kernel where a head width is not a whole number of 16
+  // bytes (refused by the config check, before any weight is needed).
+  absl::StatusOr<ModelConfig> odd = LoadModelConfig(FixtureDir("v3_bf16"));
+  ASSERT_TRUE(odd.ok()) << odd.status();
+  odd->qk_nope_head_dim = 36;
+  CudaModelOptions head_gemm;
+  head_gemm.decode.gemm = cuda::MlaDecodeGemm::kHead;
+  m = CudaModel::Create(*odd, ModelWeights{}, head_gemm);
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(m.status().message(),
+            "decode gemm head for qk_nope_head_dim 36, qk_rope_head_dim 16, kv_lora_rank 160, v_head_dim 32 "
+            "(expected each a multiple of 8: the per-head GEMM kernel copies 16 bytes at a time)");
 }
 
 }  // namespace

@@ -25,7 +25,7 @@
 #   MLA_LAUNCHER_CHECK_TP=N          --tp N (default 1): ranks on GPUs 0..N-1 (N GPUs, or N
 #                        emulated devices: MLA_EMU_DEVICE_COUNT); the row is launcher_*_tpN
 #   MLA_LAUNCHER_CHECK_DECODE_KERNEL=SPEC  (cuda) --decode-kernel SPEC to the workers
-#                        (launcher/decode_kernel_flag.h, e.g. copy=bulk,merge=last-block,pdl: v3_bf16's
+#                        (launcher/decode_kernel_flag.h, e.g. copy=bulk,gemm=head,merge=last-block,pdl: v3_bf16's
 #                        latent takes the mma.sync kernel's choices only, written in the order
 #                        MlaDecodeVariantSpec writes); ModelInfo must say every rank runs it.
 #                        The row is then launcher_*_tpN_decode_kernel.
