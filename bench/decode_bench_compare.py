@@ -53,32 +53,52 @@ def read_rows(path):
     return {shape_of(obj): obj for obj in json_rows(path)}
 
 
-def flags_of(o):
-    """The mla-bench-decode flags a JSON row was run with (as far as its keys
-    say; rows of older builds lack some), the defaults left out."""
-    flags = [f"--heads-per-block {o['heads_per_block']}"]
-    if o.get("heads_per_block") == 16 and o.get("mma16", "sync") != "sync":
-        flags.append(f"--mma {o['mma16']}")
-    for key, flag in (("issue_ahead", "--issue-ahead"), ("prefetch_l2", "--prefetch-l2"), ("pdl", "--pdl"),
-                      ("graph", "--graph")):
+# The decode options a JSON row records, in MlaDecodeVariantSpec's order (the
+# --decode-kernel spec's, launcher/decode_kernel_flag.h): (JSON key, its
+# default, mla-bench-decode flag, --decode-kernel word). Rows of older builds
+# lack some keys, which then read as the default.
+VALUED_OPTIONS = (
+    ("mma16", "sync", "--mma", "mma"),  # only at 16 heads per block
+    ("query", "registers", "--query", "query"),
+    ("copy", "cp-async", "--copy", "copy"),
+    ("gemm", "cublas", "--gemm", "gemm"),
+    ("merge", "kernel", "--merge", "merge"),
+)
+SWITCHES = (  # (JSON key, flag, word), off by default
+    ("issue_ahead", "--issue-ahead", "issue-ahead"),
+    ("prefetch_l2", "--prefetch-l2", "prefetch-l2"),
+    ("pdl", "--pdl", "pdl"),
+)
+
+
+def chosen_options(o):
+    """(flag, word, value) for each decode option a row ran with other than its
+    default, value None for a switch; heads per block and --graph apart."""
+    chosen = []
+    for key, default, flag, word in VALUED_OPTIONS:
+        if key == "mma16" and o.get("heads_per_block") != 16:
+            continue
+        if o.get(key, default) != default:
+            chosen.append((flag, word, o[key]))
+    for key, flag, word in SWITCHES:
         if o.get(key):
-            flags.append(flag)
-    if o.get("gemm", "cublas") != "cublas":
-        flags.append(f"--gemm {o['gemm']}")
-    if o.get("query", "registers") != "registers":
-        flags.append(f"--query {o['query']}")
-    if o.get("copy", "cp-async") != "cp-async":
-        flags.append(f"--copy {o['copy']}")
-    if o.get("merge", "kernel") != "kernel":
-        flags.append(f"--merge {o['merge']}")
+            chosen.append((flag, word, None))
+    return chosen
+
+
+def flags_of(o):
+    """The mla-bench-decode flags a JSON row was run with, the defaults left out."""
+    flags = [f"--heads-per-block {o['heads_per_block']}"]
+    flags += [flag if value is None else f"{flag} {value}" for flag, _, value in chosen_options(o)]
+    if o.get("graph"):
+        flags.append("--graph")
     return " ".join(flags)
 
 
 def serving_spec(o, d):
-    """The --decode-kernel SPEC (launcher/decode_kernel_flag.h) that serves an
-    eager row as the runtime would launch it, in MlaDecodeVariantSpec's order,
-    given d, the default run's row of the same shape (what "default" plans);
-    or None and why where no serving flag says it."""
+    """The --decode-kernel SPEC that serves an eager row as the runtime would
+    launch it, given d, the default run's row of the same shape (what "default"
+    plans); or None and why where no serving flag says it."""
     if o.get("graph"):
         return None, "a CUDA graph (the runtime launches eagerly)"
     if d and o.get("plan_sms") != d.get("plan_sms"):
@@ -86,19 +106,7 @@ def serving_spec(o, d):
     words = []
     if d is None or o["heads_per_block"] != d["heads_per_block"]:
         words.append(f"heads-per-block={o['heads_per_block']}")
-    if o.get("heads_per_block") == 16 and o.get("mma16", "sync") != "sync":
-        words.append(f"mma={o['mma16']}")
-    if o.get("query", "registers") != "registers":
-        words.append(f"query={o['query']}")
-    if o.get("copy", "cp-async") != "cp-async":
-        words.append(f"copy={o['copy']}")
-    if o.get("gemm", "cublas") != "cublas":
-        words.append(f"gemm={o['gemm']}")
-    if o.get("merge", "kernel") != "kernel":
-        words.append(f"merge={o['merge']}")
-    for key, word in (("issue_ahead", "issue-ahead"), ("prefetch_l2", "prefetch-l2"), ("pdl", "pdl")):
-        if o.get(key):
-            words.append(word)
+    words += [word if value is None else f"{word}={value}" for _, word, value in chosen_options(o)]
     return ",".join(words) or "default", None
 
 

@@ -450,6 +450,19 @@ int64_t LogitRows(const std::vector<RaggedSeq>& seqs) {
   return rows;
 }
 
+// RunRagged(kRagged) on a fresh poisoned cache of `model`: the logits of the
+// context step and of the ragged step. Under ASSERT_NO_FATAL_FAILURE.
+struct RaggedLogits {
+  std::vector<float> context, step;
+};
+void RunRaggedOnFreshCache(CudaModel& model, const RaggedSetup& s, RaggedLogits* out) {
+  absl::StatusOr<CudaLatentCache> cache = model.MakeCache(s.num_blocks);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  ASSERT_TRUE(cache->Poison().ok());
+  RunRagged(kRagged, s, [&](std::span<const SequenceStep> b) { return model.Forward(b, *cache); }, &out->context,
+            &out->step);
+}
+
 class CudaRaggedTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(CudaRaggedTest, MatchesCpuModelOverCachedContexts) {
@@ -526,11 +539,9 @@ TEST_P(CudaRaggedTest, SequencesDoNotDependOnTheBatch) {
   ASSERT_NE(gpu, nullptr);
   const int64_t vocab = gpu->config().vocab_size;
   const RaggedSetup s = MakeRagged(kRagged, vocab, gpu_test::BaseSeed() + 1);
-  absl::StatusOr<CudaLatentCache> cache = gpu->MakeCache(s.num_blocks);
-  ASSERT_TRUE(cache.ok()) << cache.status();
-  ASSERT_TRUE(cache->Poison().ok());
-  std::vector<float> ctx, together;
-  RunRagged(kRagged, s, [&](std::span<const SequenceStep> b) { return gpu->Forward(b, *cache); }, &ctx, &together);
+  RaggedLogits batch;
+  ASSERT_NO_FATAL_FAILURE(RunRaggedOnFreshCache(*gpu, s, &batch));
+  const std::vector<float>& together = batch.step;
   ASSERT_EQ(together.size(), static_cast<size_t>(LogitRows(kRagged) * vocab));
 
   std::vector<double> errors;
@@ -721,30 +732,23 @@ TEST_P(CudaDecodeVariantTest, RaggedStepMatchesTheDefault) {
   ASSERT_NE(variant, nullptr);
   const int64_t vocab = variant->config().vocab_size;
   const RaggedSetup s = MakeRagged(kRagged, vocab, gpu_test::BaseSeed() + 3);
-  std::vector<float> logits[2][2];  // [model][context step, ragged step]
-  int i = 0;
-  for (CudaModel* model : {base.get(), variant.get()}) {
-    absl::StatusOr<CudaLatentCache> cache = model->MakeCache(s.num_blocks);
-    ASSERT_TRUE(cache.ok()) << cache.status();
-    ASSERT_TRUE(cache->Poison().ok());
-    RunRagged(kRagged, s, [&](std::span<const SequenceStep> b) { return model->Forward(b, *cache); },
-              &logits[i][0], &logits[i][1]);
-    ++i;
-  }
+  RaggedLogits want, got;
+  ASSERT_NO_FATAL_FAILURE(RunRaggedOnFreshCache(*base, s, &want));
+  ASSERT_NO_FATAL_FAILURE(RunRaggedOnFreshCache(*variant, s, &got));
   // The context step: one row per sequence with a context, those of one
   // cached token decoded by the absorbed form too.
-  ASSERT_EQ(logits[1][0].size(), logits[0][0].size());
+  ASSERT_EQ(got.context.size(), want.context.size());
   std::vector<double> decode_rows, all_rows;
-  for (size_t r = 0; r < logits[1][0].size() / vocab; ++r) {
-    const double e = RelL2(&logits[1][0][r * vocab], &logits[0][0][r * vocab], vocab);
+  for (size_t r = 0; r < got.context.size() / vocab; ++r) {
+    const double e = RelL2(&got.context[r * vocab], &want.context[r * vocab], vocab);
     EXPECT_LT(e, kRowRelL2) << "context step row " << r;
     all_rows.push_back(e);
   }
-  ASSERT_EQ(logits[1][1].size(), static_cast<size_t>(LogitRows(kRagged) * vocab));
+  ASSERT_EQ(got.step.size(), static_cast<size_t>(LogitRows(kRagged) * vocab));
   size_t row = 0;
   for (const RaggedSeq& q : kRagged) {
     for (int64_t r = 0; r < (q.all_logits ? q.fresh : 1); ++r, ++row) {
-      const double e = RelL2(&logits[1][1][row * vocab], &logits[0][1][row * vocab], vocab);
+      const double e = RelL2(&got.step[row * vocab], &want.step[row * vocab], vocab);
       EXPECT_LT(e, kRowRelL2) << "ragged step row " << row << " (cached " << q.cached << ", fresh " << q.fresh << ")";
       all_rows.push_back(e);
       if (q.fresh == 1) decode_rows.push_back(e);
@@ -785,18 +789,11 @@ TEST(CudaModelTest, DecodeMergedInTheLastBlockMatchesTheMergeKernel) {
     ASSERT_NE(kernel, nullptr);
     ASSERT_NE(merged, nullptr);
     const RaggedSetup s = MakeRagged(kRagged, kernel->config().vocab_size, gpu_test::BaseSeed() + 2);
-    std::vector<float> logits[2][2];  // [model][context step, ragged step]
-    int i = 0;
-    for (CudaModel* model : {kernel.get(), merged.get()}) {
-      absl::StatusOr<CudaLatentCache> cache = model->MakeCache(s.num_blocks);
-      ASSERT_TRUE(cache.ok()) << cache.status();
-      ASSERT_TRUE(cache->Poison().ok());
-      RunRagged(kRagged, s, [&](std::span<const SequenceStep> b) { return model->Forward(b, *cache); },
-                &logits[i][0], &logits[i][1]);
-      ++i;
-    }
-    EXPECT_EQ(logits[0][0], logits[1][0]) << "context step";
-    EXPECT_EQ(logits[0][1], logits[1][1]) << "ragged step";
+    RaggedLogits want, got;
+    ASSERT_NO_FATAL_FAILURE(RunRaggedOnFreshCache(*kernel, s, &want));
+    ASSERT_NO_FATAL_FAILURE(RunRaggedOnFreshCache(*merged, s, &got));
+    EXPECT_EQ(want.context, got.context) << "context step";
+    EXPECT_EQ(want.step, got.step) << "ragged step";
   }
 }
 
