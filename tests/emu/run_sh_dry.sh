@@ -56,7 +56,8 @@ while (($#)) && ! [[ -f $1 && -x $1 ]]; do shift; done
 echo "    Duration                         us        12.34"
 EOF
 chmod +x "$work/fake_ncu/ncu"
-PATH=$work/fake_ncu:$PATH OUT=$work/out MLA_GPU_LOG_DIR=$work/logs timeout 600 \
+# No time budget here (MLA_GPU_BUDGET=0): a loaded CI machine must not skip parts; see the budget's own case below.
+PATH=$work/fake_ncu:$PATH OUT=$work/out MLA_GPU_LOG_DIR=$work/logs MLA_GPU_BUDGET=0 timeout 600 \
   bash "$repo/tests/gpu/run.sh" "$work/dry" >"$log" 2>&1
 rc=$?
 cat "$log"
@@ -142,6 +143,37 @@ MLA_GPU_VARIANT_TIMEOUT=1 MLA_LAUNCHER_CHECK_TIMEOUT=5 MLA_GPU_LOG_DIR=$work/log
 n=$(grep -c '^== decode benchmark variant: ' "$log")
 grep -qF "run.sh: two variants timed out; the rest of the sweep is skipped" "$log" && ((n == 2)) ||
   { cat "$log"; fail "$n variants ran after hanging ones, expected 2 and the sweep skipped"; }
+
+# A time budget (MLA_GPU_BUDGET, as the device runner's $OUT sets by default)
+# that runs out in the sweep: variants of 2 s each, 25 s of a 45 s budget
+# (less its 20 s reserve) for all the parts: some variants run, the rest and
+# the profiles are skipped and named, the resume point is given, and the
+# closing table still prints within the budget.
+cat >"$work/hang/bin/mla-bench-decode" <<'EOF'
+#!/usr/bin/env bash
+[[ " $* " == *" --no-simple-timing "* ]] && exec sleep 2  # a variant
+exit 0
+EOF
+mkdir -p "$work/out4"
+start=$SECONDS
+PATH=$work/fake_ncu:$PATH OUT=$work/out4 MLA_GPU_BUDGET=45 MLA_LAUNCHER_CHECK_TIMEOUT=5 MLA_GPU_LOG_DIR=$work/logs4 \
+  timeout 120 bash "$repo/tests/gpu/run.sh" "$work/hang" >"$log" 2>&1
+secs=$((SECONDS - start))
+n=$(grep -c '^== decode benchmark variant: ' "$log")
+((n >= 2 && n < 24)) || { cat "$log"; fail "$n variants ran on a 45 s budget, expected 2 to 23"; }
+grep -qE "^run\.sh: [0-9]+s of the 45s budget \(MLA_GPU_BUDGET\) gone: $((24 - n)) variants skipped \(MLA_GPU_SWEEP_FROM=$((n + 1)) resumes there\):$" "$log" ||
+  { cat "$log"; fail "no budget line naming $((24 - n)) skipped variants and the resume point $((n + 1))"; }
+grep -qF "profile wgmma16_tma skipped" "$log" && ! grep -qF "== ncu: " "$log" ||
+  { cat "$log"; fail "a profile ran past the budget, or its skip was not said"; }
+grep -qE '^test +result +passed' "$log" && ((secs <= 45 + 5)) ||
+  { cat "$log"; fail "no closing table within the budget (run.sh took ${secs}s)"; }
+# Resumed where it stopped (a budget of one variant): the first variant run is the first one skipped.
+MLA_GPU_SWEEP_FROM=$((n + 1)) MLA_GPU_BUDGET=24 MLA_GPU_PROFILE=0 MLA_LAUNCHER_CHECK_TIMEOUT=5 MLA_GPU_LOG_DIR=$work/logs5 \
+  timeout 120 bash "$repo/tests/gpu/run.sh" "$work/hang" >"$work/resumed.log" 2>&1
+first=$(grep -m 1 '^== decode benchmark variant: ' "$work/resumed.log")
+skipped_first=$(grep -A 1 'resumes there' "$log" | tail -n 1 | sed 's/^  //')
+[[ $first == "== decode benchmark variant: $skipped_first" ]] ||
+  { cat "$work/resumed.log"; fail "MLA_GPU_SWEEP_FROM=$((n + 1)) began at '$first', expected '$skipped_first'"; }
 
 # A test binary that fails: run.sh must say so and exit 1.
 cat >"$work/dry/bin/broken_gpu_test" <<'EOF'

@@ -26,6 +26,13 @@
 #   MLA_GPU_BENCH_SWEEP=0 skip the decode benchmark's partition variants
 #   MLA_GPU_VARIANT_TIMEOUT  seconds per benchmark variant (default 120; two past it end the sweep)
 #   MLA_GPU_PROFILE=0     skip the Nsight Compute profiles after the variants (where ncu runs)
+#   MLA_GPU_BUDGET        seconds from run.sh's start (unpacking included) by which the benchmark and
+#                         its variants and profiles must be done: each is capped by what is left, less
+#                         20 s for the tables, and variants and profiles that no longer fit are skipped
+#                         and named. Default 540 where $OUT is set (the device runner: a call runs 600 s
+#                         at most), else 0: no budget
+#   MLA_GPU_SWEEP_FROM=K  start the sweep at its K-th variant (1-based; what a cut-short sweep says to
+#                         resume from)
 #   MLA_GPU_RACECHECK_FILTER  gtest filter of the decode cases run under racecheck (empty: none)
 #   MLA_GPU_LOG_DIR       where the full logs and XML reports go (default: a temp dir); when $OUT is
 #                         set (the device runner), they are also packed into $OUT/gpu-test-logs.tar.gz,
@@ -38,6 +45,7 @@
 #   MLA_TORCH_BASELINE    the PyTorch baseline script (default: DIR/bench/, else ../shared/bench/ of the repo)
 # Exit status: 0 when nothing failed (skipped is not failed), 1 otherwise, 2 on usage errors.
 set -uo pipefail
+SECONDS=0  # the budget (MLA_GPU_BUDGET) counts from here
 
 machine_ld_path=${LD_LIBRARY_PATH:-}  # for python3 (PyTorch): without the packed Debian libraries
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -79,6 +87,21 @@ if nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 else
   echo "(nvidia-smi: no GPU visible; the tests will skip)"
 fi
+
+# The time budget of the optional parts: seconds left of it, less the tables'
+# reserve (negative when spent; large without a budget).
+budget=${MLA_GPU_BUDGET:-$([[ -n ${OUT:-} ]] && echo 540 || echo 0)}
+[[ $budget =~ ^[0-9]+$ ]] || { echo "run.sh: MLA_GPU_BUDGET=$budget: expected whole seconds (0: none)" >&2; exit 2; }
+budget_reserve=20
+budget_left() {
+  if (( budget == 0 )); then echo 1000000; else echo $(( budget - budget_reserve - SECONDS )); fi
+}
+# capped LIMIT: LIMIT seconds, or what is left of the budget when less (at least 1).
+capped() {
+  local left
+  left=$(budget_left)
+  if (( left >= $1 )); then echo "$1"; elif (( left > 1 )); then echo "$left"; else echo 1; fi
+}
 
 save_logs() {  # the logs so far into $OUT (the device runner), replacing the last copy
   [[ -n ${OUT:-} && -d ${OUT:-} ]] || return 0
@@ -184,7 +207,7 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
   echo
   echo "== decode benchmark: $bench"
   # --check: exit 1 (reported here, the run goes on) where the two decode kernels disagree.
-  timeout 600 "$bench" --check 2>&1 | tee "$logs/decode_bench.jsonl" || echo "run.sh: mla-bench-decode failed (rc $?)"
+  timeout "$(capped 600)" "$bench" --check 2>&1 | tee "$logs/decode_bench.jsonl" || echo "run.sh: mla-bench-decode failed (rc $?)"
   save_logs
   baseline=${MLA_TORCH_BASELINE:-}
   for b in "$dir/bench/mla_decode_torch_baseline.py" "$here/../../../shared/bench/mla_decode_torch_baseline.py"; do
@@ -232,7 +255,9 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
   # rate) say which part of 64x4096x16's gap to the 70% target is which.
   if [[ ${MLA_GPU_BENCH_SWEEP:-1} != 0 ]]; then
     save_logs
-    timeouts=0
+    timeouts=0 last_secs=0 skipped_variants=() index=0 first_skipped=0
+    sweep_from=${MLA_GPU_SWEEP_FROM:-1}
+    [[ $sweep_from =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: MLA_GPU_SWEEP_FROM=$sweep_from: expected 1 or more" >&2; exit 2; }
     for variant in "--mma warpgroup --shapes 64x4096x16,128x4096x16" \
                    "--mma warpgroup --issue-ahead --shapes 64x4096x16,128x4096x16" \
                    "--mma warpgroup --prefetch-l2 --shapes 64x4096x16,128x4096x16" \
@@ -254,15 +279,24 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
                    "--gemm head" "--gemm head --pdl" "--graph" "--gemm head --pdl --graph" \
                    "--shapes 64x1024x16,64x2048x16,64x8192x16" \
                    "--mma warpgroup --copy bulk --issue-ahead --gemm head --pdl --graph --shapes 64x1024x16,64x2048x16,64x8192x16"; do
+      (( ++index < sweep_from )) && continue
+      # Skipped, with all after it, once the budget left cannot take another as long as the last one.
+      if (( ${#skipped_variants[@]} > 0 || $(budget_left) < last_secs + 1 )); then
+        (( first_skipped == 0 )) && first_skipped=$index
+        skipped_variants+=("$variant")
+        continue
+      fi
       echo "== decode benchmark variant: $variant"
+      vstart=$SECONDS
       # 120 s by default: a variant takes about 10 s on an H200; a hung one
       # must not eat the call. (A copy the kernels wait for in vain traps
       # within 10 s: warp_mma.cuh MbarWaitParity.) Two variants past it end
       # the sweep: the rest would likely hang too, and the call's minutes are few.
       # shellcheck disable=SC2086  # the variant is several flags
-      timeout "${MLA_GPU_VARIANT_TIMEOUT:-120}" "$bench" --check --no-simple-timing --copy-mib 512 $variant 2>&1 |
+      timeout "$(capped "${MLA_GPU_VARIANT_TIMEOUT:-120}")" "$bench" --check --no-simple-timing --copy-mib 512 $variant 2>&1 |
         tee -a "$logs/decode_bench_variants.jsonl" | grep -v '^{'
       rc=${PIPESTATUS[0]}
+      last_secs=$(( SECONDS - vstart ))
       save_logs
       (( rc == 0 )) && continue
       echo "run.sh: variant '$variant' failed (rc $rc)"
@@ -271,6 +305,11 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
         break
       fi
     done
+    if (( ${#skipped_variants[@]} > 0 )); then
+      echo "run.sh: ${SECONDS}s of the ${budget}s budget (MLA_GPU_BUDGET) gone: ${#skipped_variants[@]} variants" \
+        "skipped (MLA_GPU_SWEEP_FROM=$first_skipped resumes there):"
+      printf '  %s\n' "${skipped_variants[@]}"
+    fi
     # Nsight Compute on 64x4096x16, the shape short of its target: the default
     # kernel and the 16-head candidate (one launch each; the reports go with
     # the logs, here only their time and throughput lines, so that the tables
@@ -280,9 +319,14 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
       for prof in "default regex:MlaDecodeMmaKernel" \
                   "wgmma16_tma regex:MlaDecodeWgmma16Kernel --mma warpgroup --copy bulk --issue-ahead"; do
         read -r name kernel flags <<<"$prof"
+        # A profile takes 20-90 s: none with less than 30 s of the budget left.
+        if (( $(budget_left) < 30 )); then
+          echo "run.sh: ${SECONDS}s of the ${budget}s budget (MLA_GPU_BUDGET) gone: profile $name skipped"
+          continue
+        fi
         echo "== ncu: $name ($kernel${flags:+ $flags}), 64x4096x16"
         # shellcheck disable=SC2086  # flags is several flags
-        ncu_decode "$ncu" "$logs/ncu_${name}_64x4096x16.txt" 90 "$kernel" "$bench" 64x4096x16 $flags \
+        ncu_decode "$ncu" "$logs/ncu_${name}_64x4096x16.txt" "$(capped 90)" "$kernel" "$bench" 64x4096x16 $flags \
           >"$logs/ncu_${name}_64x4096x16.summary" 2>&1
         grep -E '^ *(Duration|DRAM Throughput|Memory Throughput)|ncu rc|==ERROR==' \
           "$logs/ncu_${name}_64x4096x16.summary" | head -n 6
@@ -305,6 +349,7 @@ if [[ -n ${OUT:-} && -d ${OUT:-} ]]; then
   save_logs && echo "logs: \$OUT/gpu-test-logs.tar.gz"
 fi
 echo
+echo "run.sh: done in ${SECONDS}s"
 printf '%-28s %-8s %6s %6s %7s %8s\n' test result passed failed skipped seconds
 printf '%s\n' "${table[@]}"
 exit $status
