@@ -230,55 +230,62 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
   # and 5 and settled (bulk copies, the query in shared memory, the mma.sync
   # kernel's L2 prefetch, 16 heads per block at 128 heads, plans for two
   # waves or half a wave, 64 heads per block on the 16-head shapes) are left
-  # to the flags; run here: the 16-head wgmma kernel (--mma warpgroup,
-  # positions as the MMA's M; first, being the change not yet measured:
-  # alone, requesting tiles two ahead, with the L2 prefetch, with both,
-  # staged by TMA tensor copies (--copy bulk) alone and two ahead, then
-  # two ahead with the per-head GEMMs on head_gemm.cuh's kernel, adding programmatic
-  # dependent launch (the decode blocks ask L2 for their first tiles while the
-  # W_UK GEMM runs, the W_UV GEMM loads W_UV while the merge runs), adding
-  # one CUDA graph for the pipeline, and all of that with the L2 prefetch
-  # or with TMA staging (the candidates' best guesses); then split sequences
-  # merged by their last work item instead of the merge kernel (--merge
-  # last-block) with the default kernel, the wgmma one two ahead, and the
-  # TMA candidate's best guess again with it; then on the 128-head shapes as
-  # 8 groups of 16 heads, each group reading the cache again, mostly from L2),
-  # the 64-head wgmma kernel staged by TMA tensor copies (--copy bulk: a page
-  # requested by one thread as soon as the stage before it has landed), 64
-  # against 32 heads per block on the 128-head shapes at the batch sizes
-  # around the default's cut-off (two 64-head tiles per SM), and the default
-  # kernel with the per-head GEMMs on head_gemm.cuh's kernel, alone, with
-  # programmatic dependent launch, and as a CUDA graph with cuBLAS's or those;
-  # last, 64 sequences of 1024 to 8192 tokens at 16 heads with the default and
-  # the 16-head candidate's best guess: with 64x4096x16, a line of time against
-  # context, whose intercept (launch, ramp, merge, GEMMs) and slope (streaming
-  # rate) say which part of 64x4096x16's gap to the 70% target is which.
+  # to the flags. The list runs in the order of what the next change needs
+  # most, so that a budget cut (MLA_GPU_BUDGET) drops what matters least.
   if [[ ${MLA_GPU_BENCH_SWEEP:-1} != 0 ]]; then
     save_logs
     timeouts=0 last_secs=0 skipped_variants=() index=0 first_skipped=0
     sweep_from=${MLA_GPU_SWEEP_FROM:-1}
     [[ $sweep_from =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: MLA_GPU_SWEEP_FROM=$sweep_from: expected 1 or more" >&2; exit 2; }
-    for variant in "--mma warpgroup --shapes 64x4096x16,128x4096x16" \
-                   "--mma warpgroup --issue-ahead --shapes 64x4096x16,128x4096x16" \
-                   "--mma warpgroup --prefetch-l2 --shapes 64x4096x16,128x4096x16" \
-                   "--mma warpgroup --issue-ahead --prefetch-l2 --shapes 64x4096x16,128x4096x16" \
-                   "--mma warpgroup --copy bulk --shapes 64x4096x16,128x4096x16" \
-                   "--mma warpgroup --copy bulk --issue-ahead --shapes 64x4096x16,128x4096x16" \
-                   "--mma warpgroup --issue-ahead --gemm head --shapes 64x4096x16,128x4096x16" \
-                   "--mma warpgroup --issue-ahead --gemm head --pdl --shapes 64x4096x16,128x4096x16" \
-                   "--mma warpgroup --issue-ahead --gemm head --pdl --graph --shapes 64x4096x16,128x4096x16" \
-                   "--mma warpgroup --issue-ahead --prefetch-l2 --gemm head --pdl --graph --shapes 64x4096x16,128x4096x16" \
-                   "--mma warpgroup --copy bulk --issue-ahead --gemm head --pdl --graph --shapes 64x4096x16,128x4096x16" \
-                   "--merge last-block --shapes 64x4096x16,128x4096x16" \
-                   "--mma warpgroup --issue-ahead --merge last-block --shapes 64x4096x16,128x4096x16" \
-                   "--mma warpgroup --copy bulk --issue-ahead --gemm head --pdl --graph --merge last-block --shapes 64x4096x16,128x4096x16" \
-                   "--mma warpgroup --issue-ahead --heads-per-block 16 --shapes 1x4096x128,16x4096x128,64x8192x128" \
-                   "--heads-per-block 64 --copy bulk --shapes 8x4096x128,16x4096x128,64x8192x128" \
-                   "--heads-per-block 64 --shapes 2x4096x128,4x4096x128,8x4096x128" \
-                   "--heads-per-block 32 --shapes 2x4096x128,4x4096x128,8x4096x128" \
-                   "--gemm head" "--gemm head --pdl" "--graph" "--gemm head --pdl --graph" \
-                   "--shapes 64x1024x16,64x2048x16,64x8192x16" \
-                   "--mma warpgroup --copy bulk --issue-ahead --gemm head --pdl --graph --shapes 64x1024x16,64x2048x16,64x8192x16"; do
+    variants=(
+      # The 16-head wgmma kernel (--mma warpgroup: positions as the MMA's M),
+      # the change not yet measured: alone, requesting tiles two ahead, staged
+      # by TMA tensor copies (--copy bulk) alone and two ahead.
+      "--mma warpgroup --shapes 64x4096x16,128x4096x16"
+      "--mma warpgroup --issue-ahead --shapes 64x4096x16,128x4096x16"
+      "--mma warpgroup --copy bulk --shapes 64x4096x16,128x4096x16"
+      "--mma warpgroup --copy bulk --issue-ahead --shapes 64x4096x16,128x4096x16"
+      # Two ahead with the per-head GEMMs on head_gemm.cuh's kernel and
+      # programmatic dependent launch (the decode blocks ask L2 for their first
+      # tiles while the W_UK GEMM runs, the W_UV GEMM loads W_UV while the
+      # merge runs), then as one CUDA graph, with TMA staging, and with the
+      # split sequences merged by their last work item (--merge last-block):
+      # the 16-head candidates' best guesses.
+      "--mma warpgroup --issue-ahead --gemm head --pdl --shapes 64x4096x16,128x4096x16"
+      "--mma warpgroup --issue-ahead --gemm head --pdl --graph --shapes 64x4096x16,128x4096x16"
+      "--mma warpgroup --copy bulk --issue-ahead --gemm head --pdl --graph --shapes 64x4096x16,128x4096x16"
+      "--mma warpgroup --copy bulk --issue-ahead --gemm head --pdl --graph --merge last-block --shapes 64x4096x16,128x4096x16"
+      # 64 sequences of 1024 to 8192 tokens at 16 heads, the default and the
+      # candidate: with 64x4096x16, a line of time against context whose
+      # intercept (launch, ramp, merge, GEMMs) and slope (streaming rate) say
+      # which part of 64x4096x16's gap to the 70% target is which.
+      "--shapes 64x1024x16,64x2048x16,64x8192x16"
+      "--mma warpgroup --copy bulk --issue-ahead --gemm head --pdl --graph --shapes 64x1024x16,64x2048x16,64x8192x16"
+      # The last-block merge alone, with the default kernel and the wgmma one
+      # two ahead; the wgmma kernel with the L2 prefetch; two ahead with only
+      # the GEMM kernel, and the prefetch candidate.
+      "--merge last-block --shapes 64x4096x16,128x4096x16"
+      "--mma warpgroup --issue-ahead --merge last-block --shapes 64x4096x16,128x4096x16"
+      "--mma warpgroup --prefetch-l2 --shapes 64x4096x16,128x4096x16"
+      "--mma warpgroup --issue-ahead --prefetch-l2 --shapes 64x4096x16,128x4096x16"
+      "--mma warpgroup --issue-ahead --gemm head --shapes 64x4096x16,128x4096x16"
+      "--mma warpgroup --issue-ahead --prefetch-l2 --gemm head --pdl --graph --shapes 64x4096x16,128x4096x16"
+      # The default kernel with the per-head GEMMs on head_gemm.cuh's kernel,
+      # alone, with programmatic dependent launch, and as a CUDA graph with
+      # cuBLAS's or those (every shape).
+      "--gemm head" "--gemm head --pdl" "--graph" "--gemm head --pdl --graph"
+      # The 128-head shapes (their targets met in session 5): as 8 groups of
+      # 16 heads on the wgmma16 kernel, each group reading the cache again
+      # (mostly from L2); the 64-head wgmma kernel staged by TMA tensor copies
+      # (a page requested by one thread as soon as the stage before it has
+      # landed); 64 against 32 heads per block at the batch sizes around the
+      # default's cut-off (two 64-head tiles per SM).
+      "--mma warpgroup --issue-ahead --heads-per-block 16 --shapes 1x4096x128,16x4096x128,64x8192x128"
+      "--heads-per-block 64 --copy bulk --shapes 8x4096x128,16x4096x128,64x8192x128"
+      "--heads-per-block 64 --shapes 2x4096x128,4x4096x128,8x4096x128"
+      "--heads-per-block 32 --shapes 2x4096x128,4x4096x128,8x4096x128"
+    )
+    for variant in "${variants[@]}"; do
       (( ++index < sweep_from )) && continue
       # Skipped, with all after it, once the budget left cannot take another as long as the last one.
       if (( ${#skipped_variants[@]} > 0 || $(budget_left) < last_secs + 1 )); then
