@@ -26,9 +26,18 @@
 //                    [--heads-per-block 16|32|64] [--plan-waves 1.0] [--query shared|registers]
 //                    [--copy cp-async|bulk] [--gemm cublas|head] [--pdl] [--prefetch-l2]
 //                    [--mma sync|warpgroup] [--issue-ahead] [--graph] [--merge kernel|last-block]
-//                    [--no-simple-timing]
+//                    [--no-simple-timing] [--trace]
 //
-// The last twelve try variants of the kernel and its work partition in one GPU
+// --trace: after the timings, one more (eager) launch of the pipeline in which
+// the tensor-core decode kernels stamp each work item's timeline
+// (MlaDecodeParams.trace: clock64 and %globaltimer at entry, past the wait for
+// the kernel ahead, the first tile in, the loop's end, the output written, the
+// exit), summed up per shape (bench/mla_decode_trace_summary.h) in the JSON
+// line ("trace") and a line after the table: where the attention's time goes
+// (start skew, PDL wait, first-tile latency, time per tile, epilogue, merge,
+// tail), which the timings alone cannot tell apart.
+//
+// The twelve flags before --trace try variants of the kernel and its work partition in one GPU
 // call (tests/gpu/run.sh runs a few after the main table): the head-group
 // size (default: MlaDecodeDefaultHeadsPerBlock, 64 (the wgmma kernel) at 128
 // heads with two tiles per SM or more, else 16 up to 16 heads, 32 above), the
@@ -72,10 +81,12 @@
 #include <utility>
 #include <vector>
 
+#include "bench/mla_decode_trace_summary.h"
 #include "kernels/cuda/head_gemm.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/mla_decode.cuh"
 #include "kernels/cuda/mla_decode_plan.h"
+#include "kernels/cuda/mla_decode_trace.h"
 
 namespace {
 
@@ -225,6 +236,7 @@ struct Options {
   bool graph = false;        // "ms" and "queued ms" time the pipeline captured as one CUDA graph
   bool merge_in_block = false;  // MlaDecodeParams.merge_counters: each split's last item merges it
   bool time_simple = true;
+  bool trace = false;     // one more launch with MlaDecodeParams.trace, summed up
   size_t busy_mib = 256;  // the memset ahead of each "queued" run
 };
 
@@ -234,6 +246,8 @@ struct Row {
   double queued_ms = 0;  // ms with the GPU busy at the start event (see RunShape)
   double gemm_rel_l2 = 0;  // --gemm head: its q_lat and out against cuBLAS's
   int items = 0, merges = 0, heads_per_block = 0;
+  bool traced = false;  // --trace: the summary below
+  mla::bench::MlaDecodeTraceSummary trace;
 };
 
 Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
@@ -459,6 +473,26 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
     row.gemm_rel_l2 = std::max(q_err, rel_l2(out, o_ref, static_cast<size_t>(B) * H * kV, &ignored));
   }
 
+  // --trace: the pipeline once more, eager, its decode kernels stamping each
+  // work item's timeline (the rows start zero: a kernel that does not trace
+  // leaves them so, and the summary says none was traced).
+  if (opt.trace) {
+    const size_t words = plan.items.size() * mla::cuda::kMlaDecodeTraceWords;
+    uint64_t* trace = DeviceAlloc<uint64_t>(words);
+    CHECK_CUDA(cudaMemset(trace, 0, words * sizeof(uint64_t)));
+    MlaDecodeParams traced = p;
+    traced.trace = trace;
+    absorb();
+    attend(traced);
+    unabsorb(o_lat);
+    CHECK_CUDA(cudaDeviceSynchronize());
+    std::vector<uint64_t> rows(words);
+    CHECK_CUDA(cudaMemcpy(rows.data(), trace, words * sizeof(uint64_t), cudaMemcpyDeviceToHost));
+    CHECK_CUDA(cudaFree(trace));
+    row.traced = true;
+    row.trace = mla::bench::SummarizeMlaDecodeTrace(rows, plan.items, lat);
+  }
+
   for (void* ptr : std::initializer_list<void*>{cache, w_uk, w_uv, q_nope, q_pe, q_lat, o_lat, o_ref, out, tables,
                                                 kv_lens, items, merges, partial, partial_lse, merge_counters}) {
     CHECK_CUDA(cudaFree(ptr));
@@ -498,7 +532,7 @@ int main(int argc, char** argv) {
       "                        [--heads-per-block 16|32|64] [--plan-waves X] [--query shared|registers]\n"
       "                        [--copy cp-async|bulk] [--gemm cublas|head] [--pdl] [--prefetch-l2]\n"
       "                        [--mma sync|warpgroup] [--issue-ahead] [--graph] [--merge kernel|last-block]\n"
-      "                        [--no-simple-timing]\n";
+      "                        [--no-simple-timing] [--trace]\n";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--shapes" && i + 1 < argc) {
@@ -552,6 +586,8 @@ int main(int argc, char** argv) {
       opt.graph = true;
     } else if (a == "--no-simple-timing") {
       opt.time_simple = false;
+    } else if (a == "--trace") {
+      opt.trace = true;
     } else {
       std::fprintf(stderr, "%s", usage);
       return 2;
@@ -588,14 +624,15 @@ int main(int argc, char** argv) {
         "\"items\": %d, \"merges\": %d, \"plan_us\": %.1f, \"max_abs_vs_simple\": %.3g, \"rel_l2_vs_simple\": %.3g, "
         "\"heads_per_block\": %d, \"plan_sms\": %d, \"query\": \"%s\", \"copy\": \"%s\", \"gemm\": \"%s\", "
         "\"gemm_rel_l2_vs_cublas\": %.3g, \"pdl\": %s, \"prefetch_l2\": %s, \"mma16\": \"%s\", \"issue_ahead\": %s, "
-        "\"graph\": %s, \"merge\": \"%s\"}\n",
+        "\"graph\": %s, \"merge\": \"%s\", \"trace\": %s}\n",
         s.batch, s.context, s.heads, r.ms, bytes / r.ms / 1e6, flops / r.ms / 1e9, copy_gbps, r.queued_ms, r.attn_ms,
         bytes / r.attn_ms / 1e6, r.gemm_ms, r.simple_ms, r.items, r.merges, r.plan_us, r.max_abs, r.rel_l2,
         r.heads_per_block, opt.plan_sms, opt.query == MlaDecodeQuery::kShared ? "shared" : "registers",
         opt.copy == MlaDecodeCopy::kBulk ? "bulk" : "cp-async", opt.head_gemm ? "head" : "cublas",
         r.gemm_rel_l2, opt.pdl ? "true" : "false", opt.prefetch_l2 ? "true" : "false", Mma16Name(opt.mma),
         opt.issue_ahead ? "true" : "false", opt.graph ? "true" : "false",
-        opt.merge_in_block ? "last-block" : "kernel");
+        opt.merge_in_block ? "last-block" : "kernel",
+        r.traced ? mla::bench::MlaDecodeTraceJson(r.trace).c_str() : "null");
     std::fflush(stdout);
     rows.push_back(r);
   }
@@ -644,6 +681,11 @@ int main(int argc, char** argv) {
                 name.c_str(), r.ms, bytes / r.ms / 1e6, 100.0 * bytes / r.ms / 1e6 / copy_gbps, flops / r.ms / 1e9,
                 r.queued_ms, 100.0 * bytes / r.queued_ms / 1e6 / copy_gbps, r.attn_ms, r.gemm_ms, simple_x,
                 r.heads_per_block, im.c_str(), r.plan_us, r.rel_l2, r.gemm_rel_l2);
+  }
+  for (const Row& r : rows) {
+    if (!r.traced) continue;
+    std::printf("trace %dx%dx%d: %s\n", r.shape.batch, r.shape.context, r.shape.heads,
+                mla::bench::MlaDecodeTraceText(r.trace).c_str());
   }
   return status;
 }

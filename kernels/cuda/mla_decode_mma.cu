@@ -9,6 +9,7 @@
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/mla_decode_merge.cuh"
 #include "kernels/cuda/mla_decode_prefetch.cuh"
+#include "kernels/cuda/mla_decode_trace.cuh"
 #include "kernels/cuda/mla_decode_wgmma.cuh"
 #include "kernels/cuda/mla_decode_wgmma16.cuh"
 #include "kernels/cuda/warp_mma.cuh"
@@ -114,9 +115,11 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
   // Programmatic dependent launch (p.pdl): let the next kernel's blocks be
   // scheduled now, ask L2 for the item's first tiles while the kernel ahead
   // finishes, and read nothing the kernels ahead wrote before they end.
+  TraceStart(p);
   GridDependentsLaunch();
   if (p.pdl && threadIdx.x == 0) PrefetchItemStartL2(p, latent);
   GridDependencyWait();
+  TraceStamp(p, kTraceReadyClk);
   const MlaDecodeWorkItem item = p.work_items[blockIdx.x];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
@@ -277,6 +280,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
     CpAsyncWait<0>();
     // Tile t0 (and Q) are in; every warp is done with the other stage, p_s and red.
     __syncthreads();
+    if (tile == 0) TraceStamp(p, kTraceFirstTileClk);
     if (t0 + kTile < item.kv_end) load_tile(t0 + kTile, stage ^ 1);
     CpAsyncCommit();
     if (prefetcher) PrefetchPositionsL2(p, table, latent, t0 + 2 * kTile, min(t0 + 3 * kTile, item.kv_end));
@@ -562,6 +566,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
       }
     }
   }
+  TraceStamp(p, kTraceLoopEndClk);
   CpAsyncWait<0>();  // an empty item still has Q in flight
 
   // Softmax sums over the groups (the warps that kept each group's scores hold them).
@@ -611,7 +616,9 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
   }
   // The last item of a split merges it (p.merge_counters); its flag in the
   // cache stages, read by no one now.
+  TraceStamp(p, kTraceWrittenClk);
   MergeIfLastOfSplit<kThreads>(p, item, reinterpret_cast<int*>(kv_s));
+  TraceEnd(p);
 }
 
 constexpr int kMergeThreads = 128;

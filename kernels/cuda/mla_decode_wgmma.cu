@@ -11,6 +11,7 @@
 #include "kernels/cuda/mla_decode_merge.cuh"
 #include "kernels/cuda/mla_decode_prefetch.cuh"
 #include "kernels/cuda/mla_decode_tma.cuh"
+#include "kernels/cuda/mla_decode_trace.cuh"
 #include "kernels/cuda/warp_mma.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
@@ -102,9 +103,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Programmatic dependent launch (p.pdl): let the next kernel's blocks be
   // scheduled now, ask L2 for the item's first tiles while the kernel ahead
   // finishes, and read nothing the kernels ahead wrote before they end.
+  TraceStart(p);
   GridDependentsLaunch();
   if (p.pdl && threadIdx.x == 0) PrefetchItemStartL2(p, kLatent);
   GridDependencyWait();
+  TraceStamp(p, kTraceReadyClk);
   const MlaDecodeWorkItem item = p.work_items[blockIdx.x];
   const int wg = threadIdx.x / 128, wt = threadIdx.x % 128;  // warpgroup, thread in it
   const int w = wt / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -199,6 +202,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     FenceProxyAsync();
     // Tile t0 (and Q) are in; every warpgroup is done with the other stage, P and red.
     __syncthreads();
+    if (t0 == item.kv_begin) TraceStamp(p, kTraceFirstTileClk);
     const uint32_t kv = kv_addr + stage * kMatBytes;
     if constexpr (kTma) {
       if (threadIdx.x == 0 && t0 + kTile < item.kv_end) {
@@ -322,6 +326,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     WgmmaWait<0>();
     WgmmaFenceOperand(o);
   }
+  TraceStamp(p, kTraceLoopEndClk);
   CpAsyncWait<0>();  // an empty item still has Q in flight
 
   // Softmax sums: both warpgroups' halves.
@@ -358,7 +363,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   // The last item of a split merges it (p.merge_counters); its flag in the
   // cache stages, read by no one now.
+  TraceStamp(p, kTraceWrittenClk);
   MergeIfLastOfSplit<kThreads>(p, item, reinterpret_cast<int*>(smem + kMatBytes));
+  TraceEnd(p);
 }
 
 template <bool kTma>

@@ -11,6 +11,7 @@
 #include "kernels/cuda/mla_decode_merge.cuh"
 #include "kernels/cuda/mla_decode_prefetch.cuh"
 #include "kernels/cuda/mla_decode_tma.cuh"
+#include "kernels/cuda/mla_decode_trace.cuh"
 #include "kernels/cuda/warp_mma.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
@@ -107,9 +108,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   float* red = reinterpret_cast<float*>(smem + kPOffset + kPBytes);  // [kWarps][kHeads]
 
   // Programmatic dependent launch (p.pdl), as in the other decode kernels.
+  TraceStart(p);
   GridDependentsLaunch();
   if (p.pdl && threadIdx.x == 0) PrefetchItemStartL2(p, kLatent);
   GridDependencyWait();
+  TraceStamp(p, kTraceReadyClk);
   const MlaDecodeWorkItem item = p.work_items[blockIdx.x];
   const int w = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int heads_here = min(kHeads, p.num_heads - item.head_begin);
@@ -236,6 +239,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Tile t0 (and Q) are in; the last V^T P^T mma (which read the other
     // stage and P^T) and every read of red are done.
     __syncthreads();
+    if (t0 == item.kv_begin) TraceStamp(p, kTraceFirstTileClk);
     const uint32_t kv = kv_addr + stage * kStageBytes;
     if constexpr (kTma && !kAhead) {
       if (threadIdx.x == 0 && t0 + kTile < item.kv_end) issue_tile(stage ^ 1, t0 + kTile);  // the other stage is free
@@ -351,6 +355,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (prefetcher) PrefetchPositionsL2(p, table, kLatent, t0 + 3 * kTile, min(t0 + 4 * kTile, item.kv_end));
     }
   }
+  TraceStamp(p, kTraceLoopEndClk);
   CpAsyncWait<0>();  // an empty item still has Q in flight
 
   // Softmax sums: over the warp's row groups, then the 4 warps.
@@ -398,7 +403,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   // The last item of a split merges it (p.merge_counters); its flag in the
   // cache stages (every copy into them has landed), read by no one now.
+  TraceStamp(p, kTraceWrittenClk);
   MergeIfLastOfSplit<kThreads>(p, item, reinterpret_cast<int*>(smem + kQBytes));
+  TraceEnd(p);
 }
 
 template <bool kAhead, bool kTma>

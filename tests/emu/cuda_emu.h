@@ -50,6 +50,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -260,6 +261,17 @@ inline void PrefetchL2(const void* src, uint32_t bytes) {
   (void)p[0];
   (void)p[bytes - 1];
 }
+// The clocks of kernels/cuda/warp_mma.cuh (%globaltimer) and
+// mla_decode_trace.cuh (clock64, %smid): both clocks a steady clock in ns
+// (blocks run one after another here, so a trace shows no overlap), and the
+// SM the block's index would take on the emulated device's 132.
+inline uint64_t GlobalTimerNs() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+          .count());
+}
+inline uint64_t SmClock() { return GlobalTimerNs(); }
+inline uint32_t SmId() { return static_cast<uint32_t>(blockIdx.x % 132); }
 // limit_ns is the GPU's bound before it traps (warp_mma.cuh); here a phase
 // that can never complete is known at once (every live thread waits) and fails.
 inline void MbarWaitParity(uint32_t bar, int parity, uint64_t /*limit_ns*/ = 0) {

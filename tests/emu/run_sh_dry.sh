@@ -73,7 +73,7 @@ for want in "-- nccl_communicator_gpu_test: PASSED" "launcher_cuda_tp1_emulated 
   "== decode benchmark variant: --merge last-block" "splits merged by their last block" \
   "== best of the default run and the variants, per shape" \
   "== ncu: wgmma16_tma (regex:MlaDecodeWgmma16Kernel --mma warpgroup --copy bulk --issue-ahead), 64x4096x16" \
-  "== time against context"; do
+  "== time against context" "trace 2x130x16: " "== decode benchmark variant: --mma warpgroup --copy bulk --issue-ahead --gemm head --pdl --graph --merge last-block"; do
   grep -qF -- "$want" "$log" || fail "no '$want' in run.sh's output"
 done
 # The joined table has a row per dry shape, each with its baseline's time;
@@ -88,6 +88,12 @@ grep -qE "^2x130x16 +graph .*--graph" "$log" || fail "no graph row in the best-o
 grep -qE "^serve 2x130x16 eager best: (--decode-kernel [a-z0-9=,-]+|no serving flag: .+)$" "$log" ||
   fail "no serving spec for 2x130x16's fastest eager row"
 if grep -qF "run.sh: the comparison failed" "$log"; then fail "decode_bench_compare.py failed"; fi
+# --trace in the default run and every variant: each shape's items all traced
+# (the emulated kernels stamp too), the 16-head wgmma ones among them.
+grep -qE '^trace 2x130x16: ([0-9]+)/\1 items traced on [0-9]+ SMs' "$log" || fail "no fully traced 2x130x16 in run.sh's output"
+if grep -E '^trace ' "$log" | grep -qvE ': ([0-9]+)/\1 items traced'; then
+  fail "a shape's items not all traced: $(grep -E '^trace ' "$log" | grep -vE ': ([0-9]+)/\1 items traced' | head -n 1)"
+fi
 n=$(grep -c '^ncu rc 0$' "$log")
 ((n == 2)) || fail "$n profiles ended well (ncu rc 0), expected 2"
 grep -qF "Duration" "$log" || fail "no profile's duration line in run.sh's output"

@@ -207,7 +207,9 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
   echo
   echo "== decode benchmark: $bench"
   # --check: exit 1 (reported here, the run goes on) where the two decode kernels disagree.
-  timeout "$(capped 600)" "$bench" --check 2>&1 | tee "$logs/decode_bench.jsonl" || echo "run.sh: mla-bench-decode failed (rc $?)"
+  # --trace: a line a shape after the table, where the attention's time goes
+  # block by block (bench/mla_decode_trace_summary.h), from one more launch.
+  timeout "$(capped 600)" "$bench" --check --trace 2>&1 | tee "$logs/decode_bench.jsonl" || echo "run.sh: mla-bench-decode failed (rc $?)"
   save_logs
   baseline=${MLA_TORCH_BASELINE:-}
   for b in "$dir/bench/mla_decode_torch_baseline.py" "$here/../../../shared/bench/mla_decode_torch_baseline.py"; do
@@ -300,7 +302,8 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
       # within 10 s: warp_mma.cuh MbarWaitParity.) Two variants past it end
       # the sweep: the rest would likely hang too, and the call's minutes are few.
       # shellcheck disable=SC2086  # the variant is several flags
-      timeout "$(capped "${MLA_GPU_VARIANT_TIMEOUT:-120}")" "$bench" --check --no-simple-timing --copy-mib 512 $variant 2>&1 |
+      timeout "$(capped "${MLA_GPU_VARIANT_TIMEOUT:-120}")" "$bench" --check --no-simple-timing --copy-mib 512 --trace \
+        $variant 2>&1 |
         tee -a "$logs/decode_bench_variants.jsonl" | grep -v '^{'
       rc=${PIPESTATUS[0]}
       last_secs=$(( SECONDS - vstart ))
