@@ -3,7 +3,7 @@
 // 32 heads per block, cp.async or bulk copies; wgmma at 16 heads, cp.async
 // two ahead or TMA; wgmma at 64, cp.async or TMA), traced, writes the bits it
 // writes untraced, and stamps each work item's row: every stamp there, in
-// order, on an SM the device has; merged in the last block too. The simple
+// order (one SM's clock); merged in the last block too. The simple
 // kernel leaves the rows alone. bench/mla_decode_trace_summary.h then reads
 // every item as traced. (Timings are not checked: this is not a timed test.)
 #include <cuda_runtime.h>
@@ -51,8 +51,6 @@ TEST(MlaDecodeTraceGpuTest, EveryKernelStampsEveryItemInOrder) {
   DeviceBuffer<uint16_t> d_q_pe(gpu_test::RandomBf16(rng, seqs * kHeads * kRope, -1.0f, 1.0f));
   DeviceBuffer<uint16_t> d_out(seqs * kHeads * kKvLora);
   DeviceBuffer<int32_t> d_tables(b.tables), d_lens(kv_lens);
-  int device_sms = 0;
-  MLA_ASSERT_CUDA(cudaDeviceGetAttribute(&device_sms, cudaDevAttrMultiProcessorCount, 0));
 
   cuda::MlaDecodeParams base;
   base.q_latent = d_q_lat.bf16();
@@ -138,7 +136,9 @@ TEST(MlaDecodeTraceGpuTest, EveryKernelStampsEveryItemInOrder) {
         EXPECT_LE(r[kTraceFirstTileClk], r[kTraceLoopEndClk]);
         EXPECT_LE(r[kTraceLoopEndClk], r[kTraceWrittenClk]);
         EXPECT_LE(r[kTraceWrittenClk], r[kTraceEndClk]);
-        EXPECT_LT(r[kTraceSm], static_cast<uint64_t>(device_sms));
+        // %smid need not be below the SM count (the PTX ISA: ids may have
+        // gaps, %nsmid may exceed it), only a small number.
+        EXPECT_LT(r[kTraceSm], 4096u);
       }
       const bench::MlaDecodeTraceSummary s = bench::SummarizeMlaDecodeTrace(rows, plan.items, kLatent);
       EXPECT_EQ(s.traced, static_cast<int>(plan.items.size())) << bench::MlaDecodeTraceText(s);
