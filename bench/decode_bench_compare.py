@@ -11,6 +11,7 @@ event: no host launch latency in the time) stand beside it for reference.
     python3 decode_bench_compare.py --best VARIANTS.jsonl OURS.jsonl TORCH.jsonl
 
     python3 decode_bench_compare.py --fit VARIANTS.jsonl OURS.jsonl
+    python3 decode_bench_compare.py --trace VARIANTS.jsonl OURS.jsonl
 
 With --fit: instead, for each batch, head count, launch and flags run at three
 or more context lengths (the fastest row of each length), a least-squares
@@ -25,6 +26,12 @@ fastest timed as one CUDA graph (--graph), each with the flags that made it
 and the same targets, so that a GPU session sees at once which variant, if
 any, meets them; then per shape the --decode-kernel SPEC that serves its
 fastest eager row (mla-launch, mla-worker, mla-generate --backend cuda).
+
+With --trace: instead, the traced launch of each row (mla-bench-decode
+--trace: its "trace" object) as one table: every shape of the default run
+(OURS), and the variants at 16 heads, where the 70% target is judged. Per row:
+the attention's time (attn ms) beside the decode kernel's span, and per work
+item (median, largest) the phases that make it up, in us.
 
 Exit status 0 whatever the numbers (a benchmark, not a test); 2 when an input is
 missing or unreadable.
@@ -194,14 +201,42 @@ def print_fit(rows):
         print(f"{batch}x{heads:<5} {'graph' if graph else 'eager':<6} {span:<16} {' '.join(cols)}  {flags}")
 
 
+def print_trace(ours, variants):
+    """The traced launches: the default run's rows, then the variants' at 16
+    heads, each shape's rows together (16-head shapes first)."""
+    rows = [(o, "(the default run)") for o in ours.values()]
+    rows += [(o, flags_of(o)) for o in variants if o["heads"] == 16]
+    rows.sort(key=lambda r: (r[0]["heads"], r[0]["batch"], r[0]["context"]))
+    print(f"{'BxLxH':<14} {'attn ms':>8} {'span us':>8} {'skew':>5} {'wait':>5} {'1st tile':>9} {'per tile':>11} "
+          f"{'waiting':>11} {'share':>5} {'epilogue':>9} {'merge':>5} {'tail':>5} {'GB/s':>6}  flags")
+    for o, flags in rows:
+        t = o.get("trace")
+        if not t:
+            continue  # not traced (an older build, or run without --trace)
+        name = f"{o['batch']}x{o['context']}x{o['heads']}"
+        if not t.get("traced"):
+            print(f"{name:<14} {o['attn_ms']:8.4f} {'no item traced':>8}  {flags}")
+            continue
+        def pair(k, w, p):  # median/largest; "-" where an older build's trace lacks the key
+            return (f"{t[k][0]:.{p}f}/{t[k][1]:.{p}f}" if k in t else "-").rjust(w)
+        share = f"{100 * t['tile_wait_share']:4.0f}%" if "tile_wait_share" in t else f"{'-':>5}"
+        print(f"{name:<14} {o['attn_ms']:8.4f} {t['span_us']:8.1f} {t['start_skew_us']:5.1f} {t['wait_us'][1]:5.1f} "
+              f"{pair('first_tile_us', 9, 1)} {pair('tile_us', 11, 2)} {pair('tile_wait_us', 11, 2)} "
+              f"{share} {pair('epilogue_us', 9, 1)} {t['merge_us'][1]:5.1f} "
+              f"{t['end_skew_us']:5.1f} {t['stream_gbps']:6.0f}  {flags}")
+
+
 def main():
     args = sys.argv[1:]
-    if not (len(args) == 2 or (len(args) == 4 and args[0] == "--best") or (len(args) == 3 and args[0] == "--fit")):
+    if not (len(args) == 2 or (len(args) == 4 and args[0] == "--best") or
+            (len(args) == 3 and args[0] in ("--fit", "--trace"))):
         print(__doc__, file=sys.stderr)
         return 2
     try:  # every input read before anything is printed
         if args[0] == "--fit":
             rows = list(read_rows(args[2]).values()) + list(json_rows(args[1]))
+        elif args[0] == "--trace":
+            variants, ours = list(json_rows(args[1])), read_rows(args[2])
         elif args[0] == "--best":
             variants, ours, torch = list(json_rows(args[1])), read_rows(args[2]), read_rows(args[3])
         else:
@@ -211,6 +246,9 @@ def main():
         return 2
     if args[0] == "--fit":
         print_fit(rows)
+        return 0
+    if args[0] == "--trace":
+        print_trace(ours, variants)
         return 0
     if args[0] == "--best":
         print_best(variants, ours, torch)

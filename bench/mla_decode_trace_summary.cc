@@ -61,7 +61,7 @@ MlaDecodeTraceSummary SummarizeMlaDecodeTrace(std::span<const uint64_t> trace,
   auto us = [rate](uint64_t from, uint64_t to) { return static_cast<double>(to - from) / rate / 1e3; };
 
   std::set<uint64_t> sms;
-  std::vector<double> wait, first_tile, tile, epilogue, merge, ends;
+  std::vector<double> wait, first_tile, tile, epilogue, merge, ends, tile_wait, wait_share;
   uint64_t first_start = UINT64_MAX, last_start = 0, last_end = 0;
   double first_tile_ns = 1e300, last_loop_end_ns = 0, loop_bytes = 0;
   for (size_t i : rows) {
@@ -77,6 +77,11 @@ MlaDecodeTraceSummary SummarizeMlaDecodeTrace(std::span<const uint64_t> trace,
       const int tiles = (item.kv_end - item.kv_begin + kMlaDecodeTileTokens - 1) / kMlaDecodeTileTokens;
       first_tile.push_back(us(r[kTraceReadyClk], r[kTraceFirstTileClk]));
       tile.push_back(us(r[kTraceFirstTileClk], r[kTraceLoopEndClk]) / tiles);
+      if (tiles > 1) {
+        tile_wait.push_back(us(0, r[kTraceTileWaitClk]) / (tiles - 1));
+        const uint64_t loop = r[kTraceLoopEndClk] - r[kTraceFirstTileClk];
+        wait_share.push_back(loop > 0 ? static_cast<double>(r[kTraceTileWaitClk]) / loop : 0.0);
+      }
       epilogue.push_back(us(r[kTraceLoopEndClk], r[kTraceWrittenClk]));
       // The loop on the launch's timeline: the row's start plus its clock's cycles.
       const double start_ns = static_cast<double>(r[kTraceStartNs]);
@@ -97,12 +102,14 @@ MlaDecodeTraceSummary SummarizeMlaDecodeTrace(std::span<const uint64_t> trace,
   s.tile = Phase(tile);
   s.epilogue = Phase(epilogue);
   s.merge = Phase(merge);
+  s.tile_wait = Phase(tile_wait);
+  s.tile_wait_share = Median(wait_share);
   if (last_loop_end_ns > first_tile_ns) s.stream_gbps = loop_bytes / (last_loop_end_ns - first_tile_ns);
   return s;
 }
 
 std::string MlaDecodeTraceText(const MlaDecodeTraceSummary& s) {
-  char buf[512];
+  char buf[640];
   if (s.traced == 0) {
     std::snprintf(buf, sizeof(buf), "0/%d items traced (a kernel that does not trace, or rows out of order)",
                   s.items);
@@ -110,16 +117,17 @@ std::string MlaDecodeTraceText(const MlaDecodeTraceSummary& s) {
   }
   std::snprintf(buf, sizeof(buf),
                 "%d/%d items traced on %d SMs at %.3g GHz; us, median/max: start skew %.2f, wait %.2f/%.2f, first "
-                "tile %.2f/%.2f, per tile %.3f/%.3f, epilogue %.2f/%.2f, merge %.2f/%.2f, end skew %.2f, span %.1f; "
-                "streaming %.0f GB/s",
+                "tile %.2f/%.2f, per tile %.3f/%.3f (waiting %.3f/%.3f, %.0f%% of the loop), epilogue %.2f/%.2f, "
+                "merge %.2f/%.2f, end skew %.2f, span %.1f; streaming %.0f GB/s",
                 s.traced, s.items, s.sms, s.clock_ghz, s.start_skew_us, s.wait.median_us, s.wait.max_us,
-                s.first_tile.median_us, s.first_tile.max_us, s.tile.median_us, s.tile.max_us, s.epilogue.median_us,
+                s.first_tile.median_us, s.first_tile.max_us, s.tile.median_us, s.tile.max_us, s.tile_wait.median_us,
+                s.tile_wait.max_us, 100.0 * s.tile_wait_share, s.epilogue.median_us,
                 s.epilogue.max_us, s.merge.median_us, s.merge.max_us, s.end_skew_us, s.span_us, s.stream_gbps);
   return buf;
 }
 
 std::string MlaDecodeTraceJson(const MlaDecodeTraceSummary& s) {
-  char buf[640];
+  char buf[800];
   auto pair = [](const MlaDecodeTracePhase& p) {
     char b[64];
     std::snprintf(b, sizeof(b), "[%.3f, %.3f]", p.median_us, p.max_us);
@@ -128,9 +136,11 @@ std::string MlaDecodeTraceJson(const MlaDecodeTraceSummary& s) {
   std::snprintf(buf, sizeof(buf),
                 "{\"items\": %d, \"traced\": %d, \"sms\": %d, \"clock_ghz\": %.4f, \"start_skew_us\": %.3f, "
                 "\"span_us\": %.3f, \"end_skew_us\": %.3f, \"wait_us\": %s, \"first_tile_us\": %s, \"tile_us\": %s, "
-                "\"epilogue_us\": %s, \"merge_us\": %s, \"stream_gbps\": %.1f}",
+                "\"tile_wait_us\": %s, \"tile_wait_share\": %.3f, \"epilogue_us\": %s, \"merge_us\": %s, "
+                "\"stream_gbps\": %.1f}",
                 s.items, s.traced, s.sms, s.clock_ghz, s.start_skew_us, s.span_us, s.end_skew_us,
-                pair(s.wait).c_str(), pair(s.first_tile).c_str(), pair(s.tile).c_str(), pair(s.epilogue).c_str(),
+                pair(s.wait).c_str(), pair(s.first_tile).c_str(), pair(s.tile).c_str(), pair(s.tile_wait).c_str(),
+                s.tile_wait_share, pair(s.epilogue).c_str(),
                 pair(s.merge).c_str(), s.stream_gbps);
   return buf;
 }

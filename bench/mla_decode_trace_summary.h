@@ -30,6 +30,12 @@ struct MlaDecodeTraceSummary {
   // tiles); the output or partial written; the last-block merge (near 0 for
   // the items that do not merge).
   MlaDecodeTracePhase wait, first_tile, tile, epilogue, merge;
+  // Per tile after the first (items of two tiles or more): thread 0's time at
+  // the loop's top, waiting for the tile and for the other warps; and that
+  // wait's share of the item's loop (a memory-bound loop waits most of it, an
+  // issue-bound one little), median over the items.
+  MlaDecodeTracePhase tile_wait;
+  double tile_wait_share = 0.0;
   // The cache bytes the items' loops read, over the time from the first
   // item's first tile in to the last loop's end (GB/s, 1e9 bytes a second).
   double stream_gbps = 0.0;

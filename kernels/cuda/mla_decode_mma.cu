@@ -273,14 +273,20 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
   }
 
   int stage = 0;
+  uint32_t tile_wait = 0;  // p.trace: thread 0's cycles in the waits for tiles after the first
   for (int t0 = item.kv_begin, tile = 0; t0 < item.kv_end; t0 += kTile, stage ^= 1, ++tile) {
+    const uint32_t wait_from = TraceClock32(p);
     // Bulk copies: a stage's k-th tile completes its mbarrier's phase k, of
     // parity k & 1 (stage = tile & 1, k = tile >> 1).
     if constexpr (kBulk) MbarWaitParity(bars + 8 * stage, (tile >> 1) & 1);
     CpAsyncWait<0>();
     // Tile t0 (and Q) are in; every warp is done with the other stage, p_s and red.
     __syncthreads();
-    if (tile == 0) TraceStamp(p, kTraceFirstTileClk);
+    if (tile == 0) {
+      TraceStamp(p, kTraceFirstTileClk);
+    } else {
+      tile_wait += TraceWaited(p, wait_from);
+    }
     if (t0 + kTile < item.kv_end) load_tile(t0 + kTile, stage ^ 1);
     CpAsyncCommit();
     if (prefetcher) PrefetchPositionsL2(p, table, latent, t0 + 2 * kTile, min(t0 + 3 * kTile, item.kv_end));
@@ -567,6 +573,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
     }
   }
   TraceStamp(p, kTraceLoopEndClk);
+  TraceSet(p, kTraceTileWaitClk, tile_wait);
   CpAsyncWait<0>();  // an empty item still has Q in flight
 
   // Softmax sums over the groups (the warps that kept each group's scores hold them).

@@ -33,6 +33,20 @@ __device__ __forceinline__ void TraceStamp(const MlaDecodeParams& p, MlaDecodeTr
   p.trace[static_cast<int64_t>(blockIdx.x) * kMlaDecodeTraceWords + word] = SmClock();
 }
 
+// The low 32 bits of the SM clock where thread 0 traces, else 0: the start of
+// a wait that TraceWaited measures (a tile's wait is far under 2^32 cycles).
+__device__ __forceinline__ uint32_t TraceClock32(const MlaDecodeParams& p) {
+  return p.trace != nullptr && threadIdx.x == 0 ? static_cast<uint32_t>(SmClock()) : 0u;
+}
+__device__ __forceinline__ uint32_t TraceWaited(const MlaDecodeParams& p, uint32_t since) {
+  return p.trace != nullptr && threadIdx.x == 0 ? static_cast<uint32_t>(SmClock()) - since : 0u;
+}
+// Word `word` of this block's row set to `value`, if tracing.
+__device__ __forceinline__ void TraceSet(const MlaDecodeParams& p, MlaDecodeTraceWord word, uint64_t value) {
+  if (p.trace == nullptr || threadIdx.x != 0) return;
+  p.trace[static_cast<int64_t>(blockIdx.x) * kMlaDecodeTraceWords + word] = value;
+}
+
 // At entry: the start in both clocks and the SM.
 __device__ __forceinline__ void TraceStart(const MlaDecodeParams& p) {
   if (p.trace == nullptr || threadIdx.x != 0) return;

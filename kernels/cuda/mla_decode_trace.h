@@ -25,6 +25,10 @@ enum MlaDecodeTraceWord : int {
   kTraceWrittenClk,    // the output or partial written (before the last-block merge)
   kTraceEndClk,        // at exit (after the last-block merge)
   kTraceSm,            // %smid
+  // Cycles thread 0 spent at the top of the loop for each tile after the
+  // first: waiting for the tile's copies and for the other warps at the
+  // barrier after them (the rest of the loop is the tiles' compute).
+  kTraceTileWaitClk,
   kMlaDecodeTraceWords
 };
 

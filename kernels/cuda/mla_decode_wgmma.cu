@@ -189,7 +189,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   int stage = 0;
   uint32_t phases = 0;  // kTma: bit s, the parity of stage s's next mbarrier phase
+  uint32_t tile_wait = 0;  // p.trace: thread 0's cycles in the waits for tiles after the first
   for (int t0 = item.kv_begin; t0 < item.kv_end; t0 += kTile, stage ^= 1) {
+    const uint32_t wait_from = TraceClock32(p);
     if constexpr (kTma) {
       // The page in this stage (and on the first tile the query).
       WaitCachePage<kThreads>(item, t0, stage, bar_addr, &phases, smem + kMatBytes + stage * kMatBytes);
@@ -202,7 +204,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     FenceProxyAsync();
     // Tile t0 (and Q) are in; every warpgroup is done with the other stage, P and red.
     __syncthreads();
-    if (t0 == item.kv_begin) TraceStamp(p, kTraceFirstTileClk);
+    if (t0 == item.kv_begin) {
+      TraceStamp(p, kTraceFirstTileClk);
+    } else {
+      tile_wait += TraceWaited(p, wait_from);
+    }
     const uint32_t kv = kv_addr + stage * kMatBytes;
     if constexpr (kTma) {
       if (threadIdx.x == 0 && t0 + kTile < item.kv_end) {
@@ -327,6 +333,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     WgmmaFenceOperand(o);
   }
   TraceStamp(p, kTraceLoopEndClk);
+  TraceSet(p, kTraceTileWaitClk, tile_wait);
   CpAsyncWait<0>();  // an empty item still has Q in flight
 
   // Softmax sums: both warpgroups' halves.

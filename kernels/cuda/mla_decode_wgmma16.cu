@@ -225,7 +225,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   int stage = 0;
   uint32_t phases = 0;  // kTma: bit s, the parity of stage s's next mbarrier phase
+  uint32_t tile_wait = 0;  // p.trace: thread 0's cycles in the waits for tiles after the first
   for (int t0 = item.kv_begin; t0 < item.kv_end; t0 += kTile, stage ^= 1) {
+    const uint32_t wait_from = TraceClock32(p);
     if constexpr (kTma) {
       // The page in this stage (and on the first tile the query).
       WaitCachePage<kThreads>(item, t0, stage, bar_addr, &phases, smem + kQBytes + stage * kStageBytes);
@@ -239,7 +241,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Tile t0 (and Q) are in; the last V^T P^T mma (which read the other
     // stage and P^T) and every read of red are done.
     __syncthreads();
-    if (t0 == item.kv_begin) TraceStamp(p, kTraceFirstTileClk);
+    if (t0 == item.kv_begin) {
+      TraceStamp(p, kTraceFirstTileClk);
+    } else {
+      tile_wait += TraceWaited(p, wait_from);
+    }
     const uint32_t kv = kv_addr + stage * kStageBytes;
     if constexpr (kTma && !kAhead) {
       if (threadIdx.x == 0 && t0 + kTile < item.kv_end) issue_tile(stage ^ 1, t0 + kTile);  // the other stage is free
@@ -356,6 +362,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   }
   TraceStamp(p, kTraceLoopEndClk);
+  TraceSet(p, kTraceTileWaitClk, tile_wait);
   CpAsyncWait<0>();  // an empty item still has Q in flight
 
   // Softmax sums: over the warp's row groups, then the 4 warps.

@@ -98,6 +98,13 @@ n=$(grep -c '^ncu rc 0$' "$log")
 ((n == 2)) || fail "$n profiles ended well (ncu rc 0), expected 2"
 grep -qF "Duration" "$log" || fail "no profile's duration line in run.sh's output"
 if grep -qF "run.sh: the fit failed" "$log"; then fail "decode_bench_compare.py --fit failed"; fi
+# The trace table: the default run's two shapes, and the 16-head variants' rows.
+if grep -qF "run.sh: the trace table failed" "$log"; then fail "decode_bench_compare.py --trace failed"; fi
+trace_table=$(sed -n '/^== the decode kernel.s timeline per work item/,/^== \|^logs: /p' "$log")
+grep -qE '^1x70x32 +[0-9.]+ +[0-9.]+ .*\(the default run\)$' <<<"$trace_table" || fail "no default 1x70x32 row in the trace table"
+n=$(grep -cE '^2x130x16 .* --heads-per-block 16' <<<"$trace_table")
+((n >= 10)) || fail "$n 16-head variant rows in the trace table, expected 10 or more"
+if grep -qF "no item traced" <<<"$trace_table"; then fail "an untraced row in the trace table"; fi
 
 # The fit itself (the dry shapes have no context sweep): rows on the line
 # ms = 0.04 + 0.02 per 1024 tokens at 4 contexts, one of them in the default

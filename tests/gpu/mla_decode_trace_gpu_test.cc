@@ -136,6 +136,11 @@ TEST(MlaDecodeTraceGpuTest, EveryKernelStampsEveryItemInOrder) {
         EXPECT_LE(r[kTraceFirstTileClk], r[kTraceLoopEndClk]);
         EXPECT_LE(r[kTraceLoopEndClk], r[kTraceWrittenClk]);
         EXPECT_LE(r[kTraceWrittenClk], r[kTraceEndClk]);
+        // The waits for the tiles after the first lie inside the loop (none with one tile).
+        EXPECT_LE(r[kTraceTileWaitClk], r[kTraceLoopEndClk] - r[kTraceFirstTileClk]);
+        if (plan.items[i].kv_end - plan.items[i].kv_begin <= 64) {
+          EXPECT_EQ(r[kTraceTileWaitClk], 0u);
+        }
         // %smid need not be below the SM count (the PTX ISA: ids may have
         // gaps, %nsmid may exceed it), only a small number.
         EXPECT_LT(r[kTraceSm], 4096u);

@@ -352,6 +352,10 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
     echo "== time against context (least squares over 3 or more contexts: ms at 0, ms per 1024 tokens)"
     LD_LIBRARY_PATH=$machine_ld_path python3 "$compare" --fit "$logs/decode_bench_variants.jsonl" \
       "$logs/decode_bench.jsonl" || echo "run.sh: the fit failed"
+    # The traced launches (--trace): where each one's attention time goes.
+    echo "== the decode kernel's timeline per work item (--trace; us, median/max): the default run, the 16-head variants"
+    LD_LIBRARY_PATH=$machine_ld_path python3 "$compare" --trace "$logs/decode_bench_variants.jsonl" \
+      "$logs/decode_bench.jsonl" || echo "run.sh: the trace table failed"
   fi
 fi
 

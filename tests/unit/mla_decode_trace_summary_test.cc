@@ -16,9 +16,10 @@ namespace {
 using cuda::MlaDecodeWorkItem;
 
 // A row of an item starting at start_ns on SM `sm`, its phases in ns (the SM
-// clock at 2 cycles a ns, from an arbitrary origin).
+// clock at 2 cycles a ns, from an arbitrary origin), tile_wait of its loop
+// spent waiting.
 std::vector<uint64_t> Row(uint64_t start_ns, uint64_t sm, uint64_t wait, uint64_t first, uint64_t loop,
-                          uint64_t epilogue, uint64_t merge) {
+                          uint64_t epilogue, uint64_t merge, uint64_t tile_wait = 0) {
   using namespace cuda;
   std::vector<uint64_t> r(kMlaDecodeTraceWords, 0);
   const uint64_t clk0 = 1000000 + 17 * sm;
@@ -31,6 +32,7 @@ std::vector<uint64_t> Row(uint64_t start_ns, uint64_t sm, uint64_t wait, uint64_
   r[kTraceEndClk] = r[kTraceWrittenClk] + 2 * merge;
   r[kTraceEndNs] = start_ns + (r[kTraceEndClk] - clk0) / 2;
   r[kTraceSm] = sm;
+  r[kTraceTileWaitClk] = 2 * tile_wait;
   return r;
 }
 
@@ -40,8 +42,8 @@ TEST(MlaDecodeTraceSummaryTest, PhasesAndTimeline) {
   const std::vector<MlaDecodeWorkItem> items = {
       {0, 0, 0, 256, 0, 0}, {0, 0, 256, 512, 1, 0}, {1, 0, 0, 100, -1, -1}, {2, 0, 0, 64, -1, -1}};
   std::vector<uint64_t> trace;
-  for (const auto& r : {Row(1000000, 3, 500, 2000, 8000, 400, 100), Row(1001000, 4, 700, 3000, 10000, 600, 2100),
-                        Row(1000500, 4, 300, 1000, 4000, 200, 0), Row(1000000, 5, 0, 0, 0, 0, 0)}) {
+  for (const auto& r : {Row(1000000, 3, 500, 2000, 8000, 400, 100, 6000), Row(1001000, 4, 700, 3000, 10000, 600, 2100, 9000),
+                        Row(1000500, 4, 300, 1000, 4000, 200, 0, 1000), Row(1000000, 5, 0, 0, 0, 0, 0)}) {
     trace.insert(trace.end(), r.begin(), r.end());
   }
   // Item 3: the loop's end before its first tile.
@@ -62,6 +64,11 @@ TEST(MlaDecodeTraceSummaryTest, PhasesAndTimeline) {
   EXPECT_EQ(s.tile.count, 3);
   EXPECT_DOUBLE_EQ(s.tile.median_us, 2.0);  // 8000 / 4, 10000 / 4, 4000 / 2 ns
   EXPECT_DOUBLE_EQ(s.tile.max_us, 2.5);
+  // Waits per tile after the first: 6000 / 3, 9000 / 3, 1000 / 1 ns; shares 0.75, 0.9, 0.25.
+  EXPECT_EQ(s.tile_wait.count, 3);
+  EXPECT_DOUBLE_EQ(s.tile_wait.median_us, 2.0);
+  EXPECT_DOUBLE_EQ(s.tile_wait.max_us, 3.0);
+  EXPECT_DOUBLE_EQ(s.tile_wait_share, 0.75);
   EXPECT_DOUBLE_EQ(s.epilogue.median_us, 0.4);
   EXPECT_DOUBLE_EQ(s.merge.max_us, 2.1);
   EXPECT_DOUBLE_EQ(s.merge.median_us, 0.1);
@@ -70,7 +77,7 @@ TEST(MlaDecodeTraceSummaryTest, PhasesAndTimeline) {
   EXPECT_NEAR(s.stream_gbps, 612.0 * 1152 / (1014700.0 - 1001800.0), 1e-9);
   const std::string text = MlaDecodeTraceText(s);
   EXPECT_NE(text.find("3/4 items traced on 2 SMs at 2 GHz"), std::string::npos) << text;
-  EXPECT_NE(text.find("per tile 2.000/2.500"), std::string::npos) << text;
+  EXPECT_NE(text.find("per tile 2.000/2.500 (waiting 2.000/3.000, 75% of the loop)"), std::string::npos) << text;
   const std::string json = MlaDecodeTraceJson(s);
   EXPECT_NE(json.find("\"traced\": 3"), std::string::npos) << json;
   EXPECT_NE(json.find("\"tile_us\": [2.000, 2.500]"), std::string::npos) << json;
