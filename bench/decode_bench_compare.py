@@ -31,7 +31,10 @@ With --trace: instead, the traced launch of each row (mla-bench-decode
 --trace: its "trace" object) as one table: every shape of the default run
 (OURS), and the variants at 16 heads, where the 70% target is judged. Per row:
 the attention's time (attn ms) beside the decode kernel's span, and per work
-item (median, largest) the phases that make it up, in us.
+item (median, largest) the phases that make it up, in us; then from the
+pipeline's spans (mla-bench-decode's "pipeline": one clock for its kernels)
+the merge kernel's time and the gaps before and after the decode (negative:
+overlapped, as PDL allows), where the GEMMs ran on head_gemm.cuh's kernel.
 
 Exit status 0 whatever the numbers (a benchmark, not a test); 2 when an input is
 missing or unreadable.
@@ -201,6 +204,19 @@ def print_fit(rows):
         print(f"{batch}x{heads:<5} {'graph' if graph else 'eager':<6} {span:<16} {' '.join(cols)}  {flags}")
 
 
+def pipeline_cols(p):
+    """The merge kernel's time, and the gaps from the W_UK GEMM's end to the
+    decode's start and from the decode's (or merge kernel's) end to the W_UV
+    GEMM's start, in us, from a row's "pipeline" spans ("-" where untraced)."""
+    p = p or {}
+    absorb, decode, merge, unabsorb = (p.get(k) for k in ("absorb_us", "decode_us", "merge_us", "unabsorb_us"))
+    merge_k = f"{merge[1] - merge[0]:7.1f}" if merge else f"{'-':>7}"
+    gap_in = f"{decode[0] - absorb[1]:6.1f}" if decode and absorb else f"{'-':>6}"
+    before = max(decode[1], merge[1]) if decode and merge else (decode[1] if decode else None)
+    gap_out = f"{unabsorb[0] - before:7.1f}" if unabsorb and before is not None else f"{'-':>7}"
+    return f"{merge_k} {gap_in} {gap_out}"
+
+
 def print_trace(ours, variants):
     """The traced launches: the default run's rows, then the variants' at 16
     heads, each shape's rows together (16-head shapes first)."""
@@ -208,7 +224,8 @@ def print_trace(ours, variants):
     rows += [(o, flags_of(o)) for o in variants if o["heads"] == 16]
     rows.sort(key=lambda r: (r[0]["heads"], r[0]["batch"], r[0]["context"]))
     print(f"{'BxLxH':<14} {'attn ms':>8} {'span us':>8} {'skew':>5} {'wait':>5} {'1st tile':>9} {'per tile':>11} "
-          f"{'waiting':>11} {'share':>5} {'epilogue':>9} {'merge':>5} {'tail':>5} {'GB/s':>6}  flags")
+          f"{'waiting':>11} {'share':>5} {'epilogue':>9} {'merge':>5} {'tail':>5} {'GB/s':>6} {'merge k':>7} "
+          f"{'gap in':>6} {'gap out':>7}  flags")
     for o, flags in rows:
         t = o.get("trace")
         if not t:
@@ -218,12 +235,13 @@ def print_trace(ours, variants):
             print(f"{name:<14} {o['attn_ms']:8.4f} {'no item traced':>8}  {flags}")
             continue
         def pair(k, w, p):  # median/largest; "-" where an older build's trace lacks the key
-            return (f"{t[k][0]:.{p}f}/{t[k][1]:.{p}f}" if k in t else "-").rjust(w)
-        share = f"{100 * t['tile_wait_share']:4.0f}%" if "tile_wait_share" in t else f"{'-':>5}"
-        print(f"{name:<14} {o['attn_ms']:8.4f} {t['span_us']:8.1f} {t['start_skew_us']:5.1f} {t['wait_us'][1]:5.1f} "
+            return (f"{t[k][0]:.{p}f}/{t[k][1]:.{p}f}" if t.get(k) else "-").rjust(w)
+        share = f"{100 * t['tile_wait_share']:4.0f}%" if t.get("tile_wait_share") is not None else f"{'-':>5}"
+        wait = f"{t['wait_us'][1]:5.1f}" if t.get("wait_us") else f"{'-':>5}"
+        print(f"{name:<14} {o['attn_ms']:8.4f} {t['span_us']:8.1f} {t['start_skew_us']:5.1f} {wait} "
               f"{pair('first_tile_us', 9, 1)} {pair('tile_us', 11, 2)} {pair('tile_wait_us', 11, 2)} "
               f"{share} {pair('epilogue_us', 9, 1)} {t['merge_us'][1]:5.1f} "
-              f"{t['end_skew_us']:5.1f} {t['stream_gbps']:6.0f}  {flags}")
+              f"{t['end_skew_us']:5.1f} {t['stream_gbps']:6.0f} {pipeline_cols(o.get('pipeline'))}  {flags}")
 
 
 def main():

@@ -35,7 +35,10 @@
 // exit), summed up per shape (bench/mla_decode_trace_summary.h) in the JSON
 // line ("trace") and a line after the table: where the attention's time goes
 // (start skew, PDL wait, first-tile latency, time per tile, epilogue, merge,
-// tail), which the timings alone cannot tell apart.
+// tail), which the timings alone cannot tell apart. A second line
+// ("pipeline", and in the JSON) puts the kernels on one clock: the decode's,
+// the merge kernel's and (with --gemm head) the two GEMMs' spans, so the gaps
+// and overlaps between them show.
 //
 // The twelve flags before --trace try variants of the kernel and its work partition in one GPU
 // call (tests/gpu/run.sh runs a few after the main table): the head-group
@@ -248,6 +251,7 @@ struct Row {
   int items = 0, merges = 0, heads_per_block = 0;
   bool traced = false;  // --trace: the summary below
   mla::bench::MlaDecodeTraceSummary trace;
+  mla::bench::MlaDecodePipelineSpans pipeline;
 };
 
 Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
@@ -332,8 +336,10 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
   // Where the kernels below are issued: the legacy stream, except while the
   // pipeline is captured into a graph (--graph).
   cudaStream_t stream = nullptr;
+  // --trace: the two head_gemm.cuh GEMMs' spans, [absorb start, end, unabsorb start, end].
+  uint64_t* gemm_spans = nullptr;
   // The same two GEMMs on head_gemm.cuh's kernel (--gemm head).
-  auto head_gemm = [&](const bf16* x, int k, const bf16* w, bool k_by_n, bf16* y, int n) {
+  auto head_gemm = [&](const bf16* x, int k, const bf16* w, bool k_by_n, bf16* y, int n, uint64_t* span) {
     mla::cuda::HeadGemmParams g;
     g.x = x;
     g.x_ld = static_cast<int64_t>(H) * k;
@@ -350,6 +356,7 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
     g.k = k;
     g.heads = H;
     g.pdl = opt.pdl;
+    g.span = span;
     CHECK_CUDA(mla::cuda::LaunchHeadGemm(g, stream));
   };
   // q_lat[b, h, :] = q_nope[b, h, :] W_UK[h]   (column-major: 512 x B per head)
@@ -367,14 +374,14 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
   };
   auto absorb = [&] {
     if (opt.head_gemm) {
-      head_gemm(q_nope, kNope, w_uk, true, q_lat, kLatent);
+      head_gemm(q_nope, kNope, w_uk, true, q_lat, kLatent, gemm_spans);
     } else {
       absorb_cublas(q_lat);
     }
   };
   auto unabsorb = [&](const bf16* o) {
     if (opt.head_gemm) {
-      head_gemm(o, kLatent, w_uv, false, out, kV);
+      head_gemm(o, kLatent, w_uv, false, out, kV, gemm_spans != nullptr ? gemm_spans + 2 : nullptr);
     } else {
       unabsorb_cublas(o, out);
     }
@@ -475,22 +482,33 @@ Row RunShape(const Shape& s, cublasHandle_t blas, const Options& opt) {
 
   // --trace: the pipeline once more, eager, its decode kernels stamping each
   // work item's timeline (the rows start zero: a kernel that does not trace
-  // leaves them so, and the summary says none was traced).
+  // leaves them so, and the summary says none was traced), the merge kernel
+  // and head_gemm.cuh's GEMMs their spans (from {UINT64_MAX, 0}).
   if (opt.trace) {
-    const size_t words = plan.items.size() * mla::cuda::kMlaDecodeTraceWords;
-    uint64_t* trace = DeviceAlloc<uint64_t>(words);
-    CHECK_CUDA(cudaMemset(trace, 0, words * sizeof(uint64_t)));
+    constexpr int kWords = mla::cuda::kMlaDecodeTraceWords;
+    const size_t words = (plan.items.size() + 1) * kWords;
+    std::vector<uint64_t> rows(words, 0);
+    rows[plan.items.size() * kWords + mla::cuda::kTraceStartNs] = UINT64_MAX;  // the merge kernel's span
+    uint64_t* trace = Upload(rows);
+    gemm_spans = Upload(std::vector<uint64_t>{UINT64_MAX, 0, UINT64_MAX, 0});
     MlaDecodeParams traced = p;
     traced.trace = trace;
     absorb();
     attend(traced);
     unabsorb(o_lat);
     CHECK_CUDA(cudaDeviceSynchronize());
-    std::vector<uint64_t> rows(words);
+    std::vector<uint64_t> spans(4);
     CHECK_CUDA(cudaMemcpy(rows.data(), trace, words * sizeof(uint64_t), cudaMemcpyDeviceToHost));
+    CHECK_CUDA(cudaMemcpy(spans.data(), gemm_spans, spans.size() * sizeof(uint64_t), cudaMemcpyDeviceToHost));
     CHECK_CUDA(cudaFree(trace));
+    CHECK_CUDA(cudaFree(gemm_spans));
+    gemm_spans = nullptr;
     row.traced = true;
     row.trace = mla::bench::SummarizeMlaDecodeTrace(rows, plan.items, lat);
+    row.pipeline.absorb = {spans[0], spans[1]};
+    row.pipeline.decode = mla::bench::MlaDecodeSpan(rows, plan.items);
+    row.pipeline.merge = mla::bench::MlaDecodeMergeSpan(rows, plan.items);
+    row.pipeline.unabsorb = {spans[2], spans[3]};
   }
 
   for (void* ptr : std::initializer_list<void*>{cache, w_uk, w_uv, q_nope, q_pe, q_lat, o_lat, o_ref, out, tables,
@@ -624,7 +642,7 @@ int main(int argc, char** argv) {
         "\"items\": %d, \"merges\": %d, \"plan_us\": %.1f, \"max_abs_vs_simple\": %.3g, \"rel_l2_vs_simple\": %.3g, "
         "\"heads_per_block\": %d, \"plan_sms\": %d, \"query\": \"%s\", \"copy\": \"%s\", \"gemm\": \"%s\", "
         "\"gemm_rel_l2_vs_cublas\": %.3g, \"pdl\": %s, \"prefetch_l2\": %s, \"mma16\": \"%s\", \"issue_ahead\": %s, "
-        "\"graph\": %s, \"merge\": \"%s\", \"trace\": %s}\n",
+        "\"graph\": %s, \"merge\": \"%s\", \"trace\": %s, \"pipeline\": %s}\n",
         s.batch, s.context, s.heads, r.ms, bytes / r.ms / 1e6, flops / r.ms / 1e9, copy_gbps, r.queued_ms, r.attn_ms,
         bytes / r.attn_ms / 1e6, r.gemm_ms, r.simple_ms, r.items, r.merges, r.plan_us, r.max_abs, r.rel_l2,
         r.heads_per_block, opt.plan_sms, opt.query == MlaDecodeQuery::kShared ? "shared" : "registers",
@@ -632,7 +650,8 @@ int main(int argc, char** argv) {
         r.gemm_rel_l2, opt.pdl ? "true" : "false", opt.prefetch_l2 ? "true" : "false", Mma16Name(opt.mma),
         opt.issue_ahead ? "true" : "false", opt.graph ? "true" : "false",
         opt.merge_in_block ? "last-block" : "kernel",
-        r.traced ? mla::bench::MlaDecodeTraceJson(r.trace).c_str() : "null");
+        r.traced ? mla::bench::MlaDecodeTraceJson(r.trace).c_str() : "null",
+        r.traced ? mla::bench::MlaDecodePipelineJson(r.pipeline).c_str() : "null");
     std::fflush(stdout);
     rows.push_back(r);
   }
@@ -686,6 +705,8 @@ int main(int argc, char** argv) {
     if (!r.traced) continue;
     std::printf("trace %dx%dx%d: %s\n", r.shape.batch, r.shape.context, r.shape.heads,
                 mla::bench::MlaDecodeTraceText(r.trace).c_str());
+    std::printf("pipeline %dx%dx%d: %s\n", r.shape.batch, r.shape.context, r.shape.heads,
+                mla::bench::MlaDecodePipelineText(r.pipeline).c_str());
   }
   return status;
 }

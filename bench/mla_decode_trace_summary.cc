@@ -110,6 +110,11 @@ MlaDecodeTraceSummary SummarizeMlaDecodeTrace(std::span<const uint64_t> trace,
 
 std::string MlaDecodeTraceText(const MlaDecodeTraceSummary& s) {
   char buf[640];
+  char waiting[96] = "no item of two tiles: no waits";
+  if (s.tile_wait.count > 0) {
+    std::snprintf(waiting, sizeof(waiting), "waiting %.3f/%.3f, %.0f%% of the loop", s.tile_wait.median_us,
+                  s.tile_wait.max_us, 100.0 * s.tile_wait_share);
+  }
   if (s.traced == 0) {
     std::snprintf(buf, sizeof(buf), "0/%d items traced (a kernel that does not trace, or rows out of order)",
                   s.items);
@@ -117,32 +122,114 @@ std::string MlaDecodeTraceText(const MlaDecodeTraceSummary& s) {
   }
   std::snprintf(buf, sizeof(buf),
                 "%d/%d items traced on %d SMs at %.3g GHz; us, median/max: start skew %.2f, wait %.2f/%.2f, first "
-                "tile %.2f/%.2f, per tile %.3f/%.3f (waiting %.3f/%.3f, %.0f%% of the loop), epilogue %.2f/%.2f, "
+                "tile %.2f/%.2f, per tile %.3f/%.3f (%s), epilogue %.2f/%.2f, "
                 "merge %.2f/%.2f, end skew %.2f, span %.1f; streaming %.0f GB/s",
                 s.traced, s.items, s.sms, s.clock_ghz, s.start_skew_us, s.wait.median_us, s.wait.max_us,
-                s.first_tile.median_us, s.first_tile.max_us, s.tile.median_us, s.tile.max_us, s.tile_wait.median_us,
-                s.tile_wait.max_us, 100.0 * s.tile_wait_share, s.epilogue.median_us,
+                s.first_tile.median_us, s.first_tile.max_us, s.tile.median_us, s.tile.max_us, waiting, s.epilogue.median_us,
                 s.epilogue.max_us, s.merge.median_us, s.merge.max_us, s.end_skew_us, s.span_us, s.stream_gbps);
   return buf;
 }
 
 std::string MlaDecodeTraceJson(const MlaDecodeTraceSummary& s) {
   char buf[800];
-  auto pair = [](const MlaDecodeTracePhase& p) {
+  auto pair = [](const MlaDecodeTracePhase& p) {  // null where no item has the phase
     char b[64];
     std::snprintf(b, sizeof(b), "[%.3f, %.3f]", p.median_us, p.max_us);
-    return std::string(b);
+    return p.count > 0 ? std::string(b) : std::string("null");
   };
+  char share[32] = "null";
+  if (s.tile_wait.count > 0) std::snprintf(share, sizeof(share), "%.3f", s.tile_wait_share);
   std::snprintf(buf, sizeof(buf),
                 "{\"items\": %d, \"traced\": %d, \"sms\": %d, \"clock_ghz\": %.4f, \"start_skew_us\": %.3f, "
                 "\"span_us\": %.3f, \"end_skew_us\": %.3f, \"wait_us\": %s, \"first_tile_us\": %s, \"tile_us\": %s, "
-                "\"tile_wait_us\": %s, \"tile_wait_share\": %.3f, \"epilogue_us\": %s, \"merge_us\": %s, "
+                "\"tile_wait_us\": %s, \"tile_wait_share\": %s, \"epilogue_us\": %s, \"merge_us\": %s, "
                 "\"stream_gbps\": %.1f}",
                 s.items, s.traced, s.sms, s.clock_ghz, s.start_skew_us, s.span_us, s.end_skew_us,
                 pair(s.wait).c_str(), pair(s.first_tile).c_str(), pair(s.tile).c_str(), pair(s.tile_wait).c_str(),
-                s.tile_wait_share, pair(s.epilogue).c_str(),
+                share, pair(s.epilogue).c_str(),
                 pair(s.merge).c_str(), s.stream_gbps);
   return buf;
+}
+
+KernelSpan MlaDecodeSpan(std::span<const uint64_t> trace, std::span<const cuda::MlaDecodeWorkItem> items) {
+  KernelSpan k;
+  if (trace.size() < items.size() * kMlaDecodeTraceWords) return k;
+  uint64_t start = UINT64_MAX, end = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const uint64_t* r = &trace[i * kMlaDecodeTraceWords];
+    if (r[cuda::kTraceStartNs] == 0 || r[cuda::kTraceEndNs] < r[cuda::kTraceStartNs]) continue;
+    start = std::min(start, r[cuda::kTraceStartNs]);
+    end = std::max(end, r[cuda::kTraceEndNs]);
+  }
+  if (end != 0) k = {start, end};
+  return k;
+}
+
+KernelSpan MlaDecodeMergeSpan(std::span<const uint64_t> trace, std::span<const cuda::MlaDecodeWorkItem> items) {
+  if (trace.size() < (items.size() + 1) * kMlaDecodeTraceWords) return {};
+  const uint64_t* r = &trace[items.size() * kMlaDecodeTraceWords];
+  return {r[cuda::kTraceStartNs], r[cuda::kTraceEndNs]};
+}
+
+namespace {
+
+struct NamedSpan {
+  const char* name;
+  const KernelSpan* span;
+};
+
+std::vector<NamedSpan> Named(const MlaDecodePipelineSpans& p) {
+  return {{"W_UK GEMM", &p.absorb}, {"decode", &p.decode}, {"merge kernel", &p.merge}, {"W_UV GEMM", &p.unabsorb}};
+}
+
+uint64_t Origin(const MlaDecodePipelineSpans& p) {
+  uint64_t origin = UINT64_MAX;
+  for (const NamedSpan& n : Named(p)) {
+    if (n.span->traced()) origin = std::min(origin, n.span->start_ns);
+  }
+  return origin;
+}
+
+}  // namespace
+
+std::string MlaDecodePipelineText(const MlaDecodePipelineSpans& p) {
+  const uint64_t origin = Origin(p);
+  if (origin == UINT64_MAX) return "no kernel traced";
+  std::string text = "us from the first start:";
+  uint64_t last = 0;
+  for (const NamedSpan& n : Named(p)) {
+    char b[96];
+    if (n.span->traced()) {
+      std::snprintf(b, sizeof(b), " %s %.1f-%.1f,", n.name, (n.span->start_ns - origin) / 1e3,
+                    (n.span->end_ns - origin) / 1e3);
+      last = std::max(last, n.span->end_ns);
+    } else {
+      std::snprintf(b, sizeof(b), " %s -,", n.name);
+    }
+    text += b;
+  }
+  char b[64];
+  std::snprintf(b, sizeof(b), " span %.1f", (last - origin) / 1e3);
+  return text + b + " (-: not run, or cuBLAS's)";
+}
+
+std::string MlaDecodePipelineJson(const MlaDecodePipelineSpans& p) {
+  const uint64_t origin = Origin(p);
+  std::string json = "{";
+  const char* keys[] = {"absorb_us", "decode_us", "merge_us", "unabsorb_us"};
+  int i = 0;
+  for (const NamedSpan& n : Named(p)) {
+    char b[96];
+    if (n.span->traced() && origin != UINT64_MAX) {
+      std::snprintf(b, sizeof(b), "%s\"%s\": [%.3f, %.3f]", i ? ", " : "", keys[i], (n.span->start_ns - origin) / 1e3,
+                    (n.span->end_ns - origin) / 1e3);
+    } else {
+      std::snprintf(b, sizeof(b), "%s\"%s\": null", i ? ", " : "", keys[i]);
+    }
+    json += b;
+    ++i;
+  }
+  return json + "}";
 }
 
 }  // namespace mla::bench

@@ -50,4 +50,27 @@ MlaDecodeTraceSummary SummarizeMlaDecodeTrace(std::span<const uint64_t> trace,
 std::string MlaDecodeTraceText(const MlaDecodeTraceSummary& s);
 std::string MlaDecodeTraceJson(const MlaDecodeTraceSummary& s);
 
+// A kernel of the traced pipeline on the GPU's one clock (%globaltimer, ns):
+// its earliest block start and latest block end (kernel_span.cuh), end 0
+// where it did not run or was not traced (cuBLAS's GEMMs).
+struct KernelSpan {
+  uint64_t start_ns = 0, end_ns = 0;
+  bool traced() const { return end_ns != 0 && end_ns >= start_ns; }
+};
+struct MlaDecodePipelineSpans {
+  KernelSpan absorb, decode, merge, unabsorb;  // W_UK GEMM, decode, merge kernel, W_UV GEMM
+};
+
+// The decode kernel's span from its traced rows, and the merge kernel's from
+// the row after them (trace: items.size() + 1 rows).
+KernelSpan MlaDecodeSpan(std::span<const uint64_t> trace, std::span<const cuda::MlaDecodeWorkItem> items);
+KernelSpan MlaDecodeMergeSpan(std::span<const uint64_t> trace, std::span<const cuda::MlaDecodeWorkItem> items);
+
+// Each kernel's span in us from the earliest traced start ("W_UK GEMM
+// 0.0-4.1, decode 3.0-84.2, ..."), as a line and as a JSON object (null
+// spans where not traced): the gaps and overlaps between the kernels, which
+// the pipeline's fixed cost is made of.
+std::string MlaDecodePipelineText(const MlaDecodePipelineSpans& p);
+std::string MlaDecodePipelineJson(const MlaDecodePipelineSpans& p);
+
 }  // namespace mla::bench

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/kernel_span.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/warp_mma.cuh"
 
@@ -102,6 +103,7 @@ __global__ void __launch_bounds__(kThreads) HeadGemmKernel(HeadGemmParams p) {
   // scheduled now, and request W (weights: never written by the kernels
   // ahead, see HeadGemmParams.pdl) while the kernel ahead finishes; x only
   // once the kernel that wrote it has ended.
+  detail::SpanStart(p.span);
   detail::GridDependentsLaunch();
   const int first_stages = whole ? stages : 1;
   for (int s = 0; s < first_stages; ++s) load_w(s * kBk, s);
@@ -155,6 +157,7 @@ __global__ void __launch_bounds__(kThreads) HeadGemmKernel(HeadGemmParams p) {
       }
     }
   }
+  detail::SpanEnd(p.span);
 }
 
 using detail::kMaxDevices;

@@ -40,6 +40,10 @@ struct HeadGemmParams {
   // its tiles of w before waiting for it (x after). So with pdl, w must not be
   // written by the kernels ahead of this one in the stream (model weights).
   bool pdl = false;
+  // The launch's span (kernel_span.cuh: {earliest block start, latest block
+  // end} in %globaltimer ns, set to {UINT64_MAX, 0} by the caller), for
+  // mla-bench-decode --trace; null (the default): none.
+  uint64_t* span = nullptr;
 };
 
 // Whether LaunchHeadGemm takes these operands: n and k multiples of 8, every

@@ -96,9 +96,9 @@ struct MlaDecodeParams {
   bool issue_ahead : 1 = false;
   float* partial_out = nullptr;  // [partials, heads_per_block, kv_lora]
   float* partial_lse = nullptr;  // [partials, heads_per_block], base 2
-  // Each work item's timeline, [num_work_items, kMlaDecodeTraceWords]
-  // (mla_decode_trace.h), stamped by the tensor-core kernels; null (the
-  // default, every timed launch): none.
+  // Each work item's timeline, [num_work_items + 1, kMlaDecodeTraceWords]
+  // (mla_decode_trace.h: the last row the merge kernel's span), stamped by
+  // the tensor-core kernels; null (the default, every timed launch): none.
   uint64_t* trace = nullptr;
 };
 

@@ -9,6 +9,7 @@
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/mla_decode_merge.cuh"
 #include "kernels/cuda/mla_decode_prefetch.cuh"
+#include "kernels/cuda/kernel_span.cuh"
 #include "kernels/cuda/mla_decode_trace.cuh"
 #include "kernels/cuda/mla_decode_wgmma.cuh"
 #include "kernels/cuda/mla_decode_wgmma16.cuh"
@@ -632,13 +633,17 @@ constexpr int kMergeThreads = 128;
 constexpr int kMergeRows = kMergeThreads / 32;  // head rows per block: a warp each
 
 // Head rows [kMergeRows y, + kMergeRows) of split x (mla_decode_merge.cuh).
+// With p.trace, the kernel's span in the row after the items' (mla_decode_trace.h).
 __global__ void __launch_bounds__(kMergeThreads) MlaDecodeMergeKernel(MlaDecodeParams p) {
+  uint64_t* span = p.trace != nullptr ? p.trace + static_cast<int64_t>(p.num_work_items) * kMlaDecodeTraceWords : nullptr;
+  SpanStart(span);
   GridDependentsLaunch();  // as in MlaDecodeMmaKernel
   GridDependencyWait();
   const MlaDecodeMergeItem m = p.merge_items[blockIdx.x];
   const int row = blockIdx.y * kMergeRows + threadIdx.x / 32;
-  if (row >= p.heads_per_block || m.head_begin + row >= p.num_heads) return;  // uniform over the warp
-  MergeHeadRowByWarp(p, m, row, threadIdx.x % 32);
+  // No early return for rows past the heads: thread 0 stamps the span's end.
+  if (row < p.heads_per_block && m.head_begin + row < p.num_heads) MergeHeadRowByWarp(p, m, row, threadIdx.x % 32);
+  SpanEnd(span);
 }
 
 template <int MT, bool kQRegs, bool kBulk>

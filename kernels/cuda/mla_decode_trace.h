@@ -15,6 +15,10 @@ namespace mla::cuda {
 // %globaltimer (ns, one clock for every SM); *Clk words are clock64 (the SM's
 // cycles: finer, but per SM; a row's two ends in both clocks give its rate).
 // A kernel that does not trace (the simple one) leaves the rows as they were.
+// One more row, after the items' (so [num_work_items + 1] rows in all): the
+// merge kernel's span where it runs (kernel_span.cuh: word kTraceStartNs its
+// earliest block start, kTraceEndNs its latest block end; the caller sets
+// them to UINT64_MAX and 0 first).
 enum MlaDecodeTraceWord : int {
   kTraceStartNs,       // at entry
   kTraceEndNs,         // at exit

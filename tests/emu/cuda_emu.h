@@ -208,6 +208,19 @@ T atomicAdd(T* address, T value) {
   return old;
 }
 
+template <typename T>
+T atomicMin(T* address, T value) {
+  const T old = *address;
+  *address = std::min(old, value);
+  return old;
+}
+template <typename T>
+T atomicMax(T* address, T value) {
+  const T old = *address;
+  *address = std::max(old, value);
+  return old;
+}
+
 // Blocks run one after another on one thread: every store is visible to
 // every later load, so the fence orders nothing more and a load through L2 is
 // a plain load.

@@ -3,7 +3,8 @@
 // and strides the CUDA model and the decode benchmark use (W_UK read out of
 // kv_b as [k, n], W_UV as [n, k]; x rows interleaved with other heads and the
 // rope part) and at ragged ones (rows past a tile, n past a 64-column tile).
-// Every output outside the product is NaN before and must stay NaN.
+// Every output outside the product is NaN before and must stay NaN; with its
+// span recorded (--trace) the same bits again.
 // Tolerance: BF16 output (2^-9 relative) of FP32 sums: rtol 1e-2, atol 1e-3
 // (sums of up to 512 terms of magnitude about 1/sqrt(k)).
 #include <cuda_runtime.h>
@@ -100,6 +101,23 @@ TEST_P(HeadGemmGpuTest, MatchesCpu) {
     }
   }
   EXPECT_TRUE(gpu_test::AllClose(got_in, want_in, 1e-2, 1e-3));
+
+  // Again with its span recorded (HeadGemmParams.span, for the benchmark's
+  // --trace): the same bits, and a span from the first block's start to the
+  // last one's end.
+  DeviceBuffer<uint64_t> d_span(std::vector<uint64_t>{UINT64_MAX, 0});
+  p.span = d_span.get();
+  MLA_ASSERT_CUDA(d_out.Poison());
+  MLA_ASSERT_CUDA(cuda::LaunchHeadGemm(p, nullptr));
+  std::vector<uint16_t> spanned_bits;
+  MLA_ASSERT_CUDA(d_out.Download(spanned_bits));
+  EXPECT_EQ(spanned_bits, got_bits);
+  std::vector<uint64_t> span;
+  MLA_ASSERT_CUDA(d_span.Download(span));
+  if (c.rows > 0) {
+    EXPECT_NE(span[0], UINT64_MAX);
+    EXPECT_LE(span[0], span[1]);
+  }
 }
 
 TEST(HeadGemmTest, TakesOnlyWholePieces) {

@@ -3,12 +3,14 @@
 // 32 heads per block, cp.async or bulk copies; wgmma at 16 heads, cp.async
 // two ahead or TMA; wgmma at 64, cp.async or TMA), traced, writes the bits it
 // writes untraced, and stamps each work item's row: every stamp there, in
-// order (one SM's clock); merged in the last block too. The simple
-// kernel leaves the rows alone. bench/mla_decode_trace_summary.h then reads
+// order (one SM's clock); merged in the last block too; and the merge
+// kernel's span in the row after them, after the decode's. The simple kernel
+// leaves the rows alone. bench/mla_decode_trace_summary.h then reads
 // every item as traced. (Timings are not checked: this is not a timed test.)
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -86,11 +88,21 @@ TEST(MlaDecodeTraceGpuTest, EveryKernelStampsEveryItemInOrder) {
                             {"wgmma16, TMA", 16, Mma::kWarpgroup, Copy::kBulk},
                             {"wgmma64", 64},
                             {"wgmma64, TMA", 64, Mma::kAuto, Copy::kBulk}};
+  // Plans for 8 SMs (the long sequence split: merges, by the kernel or the
+  // last block) and for 1 (whole sequences: items of several tiles, whose
+  // waits at the loop's top are summed).
+  struct Plan {
+    int sms;
+    bool merge_in_block;
+  };
   for (const Kernel& k : kernels) {
-    for (const bool merge_in_block : {false, true}) {
-      SCOPED_TRACE(std::string(k.name) + (merge_in_block ? ", merged in the last block" : ""));
-      const cuda::MlaDecodePlan plan = cuda::PlanMlaDecode(kv_lens, kHeads, 8, k.heads_per_block);
-      ASSERT_GT(plan.merges.size(), 0u) << "the 8-SM plan splits the long sequence";
+    for (const auto& [sms, merge_in_block] : {Plan{8, false}, Plan{8, true}, Plan{1, false}}) {
+      SCOPED_TRACE(std::string(k.name) + ", plan for " + std::to_string(sms) + " SMs" +
+                   (merge_in_block ? ", merged in the last block" : ""));
+      const cuda::MlaDecodePlan plan = cuda::PlanMlaDecode(kv_lens, kHeads, sms, k.heads_per_block);
+      if (sms == 8) {
+        ASSERT_GT(plan.merges.size(), 0u) << "the 8-SM plan splits the long sequence";
+      }
       DeviceBuffer<cuda::MlaDecodeWorkItem> d_items(plan.items);
       DeviceBuffer<cuda::MlaDecodeMergeItem> d_merges(plan.merges);
       const size_t slots = static_cast<size_t>(plan.num_partials) + 1;
@@ -114,8 +126,11 @@ TEST(MlaDecodeTraceGpuTest, EveryKernelStampsEveryItemInOrder) {
       std::vector<uint16_t> untraced;
       MLA_ASSERT_CUDA(d_out.Download(untraced));
 
-      const size_t words = plan.items.size() * cuda::kMlaDecodeTraceWords;
-      DeviceBuffer<uint64_t> d_trace(std::vector<uint64_t>(words, 0));
+      // The items' rows, zero; then the merge kernel's span row, {UINT64_MAX, 0}.
+      const size_t words = (plan.items.size() + 1) * cuda::kMlaDecodeTraceWords;
+      std::vector<uint64_t> fresh(words, 0);
+      fresh[plan.items.size() * cuda::kMlaDecodeTraceWords + cuda::kTraceStartNs] = UINT64_MAX;
+      DeviceBuffer<uint64_t> d_trace(fresh);
       p.trace = d_trace.get();
       MLA_ASSERT_CUDA(d_out.Poison());
       MLA_ASSERT_CUDA(cuda::LaunchMlaDecode(p, nullptr));
@@ -148,6 +163,27 @@ TEST(MlaDecodeTraceGpuTest, EveryKernelStampsEveryItemInOrder) {
       const bench::MlaDecodeTraceSummary s = bench::SummarizeMlaDecodeTrace(rows, plan.items, kLatent);
       EXPECT_EQ(s.traced, static_cast<int>(plan.items.size())) << bench::MlaDecodeTraceText(s);
       EXPECT_EQ(s.tile.count, static_cast<int>(plan.items.size()));
+      if (sms == 1) {
+        EXPECT_GT(s.tile_wait.count, 0) << "no item of two tiles or more";
+      }
+      // The merge kernel's span: after every item's (it waits for the decode
+      // grid), where it ran; untouched where the last blocks merged or
+      // nothing was split.
+      {
+        using namespace cuda;
+        const uint64_t* span = &rows[plan.items.size() * kMlaDecodeTraceWords];
+        if (merge_in_block || plan.merges.empty()) {
+          EXPECT_EQ(span[kTraceStartNs], UINT64_MAX);
+          EXPECT_EQ(span[kTraceEndNs], 0u);
+        } else {
+          uint64_t decode_end = 0;
+          for (size_t i = 0; i < plan.items.size(); ++i) {
+            decode_end = std::max(decode_end, rows[i * kMlaDecodeTraceWords + kTraceEndNs]);
+          }
+          EXPECT_LE(decode_end, span[kTraceStartNs]);
+          EXPECT_LE(span[kTraceStartNs], span[kTraceEndNs]);
+        }
+      }
       if (merge_in_block) {
         std::vector<int32_t> counts;
         MLA_ASSERT_CUDA(d_counters.Download(counts));

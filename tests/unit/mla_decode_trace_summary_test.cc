@@ -93,5 +93,38 @@ TEST(MlaDecodeTraceSummaryTest, UntracedRowsSayNone) {
   EXPECT_EQ(SummarizeMlaDecodeTrace(std::span<const uint64_t>(zeros).first(3), items, 576).traced, 0);
 }
 
+// The pipeline's kernels on one clock: the decode's span from its rows, the
+// merge kernel's from the row after them; untraced spans as "-" and null.
+TEST(MlaDecodeTraceSummaryTest, PipelineSpans) {
+  using namespace cuda;
+  const std::vector<MlaDecodeWorkItem> items = {{0, 0, 0, 64, 0, 0}, {0, 0, 64, 128, 1, 0}};
+  std::vector<uint64_t> trace((items.size() + 1) * kMlaDecodeTraceWords, 0);
+  trace[kTraceStartNs] = 5000;
+  trace[kTraceEndNs] = 9000;
+  trace[kMlaDecodeTraceWords + kTraceStartNs] = 4500;
+  trace[kMlaDecodeTraceWords + kTraceEndNs] = 9500;
+  trace[2 * kMlaDecodeTraceWords + kTraceStartNs] = 10000;  // the merge kernel
+  trace[2 * kMlaDecodeTraceWords + kTraceEndNs] = 11000;
+  MlaDecodePipelineSpans p;
+  p.absorb = {1000, 4000};
+  p.decode = MlaDecodeSpan(trace, items);
+  p.merge = MlaDecodeMergeSpan(trace, items);
+  EXPECT_EQ(p.decode.start_ns, 4500u);
+  EXPECT_EQ(p.decode.end_ns, 9500u);
+  EXPECT_EQ(p.merge.start_ns, 10000u);
+  EXPECT_FALSE(p.unabsorb.traced());
+  EXPECT_EQ(MlaDecodePipelineText(p),
+            "us from the first start: W_UK GEMM 0.0-3.0, decode 3.5-8.5, merge kernel 9.0-10.0, W_UV GEMM -, span "
+            "10.0 (-: not run, or cuBLAS's)");
+  EXPECT_EQ(MlaDecodePipelineJson(p),
+            "{\"absorb_us\": [0.000, 3.000], \"decode_us\": [3.500, 8.500], \"merge_us\": [9.000, 10.000], "
+            "\"unabsorb_us\": null}");
+  // A merge row left as the caller set it ({UINT64_MAX, 0}: the last blocks merged): not traced.
+  trace[2 * kMlaDecodeTraceWords + kTraceStartNs] = UINT64_MAX;
+  trace[2 * kMlaDecodeTraceWords + kTraceEndNs] = 0;
+  EXPECT_FALSE(MlaDecodeMergeSpan(trace, items).traced());
+  EXPECT_EQ(MlaDecodePipelineText(MlaDecodePipelineSpans{}), "no kernel traced");
+}
+
 }  // namespace
 }  // namespace mla::bench
