@@ -6,10 +6,10 @@
 #include <cstdint>
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/kernel_span.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/mla_decode_merge.cuh"
 #include "kernels/cuda/mla_decode_prefetch.cuh"
-#include "kernels/cuda/kernel_span.cuh"
 #include "kernels/cuda/mla_decode_trace.cuh"
 #include "kernels/cuda/mla_decode_wgmma.cuh"
 #include "kernels/cuda/mla_decode_wgmma16.cuh"
