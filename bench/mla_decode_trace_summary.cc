@@ -1,6 +1,7 @@
 #include "bench/mla_decode_trace_summary.h"
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <set>
 #include <vector>
@@ -110,15 +111,15 @@ MlaDecodeTraceSummary SummarizeMlaDecodeTrace(std::span<const uint64_t> trace,
 
 std::string MlaDecodeTraceText(const MlaDecodeTraceSummary& s) {
   char buf[640];
-  char waiting[96] = "no item of two tiles: no waits";
-  if (s.tile_wait.count > 0) {
-    std::snprintf(waiting, sizeof(waiting), "waiting %.3f/%.3f, %.0f%% of the loop", s.tile_wait.median_us,
-                  s.tile_wait.max_us, 100.0 * s.tile_wait_share);
-  }
   if (s.traced == 0) {
     std::snprintf(buf, sizeof(buf), "0/%d items traced (a kernel that does not trace, or rows out of order)",
                   s.items);
     return buf;
+  }
+  char waiting[96] = "no item of two tiles: no waits";
+  if (s.tile_wait.count > 0) {
+    std::snprintf(waiting, sizeof(waiting), "waiting %.3f/%.3f, %.0f%% of the loop", s.tile_wait.median_us,
+                  s.tile_wait.max_us, 100.0 * s.tile_wait_share);
   }
   std::snprintf(buf, sizeof(buf),
                 "%d/%d items traced on %d SMs at %.3g GHz; us, median/max: start skew %.2f, wait %.2f/%.2f, first "
@@ -174,12 +175,16 @@ KernelSpan MlaDecodeMergeSpan(std::span<const uint64_t> trace, std::span<const c
 namespace {
 
 struct NamedSpan {
-  const char* name;
+  const char* name;  // in the text line
+  const char* key;   // in the JSON object
   const KernelSpan* span;
 };
 
-std::vector<NamedSpan> Named(const MlaDecodePipelineSpans& p) {
-  return {{"W_UK GEMM", &p.absorb}, {"decode", &p.decode}, {"merge kernel", &p.merge}, {"W_UV GEMM", &p.unabsorb}};
+std::array<NamedSpan, 4> Named(const MlaDecodePipelineSpans& p) {
+  return {{{"W_UK GEMM", "absorb_us", &p.absorb},
+           {"decode", "decode_us", &p.decode},
+           {"merge kernel", "merge_us", &p.merge},
+           {"W_UV GEMM", "unabsorb_us", &p.unabsorb}}};
 }
 
 uint64_t Origin(const MlaDecodePipelineSpans& p) {
@@ -215,19 +220,17 @@ std::string MlaDecodePipelineText(const MlaDecodePipelineSpans& p) {
 
 std::string MlaDecodePipelineJson(const MlaDecodePipelineSpans& p) {
   const uint64_t origin = Origin(p);
-  std::string json = "{";
-  const char* keys[] = {"absorb_us", "decode_us", "merge_us", "unabsorb_us"};
-  int i = 0;
+  std::string json;
   for (const NamedSpan& n : Named(p)) {
     char b[96];
+    const char* sep = json.empty() ? "{" : ", ";
     if (n.span->traced() && origin != UINT64_MAX) {
-      std::snprintf(b, sizeof(b), "%s\"%s\": [%.3f, %.3f]", i ? ", " : "", keys[i], (n.span->start_ns - origin) / 1e3,
+      std::snprintf(b, sizeof(b), "%s\"%s\": [%.3f, %.3f]", sep, n.key, (n.span->start_ns - origin) / 1e3,
                     (n.span->end_ns - origin) / 1e3);
     } else {
-      std::snprintf(b, sizeof(b), "%s\"%s\": null", i ? ", " : "", keys[i]);
+      std::snprintf(b, sizeof(b), "%s\"%s\": null", sep, n.key);
     }
     json += b;
-    ++i;
   }
   return json + "}";
 }

@@ -283,11 +283,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
     CpAsyncWait<0>();
     // Tile t0 (and Q) are in; every warp is done with the other stage, p_s and red.
     __syncthreads();
-    if (tile == 0) {
-      TraceStamp(p, kTraceFirstTileClk);
-    } else {
-      tile_wait += TraceWaited(p, wait_from);
-    }
+    TraceTileIn(p, tile == 0, wait_from, &tile_wait);
     if (t0 + kTile < item.kv_end) load_tile(t0 + kTile, stage ^ 1);
     CpAsyncCommit();
     if (prefetcher) PrefetchPositionsL2(p, table, latent, t0 + 2 * kTile, min(t0 + 3 * kTile, item.kv_end));
@@ -573,8 +569,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeMmaKernel(MlaDecodeParam
       }
     }
   }
-  TraceStamp(p, kTraceLoopEndClk);
-  TraceSet(p, kTraceTileWaitClk, tile_wait);
+  TraceLoopEnd(p, tile_wait);
   CpAsyncWait<0>();  // an empty item still has Q in flight
 
   // Softmax sums over the groups (the warps that kept each group's scores hold them).

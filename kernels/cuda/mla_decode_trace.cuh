@@ -33,18 +33,31 @@ __device__ __forceinline__ void TraceStamp(const MlaDecodeParams& p, MlaDecodeTr
   p.trace[static_cast<int64_t>(blockIdx.x) * kMlaDecodeTraceWords + word] = SmClock();
 }
 
-// The low 32 bits of the SM clock where thread 0 traces, else 0: the start of
-// a wait that TraceWaited measures (a tile's wait is far under 2^32 cycles).
+// The low 32 bits of the SM clock where thread 0 traces, else 0: taken at
+// the top of each tile, before its wait (a tile's wait is far under 2^32
+// cycles).
 __device__ __forceinline__ uint32_t TraceClock32(const MlaDecodeParams& p) {
   return p.trace != nullptr && threadIdx.x == 0 ? static_cast<uint32_t>(SmClock()) : 0u;
 }
-__device__ __forceinline__ uint32_t TraceWaited(const MlaDecodeParams& p, uint32_t since) {
-  return p.trace != nullptr && threadIdx.x == 0 ? static_cast<uint32_t>(SmClock()) - since : 0u;
-}
-// Word `word` of this block's row set to `value`, if tracing.
-__device__ __forceinline__ void TraceSet(const MlaDecodeParams& p, MlaDecodeTraceWord word, uint64_t value) {
+
+// Past a tile's wait and barrier (wait_from: TraceClock32 before them): the
+// first tile's stamp, or this wait's cycles added to *tile_wait.
+__device__ __forceinline__ void TraceTileIn(const MlaDecodeParams& p, bool first, uint32_t wait_from,
+                                            uint32_t* tile_wait) {
   if (p.trace == nullptr || threadIdx.x != 0) return;
-  p.trace[static_cast<int64_t>(blockIdx.x) * kMlaDecodeTraceWords + word] = value;
+  if (first) {
+    p.trace[static_cast<int64_t>(blockIdx.x) * kMlaDecodeTraceWords + kTraceFirstTileClk] = SmClock();
+  } else {
+    *tile_wait += static_cast<uint32_t>(SmClock()) - wait_from;
+  }
+}
+
+// After the loop over the tiles: its end, and the summed waits.
+__device__ __forceinline__ void TraceLoopEnd(const MlaDecodeParams& p, uint32_t tile_wait) {
+  if (p.trace == nullptr || threadIdx.x != 0) return;
+  uint64_t* row = p.trace + static_cast<int64_t>(blockIdx.x) * kMlaDecodeTraceWords;
+  row[kTraceLoopEndClk] = SmClock();
+  row[kTraceTileWaitClk] = tile_wait;
 }
 
 // At entry: the start in both clocks and the SM.

@@ -204,11 +204,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     FenceProxyAsync();
     // Tile t0 (and Q) are in; every warpgroup is done with the other stage, P and red.
     __syncthreads();
-    if (t0 == item.kv_begin) {
-      TraceStamp(p, kTraceFirstTileClk);
-    } else {
-      tile_wait += TraceWaited(p, wait_from);
-    }
+    TraceTileIn(p, t0 == item.kv_begin, wait_from, &tile_wait);
     const uint32_t kv = kv_addr + stage * kMatBytes;
     if constexpr (kTma) {
       if (threadIdx.x == 0 && t0 + kTile < item.kv_end) {
@@ -332,8 +328,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     WgmmaWait<0>();
     WgmmaFenceOperand(o);
   }
-  TraceStamp(p, kTraceLoopEndClk);
-  TraceSet(p, kTraceTileWaitClk, tile_wait);
+  TraceLoopEnd(p, tile_wait);
   CpAsyncWait<0>();  // an empty item still has Q in flight
 
   // Softmax sums: both warpgroups' halves.

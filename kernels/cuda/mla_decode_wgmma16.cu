@@ -241,11 +241,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Tile t0 (and Q) are in; the last V^T P^T mma (which read the other
     // stage and P^T) and every read of red are done.
     __syncthreads();
-    if (t0 == item.kv_begin) {
-      TraceStamp(p, kTraceFirstTileClk);
-    } else {
-      tile_wait += TraceWaited(p, wait_from);
-    }
+    TraceTileIn(p, t0 == item.kv_begin, wait_from, &tile_wait);
     const uint32_t kv = kv_addr + stage * kStageBytes;
     if constexpr (kTma && !kAhead) {
       if (threadIdx.x == 0 && t0 + kTile < item.kv_end) issue_tile(stage ^ 1, t0 + kTile);  // the other stage is free
@@ -361,8 +357,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (prefetcher) PrefetchPositionsL2(p, table, kLatent, t0 + 3 * kTile, min(t0 + 4 * kTile, item.kv_end));
     }
   }
-  TraceStamp(p, kTraceLoopEndClk);
-  TraceSet(p, kTraceTileWaitClk, tile_wait);
+  TraceLoopEnd(p, tile_wait);
   CpAsyncWait<0>();  // an empty item still has Q in flight
 
   // Softmax sums: over the warp's row groups, then the 4 warps.

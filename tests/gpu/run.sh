@@ -236,7 +236,7 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
   # most, so that a budget cut (MLA_GPU_BUDGET) drops what matters least.
   if [[ ${MLA_GPU_BENCH_SWEEP:-1} != 0 ]]; then
     save_logs
-    timeouts=0 last_secs=0 skipped_variants=() index=0 first_skipped=0
+    timeouts=0 last_secs=0 skipped_variants=() index=0
     sweep_from=${MLA_GPU_SWEEP_FROM:-1}
     [[ $sweep_from =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: MLA_GPU_SWEEP_FROM=$sweep_from: expected 1 or more" >&2; exit 2; }
     variants=(
@@ -291,7 +291,6 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
       (( ++index < sweep_from )) && continue
       # Skipped, with all after it, once the budget left cannot take another as long as the last one.
       if (( ${#skipped_variants[@]} > 0 || $(budget_left) < last_secs + 1 )); then
-        (( first_skipped == 0 )) && first_skipped=$index
         skipped_variants+=("$variant")
         continue
       fi
@@ -315,7 +314,8 @@ if [[ ${MLA_GPU_BENCH:-1} != 0 && -x $bench ]]; then
         break
       fi
     done
-    if (( ${#skipped_variants[@]} > 0 )); then
+    if (( ${#skipped_variants[@]} > 0 )); then  # the skipped ones are the list's last
+      first_skipped=$(( index - ${#skipped_variants[@]} + 1 ))
       echo "run.sh: ${SECONDS}s of the ${budget}s budget (MLA_GPU_BUDGET) gone: ${#skipped_variants[@]} variants" \
         "skipped (MLA_GPU_SWEEP_FROM=$first_skipped resumes there):"
       printf '  %s\n' "${skipped_variants[@]}"
