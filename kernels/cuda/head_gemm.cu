@@ -47,13 +47,15 @@ constexpr size_t HeadGemmSharedBytes(int bn, bool k_by_n, int slots) {
 }
 constexpr size_t kMaxHeadGemmSharedBytes = HeadGemmSharedBytes(64, false, kMaxWholeStages);
 
-// One block: rows [32 by, +32) x columns [BN bx, +BN) of head bz, over k in
+// One block: rows [32 by, +32) x columns [BN bx, +BN) of head bz (grouped:
+// of the head's own rows, p.group_rows), over k in
 // stages of 64 by cp.async (zero-filled past rows, n and k): all requested at
 // once up to kMaxWholeStages, else double-buffered.
 // Warp (wm, wn) computes rows 16 wm + [0, 16) x columns BN / 2 wn + [0, BN / 2)
 // with mma.sync m16n8k16: A = the x tile; B = the W tile, stored as it lies in
 // memory ([k, n]: read with ldmatrix .trans; [n, k]: plain ldmatrix).
-template <int BN, bool kKByN>
+// Output BF16 (p.out) or, kF32Out, FP32 (p.out_f32).
+template <int BN, bool kKByN, bool kF32Out>
 __global__ void __launch_bounds__(kThreads) HeadGemmKernel(HeadGemmParams p) {
   constexpr int kNt = BN / 16;  // n-tiles of 8 per warp
   constexpr int kWRows = kKByN ? kBk : BN, kWCols = kKByN ? BN : kBk;
@@ -72,13 +74,14 @@ __global__ void __launch_bounds__(kThreads) HeadGemmKernel(HeadGemmParams p) {
   const int col0 = blockIdx.x * BN;
   const bf16* x = p.x + h * p.x_head_stride;
   const bf16* w = p.w + h * p.w_head_stride;
+  int64_t rows = p.rows, out_offset = h * p.out_head_stride;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int wm = warp / 2, wn = warp % 2;
 
   auto load_x = [&](int k0, int stage) {
     for (int c = threadIdx.x; c < kBm * (kBk / 8); c += kThreads) {
       const int r = c / (kBk / 8), kc = (c % (kBk / 8)) * 8;
-      const bool valid = row0 + r < p.rows && k0 + kc < p.k;
+      const bool valid = row0 + r < rows && k0 + kc < p.k;
       const bf16* src = valid ? x + (row0 + r) * p.x_ld + k0 + kc : p.x;
       CpAsync16(detail::SharedAddress(&x_s[stage][r * kXStride + kc]), src, valid ? 16 : 0);
     }
@@ -105,9 +108,23 @@ __global__ void __launch_bounds__(kThreads) HeadGemmKernel(HeadGemmParams p) {
   // once the kernel that wrote it has ended.
   detail::SpanStart(p.span);
   detail::GridDependentsLaunch();
+  if (p.group_rows != nullptr) {
+    // Grouped: the head's rows come from the kernel ahead, and a block past
+    // them must not request W at all (most experts have no rows at decode).
+    detail::GridDependencyWait();
+    const int64_t first = p.group_rows[h];
+    const int64_t own = p.group_rows[h + 1] - first;
+    rows = own < p.rows ? own : p.rows;
+    if (row0 >= rows) {
+      detail::SpanEnd(p.span);
+      return;  // the whole block: no barrier ahead
+    }
+    x = p.x + first * p.x_ld;
+    out_offset = first * p.out_ld;
+  }
   const int first_stages = whole ? stages : 1;
   for (int s = 0; s < first_stages; ++s) load_w(s * kBk, s);
-  detail::GridDependencyWait();
+  detail::GridDependencyWait();  // a second wait returns at once
   for (int s = 0; s < first_stages; ++s) load_x(s * kBk, s);
   CpAsyncCommit();
   for (int s = 0; s < stages; ++s) {
@@ -143,7 +160,6 @@ __global__ void __launch_bounds__(kThreads) HeadGemmKernel(HeadGemmParams p) {
   }
   CpAsyncWait<0>();
 
-  bf16* out = p.out + h * p.out_head_stride;
 #pragma unroll
   for (int j = 0; j < kNt; ++j) {
     const int n = col0 + wn * (BN / 2) + 8 * j + 2 * t;
@@ -151,9 +167,12 @@ __global__ void __launch_bounds__(kThreads) HeadGemmKernel(HeadGemmParams p) {
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
       const int64_t m = row0 + 16 * wm + g + 8 * hh;
-      if (m < p.rows) {
-        *reinterpret_cast<__nv_bfloat162*>(out + m * p.out_ld + n) =
-            __floats2bfloat162_rn(acc[j][2 * hh], acc[j][2 * hh + 1]);
+      if (m >= rows) continue;
+      const int64_t at = out_offset + m * p.out_ld + n;
+      if constexpr (kF32Out) {
+        *reinterpret_cast<float2*>(p.out_f32 + at) = make_float2(acc[j][2 * hh], acc[j][2 * hh + 1]);
+      } else {
+        *reinterpret_cast<__nv_bfloat162*>(p.out + at) = __floats2bfloat162_rn(acc[j][2 * hh], acc[j][2 * hh + 1]);
       }
     }
   }
@@ -174,14 +193,19 @@ int SmCount() {
   return n;
 }
 
-template <int BN, bool kKByN>
+template <int BN, bool kKByN, bool kF32Out>
 cudaError_t Launch(const HeadGemmParams& p, dim3 grid, cudaStream_t stream) {
   const cudaError_t err =
-      detail::OptIntoDynamicShared<&HeadGemmKernel<BN, kKByN>>(static_cast<int>(kMaxHeadGemmSharedBytes));
+      detail::OptIntoDynamicShared<&HeadGemmKernel<BN, kKByN, kF32Out>>(static_cast<int>(kMaxHeadGemmSharedBytes));
   if (err != cudaSuccess) return err;
-  detail::LaunchKernelPdl(HeadGemmKernel<BN, kKByN>, grid, kThreads, HeadGemmSharedBytes(BN, kKByN, SharedSlots(p.k)),
-                          stream, p.pdl, p);
+  detail::LaunchKernelPdl(HeadGemmKernel<BN, kKByN, kF32Out>, grid, kThreads,
+                          HeadGemmSharedBytes(BN, kKByN, SharedSlots(p.k)), stream, p.pdl, p);
   return cudaGetLastError();
+}
+
+template <int BN, bool kKByN>
+cudaError_t Launch(const HeadGemmParams& p, dim3 grid, cudaStream_t stream) {
+  return p.out_f32 != nullptr ? Launch<BN, kKByN, true>(p, grid, stream) : Launch<BN, kKByN, false>(p, grid, stream);
 }
 
 template <int BN>
@@ -197,8 +221,11 @@ bool HeadGemmTakes(const HeadGemmParams& p) {
   for (int64_t s : strides) {
     if (s < 0 || s % 8 != 0) return false;
   }
+  const void* out = p.out != nullptr ? static_cast<const void*>(p.out) : p.out_f32;
+  const bool one_out = (p.out != nullptr) != (p.out_f32 != nullptr);
+  const bool grouping = p.group_rows == nullptr || (p.x_head_stride == 0 && p.out_head_stride == 0);
   return p.rows >= 0 && p.n > 0 && p.k > 0 && p.heads > 0 && p.heads <= 65535 && p.n % 8 == 0 && p.k % 8 == 0 &&
-         p.x != nullptr && p.w != nullptr && p.out != nullptr && aligned(p.x) && aligned(p.w) && aligned(p.out) &&
+         p.x != nullptr && p.w != nullptr && one_out && grouping && aligned(p.x) && aligned(p.w) && aligned(out) &&
          (p.rows + kBm - 1) / kBm <= 65535;
 }
 

@@ -31,7 +31,63 @@ __global__ void __launch_bounds__(kThreads) MoeCombineKernel(MoeCombineParams p)
   }
 }
 
+// One block of kMoeGroupMaxExperts threads, thread e owning expert e: count
+// each expert's slots, scan the counts into row offsets, then each expert
+// walks the slots in order and takes its own (so a token's rows keep token
+// order within the expert, as the host grouping). Every thread of a warp
+// reads the same id at a time (one broadcast load); at decode sizes (a few
+// hundred slots) the walk is a few microseconds.
+__global__ void __launch_bounds__(kMoeGroupMaxExperts) MoeGroupByExpertKernel(MoeGroupParams p) {
+  __shared__ int32_t counts[kMoeGroupMaxExperts];
+  __shared__ int32_t scan[kMoeGroupMaxExperts];
+  const int e = threadIdx.x;
+  const int64_t slots = p.num_tokens * p.top_k;
+  auto expert_of = [&](int64_t s) {
+    const int32_t id = p.expert_ids[s];
+    return id < 0 ? 0 : id >= p.num_experts ? p.num_experts - 1 : id;
+  };
+  counts[e] = 0;
+  __syncthreads();
+  for (int64_t s = e; s < slots; s += blockDim.x) {
+    const int32_t id = p.expert_ids[s];
+    if (id < 0 || id >= p.num_experts) atomicAdd(p.bad_ids, 1);
+    atomicAdd(&counts[expert_of(s)], 1);
+  }
+  __syncthreads();
+  // Inclusive scan (Hillis-Steele) over the experts.
+  scan[e] = counts[e];
+  __syncthreads();
+  for (int d = 1; d < kMoeGroupMaxExperts; d *= 2) {
+    const int32_t add = e >= d ? scan[e - d] : 0;
+    __syncthreads();
+    scan[e] += add;
+    __syncthreads();
+  }
+  const int32_t begin = scan[e] - counts[e];
+  if (e < p.num_experts) p.expert_rows[e + 1] = scan[e];
+  if (e == 0) p.expert_rows[0] = 0;
+  if (e >= p.num_experts || counts[e] == 0) return;
+  int32_t row = begin;
+  for (int64_t s = 0; s < slots; ++s) {
+    if (expert_of(s) == e) {
+      p.gather_rows[row] = static_cast<int32_t>(s / p.top_k);
+      p.slot_rows[s] = row++;
+    }
+  }
+}
+
 }  // namespace
+
+cudaError_t LaunchMoeGroupByExpert(const MoeGroupParams& p, cudaStream_t stream) {
+  const bool slots = p.num_tokens > 0;
+  if (p.num_tokens < 0 || p.top_k <= 0 || p.num_tokens * p.top_k > INT32_MAX || p.num_experts <= 0 ||
+      p.num_experts > kMoeGroupMaxExperts || p.expert_rows == nullptr || p.bad_ids == nullptr ||
+      (slots && (p.expert_ids == nullptr || p.gather_rows == nullptr || p.slot_rows == nullptr))) {
+    return cudaErrorInvalidValue;
+  }
+  detail::LaunchKernel(MoeGroupByExpertKernel, 1, kMoeGroupMaxExperts, 0, stream, p);
+  return cudaGetLastError();
+}
 
 cudaError_t LaunchGatherRows(const GatherRowsParams& p, cudaStream_t stream) {
   if (p.num_rows < 0 || p.num_rows > INT32_MAX || p.dim < 0 || p.ld_in < p.dim || p.ldo < p.dim) {

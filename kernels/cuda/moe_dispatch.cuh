@@ -1,9 +1,11 @@
-// The data movement around the routed experts (DESIGN.md section 2): the host
-// groups each token's top_k choices by expert (one "dispatch row" per choice,
+// The data movement around the routed experts (DESIGN.md section 2): each
+// token's top_k choices are grouped by expert (one "dispatch row" per choice,
 // experts in ascending id, a token's rows in token order within an expert),
-// the hidden states are gathered into that order so each expert runs one GEMM
-// over a contiguous range, and the expert outputs are combined back per token
-// in slot order, as runtime/model.cc Model::Moe does on the CPU.
+// by the host or on the device (MoeGroupByExpert: no download of the expert
+// ids, so no wait for the host in the middle of a step), the hidden states
+// are gathered into that order so each expert runs one GEMM over a contiguous
+// range, and the expert outputs are combined back per token in slot order, as
+// runtime/model.cc Model::Moe does on the CPU.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -12,6 +14,25 @@
 #include <cstdint>
 
 namespace mla::cuda {
+
+// The grouping on the device, in one block: expert_rows[e] .. expert_rows[e + 1]
+// are expert e's dispatch rows; gather_rows[r] is the token of dispatch row r
+// and slot_rows[s] the dispatch row of slot s (= token * top_k + j): the
+// order the host grouping gives. An expert id outside [0, num_experts) (a
+// routing bug) is grouped as the nearest valid one, so every row stays in
+// bounds, and counted into *bad_ids for the caller to report.
+struct MoeGroupParams {
+  const int32_t* expert_ids = nullptr;  // [num_tokens, top_k]
+  int64_t num_tokens = 0;
+  int top_k = 0;
+  int num_experts = 0;                  // at most kMoeGroupMaxExperts
+  int32_t* expert_rows = nullptr;       // [num_experts + 1]
+  int32_t* gather_rows = nullptr;       // [num_tokens * top_k]
+  int32_t* slot_rows = nullptr;         // [num_tokens * top_k]
+  int32_t* bad_ids = nullptr;           // [1]: incremented by each out-of-range id (never reset here)
+};
+inline constexpr int kMoeGroupMaxExperts = 1024;  // one thread an expert
+cudaError_t LaunchMoeGroupByExpert(const MoeGroupParams& p, cudaStream_t stream);
 
 // out[r] = in[rows[r]]
 struct GatherRowsParams {
