@@ -9,6 +9,7 @@
 #include "absl/time/time.h"
 #include "kernels/cuda/mla_decode_variant.h"
 #include "runtime/kv_cache.h"
+#include "runtime/moe_grouping.h"
 
 namespace mla {
 
@@ -25,6 +26,7 @@ struct WorkerOptions {
   int64_t cache_memory_bytes = int64_t{256} << 20;  // --kv-cache-memory
   CacheDType cache_dtype = CacheDType::kF32;
   cuda::MlaDecodeVariant decode_kernel;  // --decode-kernel, the cuda backend's only
+  MoeGrouping moe_grouping = MoeGrouping::kHost;  // --moe-grouping, device: the cuda backend's only
   std::string api_key;      // sent as a bearer token on every control-plane call
   std::string tls_ca_path;  // PEM root certificate: connect with TLS when set
   absl::Duration connect_timeout = absl::Seconds(60);     // waiting for the coordinator

@@ -93,6 +93,8 @@ struct CudaModel::Workspace {
   int32_t* expert_ids = nullptr;  // [rows, top_k]
   float* expert_w = nullptr;      // [rows, top_k]
   int32_t* dispatch = nullptr;    // [2, rows * top_k]: gather rows | slot rows
+  int32_t* expert_rows = nullptr;  // [n_routed_experts + 1]: each expert's dispatch rows (device grouping)
+  int32_t* moe_bad_ids = nullptr;  // [1]: out-of-range expert ids the device grouping saw this step
   bf16* xs = nullptr;        // [rows * top_k, hidden] dispatched hidden states
   float* ys = nullptr;       // [rows * top_k, hidden] expert outputs, dispatch order
   bf16* sel = nullptr;       // [logit_rows, hidden]
@@ -101,6 +103,8 @@ struct CudaModel::Workspace {
 };
 
 namespace {
+
+static_assert(kMoeGroupMaxExperts >= kMoeMaxExperts, "the device grouping takes every expert count Load takes");
 
 // One launcher call: its cudaError_t as a Status naming the launcher.
 #define MLA_LAUNCH(launcher, params) MLA_CUDA_RETURN_IF_ERROR(launcher(params, ctx_->stream()))
@@ -213,6 +217,7 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(ModelConfig config,
   MLA_ASSIGN_OR_RETURN(std::unique_ptr<CudaContext> ctx, CudaContext::Create(options.device));
   std::unique_ptr<CudaModel> model(new CudaModel(std::move(config), options, comm, std::move(ctx)));
   MLA_ASSIGN_OR_RETURN(model->weights_, UploadWeights(model->config_, std::move(weights)));
+  if (options.moe_grouping == MoeGrouping::kDevice) MLA_RETURN_IF_ERROR(model->CheckDeviceGrouping());
   const cpu::RopeParams rope = RopeParamsFor(model->config_);
   const std::vector<float> inv_freq = cpu::RopeInvFreq(rope);
   model->rope_attention_factor_ = static_cast<float>(rope.attention_factor);
@@ -228,6 +233,25 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(ModelConfig config,
   }
   MLA_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());  // the model's stream does not wait for the default one
   return model;
+}
+
+// What MoeGroupedOnDevice needs of the weights (head_gemm.cuh's kernel: 16-byte pieces).
+absl::Status CudaModel::CheckDeviceGrouping() const {
+  const int64_t hd = config_.hidden_size;
+  for (size_t l = 0; l < weights_.layers.size(); ++l) {
+    const DeviceMoe& m = weights_.layers[l].moe;
+    if (!weights_.layers[l].is_moe) continue;
+    const int64_t inter = m.experts.empty() ? 0 : m.experts.front().inter;
+    if (hd % 8 != 0 || inter % 8 != 0 || inter <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "moe grouping device for hidden_size ", hd, " and a per-rank expert intermediate size of ", inter,
+          " (expected both multiples of 8: the grouped expert GEMM copies 16 bytes at a time)"));
+    }
+    if (!m.experts_strided) {
+      return absl::InternalError(absl::StrCat("layer ", l, "'s experts are not at one stride on the device"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 CudaModel::CudaModel(ModelConfig config, const CudaModelOptions& options, Communicator* comm,
@@ -417,6 +441,8 @@ absl::Status CudaModel::Layout(const StepPlan& plan, Workspace& ws) {
     add(ws.expert_ids, t * top_k * i);
     add(ws.expert_w, t * top_k * f);
     add(ws.dispatch, 2 * t * top_k * i);
+    add(ws.expert_rows, (c.n_routed_experts + 1) * i);
+    add(ws.moe_bad_ids, i);
     add(ws.xs, t * top_k * hd * b);
     add(ws.ys, t * top_k * hd * f);
   }
@@ -457,6 +483,13 @@ absl::StatusOr<std::vector<float>> CudaModel::Forward(std::span<const SequenceSt
   MLA_RETURN_IF_ERROR(dispatch_host_.Reserve(2 * slot_bytes));
   std::memcpy(meta_host_.data(), plan.meta.data(), meta_bytes);
   MLA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ws.meta, meta_host_.data(), meta_bytes, cudaMemcpyHostToDevice, stream));
+  // Where the MoE layers group their tokens' expert choices (CudaModelOptions.moe_grouping).
+  const bool moe_on_device = ws.expert_rows != nullptr && options_.moe_grouping == MoeGrouping::kDevice &&
+                             t <= kMoeDeviceMaxTokens;
+  if (moe_on_device) {
+    MLA_RETURN_IF_ERROR(moe_bad_ids_host_.Reserve(sizeof(int32_t)));
+    MLA_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(ws.moe_bad_ids, 0, sizeof(int32_t), stream));
+  }
 
   // Embedding (BF16 rows of this rank's vocabulary slice, zeros elsewhere) into the FP32 stream.
   EmbeddingParams embed;
@@ -498,7 +531,7 @@ absl::StatusOr<std::vector<float>> CudaModel::Forward(std::span<const SequenceSt
     norm.out_f32 = lw.is_moe ? ws.h32 : nullptr;
     MLA_LAUNCH(LaunchRmsNormF32, norm);
     if (lw.is_moe) {
-      MLA_RETURN_IF_ERROR(Moe(lw.moe, t, ws));
+      MLA_RETURN_IF_ERROR(moe_on_device ? MoeGroupedOnDevice(lw.moe, t, ws) : Moe(lw.moe, t, ws));
     } else {
       MLA_RETURN_IF_ERROR(Mlp(lw.dense, ws.h, t, ws, ws.branch));
     }
@@ -509,7 +542,17 @@ absl::StatusOr<std::vector<float>> CudaModel::Forward(std::span<const SequenceSt
   norm.weight = weights_.final_norm;
   norm.out_f32 = nullptr;
   MLA_LAUNCH(LaunchRmsNormF32, norm);
-  return Logits(plan, ws);
+  if (!moe_on_device) return Logits(plan, ws);
+  // The device grouping's count of out-of-range expert ids, read once the
+  // step is done (Logits waits for the stream on every rank).
+  int32_t* bad_ids = static_cast<int32_t*>(moe_bad_ids_host_.data());
+  MLA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(bad_ids, ws.moe_bad_ids, sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
+  absl::StatusOr<std::vector<float>> logits = Logits(plan, ws);
+  if (logits.ok() && *bad_ids != 0) {
+    return absl::InternalError(absl::StrCat("MoE routing kernel chose ", *bad_ids,
+                                            " expert ids outside [0, ", c.n_routed_experts, ") in this step"));
+  }
+  return logits;
 }
 
 absl::Status CudaModel::Attention(int64_t layer, const StepPlan& plan, const Workspace& ws, CudaLatentCache& cache) {
@@ -743,26 +786,21 @@ absl::Status CudaModel::Mlp(const DeviceMlp& w, const bf16* x, int64_t rows, con
   return ctx_->Gemm(DenseGemm(rows, hd, w.inter, ws.act, DType::kBF16, w.down, DType::kBF16, out, DType::kF32));
 }
 
-// Routed experts over the rows routed to each (only the experts used this
-// step run), combined per token in slot order, plus the shared experts; into
-// ws.branch. The expert ids come to the host once per layer to plan the grouping.
-absl::Status CudaModel::Moe(const DeviceMoe& w, int64_t rows, const Workspace& ws) {
+// The router: FP32 logits from FP32 inputs, then each token's top_k experts
+// and their weights into ws.expert_ids and ws.expert_w.
+absl::Status CudaModel::Route(const DeviceMoe& w, int64_t rows, const Workspace& ws) {
   const ModelConfig& c = config_;
-  const cudaStream_t stream = ctx_->stream();
-  const int64_t hd = c.hidden_size, experts = c.n_routed_experts, k = c.num_experts_per_tok, slots = rows * k;
-  const int64_t inter = w.experts.front().inter;
-
-  // FP32 router logits from FP32 inputs.
-  MLA_RETURN_IF_ERROR(
-      ctx_->Gemm(DenseGemm(rows, experts, hd, ws.h32, DType::kF32, w.router, DType::kF32, ws.router, DType::kF32)));
+  MLA_RETURN_IF_ERROR(ctx_->Gemm(
+      DenseGemm(rows, c.n_routed_experts, c.hidden_size, ws.h32, DType::kF32, w.router, DType::kF32, ws.router,
+                DType::kF32)));
   MoeRoutingParams rp;
   rp.logits = ws.router;
   rp.bias = w.router_bias;
   rp.expert_ids = ws.expert_ids;
   rp.weights = ws.expert_w;
   rp.num_tokens = rows;
-  rp.num_experts = static_cast<int>(experts);
-  rp.top_k = static_cast<int>(k);
+  rp.num_experts = static_cast<int>(c.n_routed_experts);
+  rp.top_k = static_cast<int>(c.num_experts_per_tok);
   rp.num_groups = static_cast<int>(c.n_group);
   rp.topk_groups = static_cast<int>(c.topk_group);
   rp.scoring = c.scoring_func == ScoringFunc::kSigmoid ? RouterScoring::kSigmoid : RouterScoring::kSoftmax;
@@ -772,6 +810,56 @@ absl::Status CudaModel::Moe(const DeviceMoe& w, int64_t rows, const Workspace& w
   rp.norm_topk_prob = c.norm_topk_prob;
   rp.routed_scaling_factor = static_cast<float>(c.routed_scaling_factor);
   MLA_LAUNCH(LaunchMoeRouting, rp);
+  return absl::OkStatus();
+}
+
+// The normed hidden states (ws.h) into dispatch order (ws.xs), by the
+// gather rows in ws.dispatch.
+absl::Status CudaModel::GatherDispatchRows(int64_t slots, const Workspace& ws) {
+  GatherRowsParams gr;
+  gr.in = ws.h;
+  gr.rows = ws.dispatch;
+  gr.out = ws.xs;
+  gr.num_rows = slots;
+  gr.dim = config_.hidden_size;
+  gr.ld_in = config_.hidden_size;
+  gr.ldo = config_.hidden_size;
+  MLA_LAUNCH(LaunchGatherRows, gr);
+  return absl::OkStatus();
+}
+
+// The shared experts into ws.branch, then the routed outputs (ws.ys,
+// dispatch order) added per token in slot order (routed + shared, as the
+// CPU: one FP32 addition either way round).
+absl::Status CudaModel::CombineExperts(const DeviceMoe& w, int64_t rows, const Workspace& ws) {
+  const bool shared = w.shared.inter > 0;
+  if (shared) MLA_RETURN_IF_ERROR(Mlp(w.shared, ws.h, rows, ws, ws.branch));
+  const int64_t k = config_.num_experts_per_tok;
+  MoeCombineParams cb;
+  cb.expert_out = ws.ys;
+  cb.slot_rows = ws.dispatch + rows * k;
+  cb.weights = ws.expert_w;
+  cb.out = ws.branch;
+  cb.num_tokens = rows;
+  cb.dim = config_.hidden_size;
+  cb.ld_expert = config_.hidden_size;
+  cb.ldo = config_.hidden_size;
+  cb.top_k = static_cast<int>(k);
+  cb.accumulate = shared;
+  MLA_LAUNCH(LaunchMoeCombine, cb);
+  return absl::OkStatus();
+}
+
+// Routed experts over the rows routed to each (only the experts used this
+// step run), combined per token in slot order, plus the shared experts; into
+// ws.branch. The expert ids come to the host once per layer to plan the
+// grouping (CudaModelOptions.moe_grouping kHost).
+absl::Status CudaModel::Moe(const DeviceMoe& w, int64_t rows, const Workspace& ws) {
+  const ModelConfig& c = config_;
+  const cudaStream_t stream = ctx_->stream();
+  const int64_t hd = c.hidden_size, experts = c.n_routed_experts, k = c.num_experts_per_tok, slots = rows * k;
+  const int64_t inter = w.experts.front().inter;
+  MLA_RETURN_IF_ERROR(Route(w, rows, ws));
 
   // Group the (token, slot) choices by expert: ascending expert id, token order within.
   const size_t id_bytes = static_cast<size_t>(slots) * sizeof(int32_t);  // staging reserved by Forward
@@ -798,16 +886,7 @@ absl::Status CudaModel::Moe(const DeviceMoe& w, int64_t rows, const Workspace& w
   }
   MLA_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(ws.dispatch, dispatch_host_.data(), 2 * id_bytes, cudaMemcpyHostToDevice, stream));
-
-  GatherRowsParams gr;
-  gr.in = ws.h;
-  gr.rows = ws.dispatch;
-  gr.out = ws.xs;
-  gr.num_rows = slots;
-  gr.dim = hd;
-  gr.ld_in = hd;
-  gr.ldo = hd;
-  MLA_LAUNCH(LaunchGatherRows, gr);
+  MLA_RETURN_IF_ERROR(GatherDispatchRows(slots, ws));
   for (int64_t e = 0; e < experts; ++e) {
     const int64_t r0 = begin[e], n = begin[e + 1] - r0;
     if (n == 0) continue;
@@ -828,23 +907,66 @@ absl::Status CudaModel::Moe(const DeviceMoe& w, int64_t rows, const Workspace& w
                                              w.experts[static_cast<size_t>(e)].down, DType::kBF16, ws.ys + r0 * hd,
                                              DType::kF32)));
   }
-  // The shared experts write the branch first; the combine adds the routed sum to it
-  // (routed + shared, as the CPU: one FP32 addition either way round).
-  const bool shared = w.shared.inter > 0;
-  if (shared) MLA_RETURN_IF_ERROR(Mlp(w.shared, ws.h, rows, ws, ws.branch));
-  MoeCombineParams cb;
-  cb.expert_out = ws.ys;
-  cb.slot_rows = ws.dispatch + slots;
-  cb.weights = ws.expert_w;
-  cb.out = ws.branch;
-  cb.num_tokens = rows;
-  cb.dim = hd;
-  cb.ld_expert = hd;
-  cb.ldo = hd;
-  cb.top_k = static_cast<int>(k);
-  cb.accumulate = shared;
-  MLA_LAUNCH(LaunchMoeCombine, cb);
-  return absl::OkStatus();
+  return CombineExperts(w, rows, ws);
+}
+
+// Moe's work grouped on the device (CudaModelOptions.moe_grouping kDevice):
+// the same routing, then the grouping kernel (moe_dispatch.cuh) instead of
+// the expert ids' trip to the host, and each projection of every routed
+// expert in one launch of head_gemm.cuh's kernel over the grouped rows
+// (experts as heads at DeviceMoe's strides, at most `rows` rows each: top_k
+// picks distinct experts a token). Nothing here waits for the device.
+absl::Status CudaModel::MoeGroupedOnDevice(const DeviceMoe& w, int64_t rows, const Workspace& ws) {
+  const ModelConfig& c = config_;
+  const int64_t hd = c.hidden_size, experts = c.n_routed_experts, k = c.num_experts_per_tok, slots = rows * k;
+  const int64_t inter = w.experts.front().inter;
+  MLA_RETURN_IF_ERROR(Route(w, rows, ws));
+  MoeGroupParams gp;
+  gp.expert_ids = ws.expert_ids;
+  gp.num_tokens = rows;
+  gp.top_k = static_cast<int>(k);
+  gp.num_experts = static_cast<int>(experts);
+  gp.expert_rows = ws.expert_rows;
+  gp.gather_rows = ws.dispatch;
+  gp.slot_rows = ws.dispatch + slots;
+  gp.bad_ids = ws.moe_bad_ids;
+  MLA_LAUNCH(LaunchMoeGroupByExpert, gp);
+  MLA_RETURN_IF_ERROR(GatherDispatchRows(slots, ws));
+
+  // Both projections: W_e is a linear layer's [n, k] (gate_up [2 inter, hidden], down [hidden, inter]).
+  HeadGemmParams g;
+  g.w_is_k_by_n = false;
+  g.rows = rows;
+  g.heads = static_cast<int>(experts);
+  g.group_rows = ws.expert_rows;
+  g.x = ws.xs;
+  g.x_ld = hd;
+  g.w = w.experts.front().gate_up;
+  g.w_ld = hd;
+  g.w_head_stride = w.gate_up_stride;
+  g.out = ws.gate_up;
+  g.out_ld = 2 * inter;
+  g.n = static_cast<int>(2 * inter);
+  g.k = static_cast<int>(hd);
+  MLA_LAUNCH(LaunchHeadGemm, g);
+  SiluMulParams act;
+  act.gate_up = ws.gate_up;
+  act.out = ws.act;
+  act.rows = slots;
+  act.inter = inter;
+  MLA_LAUNCH(LaunchSiluMul, act);
+  g.x = ws.act;
+  g.x_ld = inter;
+  g.w = w.experts.front().down;
+  g.w_ld = inter;
+  g.w_head_stride = w.down_stride;
+  g.out = nullptr;
+  g.out_f32 = ws.ys;
+  g.out_ld = hd;
+  g.n = static_cast<int>(hd);
+  g.k = static_cast<int>(inter);
+  MLA_LAUNCH(LaunchHeadGemm, g);
+  return CombineExperts(w, rows, ws);
 }
 
 // The rows that need logits (normed already, in ws.h), the vocabulary

@@ -35,9 +35,26 @@
 #include "runtime/cuda/cuda_weights.h"
 #include "runtime/cuda/device_buffer.h"
 #include "runtime/model.h"
+#include "runtime/moe_grouping.h"
 #include "runtime/weights.h"
 
 namespace mla::cuda {
+
+// Where a MoE layer groups its tokens' expert choices by expert.
+//   kHost: the expert ids come to the host, which groups them (a wait for the
+//     device in every MoE layer), then one cuBLAS GEMM per used expert and
+//     projection (two launches per expert at decode, where most experts get
+//     a row or two).
+//   kDevice: grouped by a kernel (kernels/cuda/moe_dispatch.cuh), and each
+//     projection of every routed expert in one launch of head_gemm.cuh's
+//     kernel over the grouped rows: a MoE layer queues without waiting for
+//     the device (the condition for capturing a decode step as a CUDA graph).
+//     Its grid has a block for the most rows any expert can get (the step's
+//     tokens) times every expert, so steps of more than kMoeDeviceMaxTokens
+//     tokens (prefill, where one wait a layer is small beside the work)
+//     group on the host.
+using ::mla::MoeGrouping;  // runtime/moe_grouping.h
+inline constexpr int64_t kMoeDeviceMaxTokens = 256;
 
 struct CudaModelOptions {
   int device = 0;
@@ -55,6 +72,11 @@ struct CudaModelOptions {
   // merge_in_block: session 8, --merge last-block). gemm kHead (the per-head
   // GEMMs by head_gemm.cuh) needs head widths that are multiples of 8.
   MlaDecodeVariant decode;
+  // kHost until the device grouping is measured on a GPU (bench/RESULTS.md).
+  // Load refuses kDevice where the experts' widths (hidden size, this rank's
+  // intermediate size) are not multiples of 8: head_gemm.cuh's kernel copies
+  // 16 bytes at a time.
+  MoeGrouping moe_grouping = MoeGrouping::kHost;
 };
 
 class CudaModel {
@@ -97,6 +119,7 @@ class CudaModel {
             std::unique_ptr<CudaContext> ctx);
 
   absl::Status Validate(std::span<const SequenceStep> batch, const CudaLatentCache& cache) const;
+  absl::Status CheckDeviceGrouping() const;
   StepPlan Plan(std::span<const SequenceStep> batch, int64_t block_size) const;
   absl::Status Layout(const StepPlan& plan, Workspace& ws);
   absl::Status Attention(int64_t layer, const StepPlan& plan, const Workspace& ws, CudaLatentCache& cache);
@@ -109,7 +132,13 @@ class CudaModel {
   absl::Status HeadGemm(int64_t rows, const __nv_bfloat16* x, int64_t x_ld, int64_t x_head_stride, int64_t k,
                         const __nv_bfloat16* w, bool w_is_k_by_n, __nv_bfloat16* out, int64_t out_ld, int64_t n);
   absl::Status Mlp(const DeviceMlp& w, const __nv_bfloat16* x, int64_t rows, const Workspace& ws, float* out);
+  // A MoE layer into ws.branch (CudaModelOptions.moe_grouping): grouped on
+  // the host, or on the device; both route, gather and combine alike.
   absl::Status Moe(const DeviceMoe& w, int64_t rows, const Workspace& ws);
+  absl::Status MoeGroupedOnDevice(const DeviceMoe& w, int64_t rows, const Workspace& ws);
+  absl::Status Route(const DeviceMoe& w, int64_t rows, const Workspace& ws);
+  absl::Status GatherDispatchRows(int64_t slots, const Workspace& ws);
+  absl::Status CombineExperts(const DeviceMoe& w, int64_t rows, const Workspace& ws);
   absl::StatusOr<std::vector<float>> Logits(const StepPlan& plan, const Workspace& ws);
   // Sums `data` (device, [count]) over the ranks; nothing with one rank.
   absl::Status AllReduce(float* data, size_t count);
@@ -131,6 +160,7 @@ class CudaModel {
   PinnedBuffer meta_host_;     // the step's int32 metadata, staged for one upload
   PinnedBuffer routing_host_;  // a MoE layer's expert ids, downloaded
   PinnedBuffer dispatch_host_;  // a MoE layer's dispatch plan, staged for upload
+  PinnedBuffer moe_bad_ids_host_;  // int32: the device grouping's count of bad expert ids, downloaded
 };
 
 }  // namespace mla::cuda

@@ -72,6 +72,33 @@ void AddMlp(Uploader& up, MlpWeights& host, DeviceMlp& dev) {
   up.Bf16(host.down, &dev.down);
 }
 
+// The routed experts: every gate_up, then every down (DeviceMoe.experts_strided).
+void AddExperts(Uploader& up, std::vector<MlpWeights>& host, std::vector<DeviceMlp>& dev) {
+  dev.resize(host.size());
+  for (size_t e = 0; e < host.size(); ++e) {
+    dev[e].inter = host[e].inter;
+    up.Bf16(host[e].gate_up, &dev[e].gate_up);
+  }
+  for (size_t e = 0; e < host.size(); ++e) up.Bf16(host[e].down, &dev[e].down);
+}
+
+// Whether expert e's matrices lie at e times one stride from expert 0's (after the upload).
+void FindExpertStrides(DeviceMoe& moe) {
+  const std::vector<DeviceMlp>& x = moe.experts;
+  moe.experts_strided = false;
+  if (x.empty() || x.front().gate_up == nullptr || x.front().down == nullptr) return;
+  moe.gate_up_stride = x.size() > 1 ? x[1].gate_up - x[0].gate_up : 0;
+  moe.down_stride = x.size() > 1 ? x[1].down - x[0].down : 0;
+  for (size_t e = 0; e < x.size(); ++e) {
+    const int64_t i = static_cast<int64_t>(e);
+    if (x[e].inter != x[0].inter || x[e].gate_up != x[0].gate_up + i * moe.gate_up_stride ||
+        x[e].down != x[0].down + i * moe.down_stride) {
+      return;
+    }
+  }
+  moe.experts_strided = true;
+}
+
 }  // namespace
 
 absl::StatusOr<DeviceWeights> UploadWeights(const ModelConfig& config, ModelWeights weights) {
@@ -116,14 +143,16 @@ absl::StatusOr<DeviceWeights> UploadWeights(const ModelConfig& config, ModelWeig
       up.F32(hw.moe.router, &dl.moe.router);
       up.F32(hw.moe.router_bias, &dl.moe.router_bias);
       up.Kind(&WeightBytes::experts);
-      dl.moe.experts.resize(hw.moe.experts.size());
-      for (size_t e = 0; e < hw.moe.experts.size(); ++e) AddMlp(up, hw.moe.experts[e], dl.moe.experts[e]);
+      AddExperts(up, hw.moe.experts, dl.moe.experts);
       AddMlp(up, hw.moe.shared, dl.moe.shared);
     } else {
       AddMlp(up, hw.dense, dl.dense);
     }
   }
   if (absl::Status s = up.Run(); !s.ok()) return s;
+  for (DeviceLayer& l : d.layers) {
+    if (l.is_moe) FindExpertStrides(l.moe);
+  }
   if (tied) d.lm_head = d.embed;
   d.bytes = static_cast<int64_t>(d.arena.allocated_bytes());
   return d;

@@ -43,6 +43,13 @@ struct DeviceMoe {
   const float* router_bias = nullptr;  // [n_routed_experts] (noaux_tc only, else null)
   std::vector<DeviceMlp> experts;
   DeviceMlp shared;  // inter == 0 when there are no shared experts
+  // UploadWeights lays the routed experts' gate_up matrices out one after
+  // another at a uniform stride, then their down matrices, so that one launch
+  // can run every expert (HeadGemmParams.w_head_stride): expert e's gate_up
+  // is experts[0].gate_up + e * gate_up_stride, its down experts[0].down + e *
+  // down_stride (BF16 elements). False where that does not hold.
+  bool experts_strided = false;
+  int64_t gate_up_stride = 0, down_stride = 0;
 };
 
 struct DeviceLayer {

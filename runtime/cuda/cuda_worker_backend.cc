@@ -25,8 +25,10 @@ absl::StatusOr<WorkerBackend> MakeCudaBackend(const WorkerOptions& o, KeyValueSt
   cuda::CudaModelOptions mo;
   mo.device = o.local_rank;
   mo.decode = o.decode_kernel;
+  mo.moe_grouping = o.moe_grouping;
   MLA_ASSIGN_OR_RETURN(held->model, cuda::CudaModel::Load(o.model_dir, mo, held->comm.get()));
-  LOG(INFO) << "worker rank " << rank << ": decode kernel " << cuda::MlaDecodeVariantSpec(mo.decode);
+  LOG(INFO) << "worker rank " << rank << ": decode kernel " << cuda::MlaDecodeVariantSpec(mo.decode)
+            << ", MoE grouping on the " << MoeGroupingName(mo.moe_grouping);
   if (auto* nccl = dynamic_cast<NcclCommunicator*>(held->comm.get())) nccl->SetStream(held->model->stream());
   const ModelConfig& c = held->model->config();
   MLA_ASSIGN_OR_RETURN(cuda::CudaLatentCache cache, held->model->MakeCache(CacheBlocksFor(o, c, 2)));

@@ -13,7 +13,9 @@
 //   - every decode kernel variant (CudaModelOptions.decode: mma.sync, the
 //     wgmma kernels at 16 and 64 heads per block, TMA staging, issue-ahead,
 //     PDL, the merge in the last block) on v3_mla, DeepSeek-V3's own latent,
-//     against transformers and against the default kernel.
+//     against transformers and against the default kernel;
+//   - the MoE layers grouped on the device (CudaModelOptions.moe_grouping)
+//     against transformers and against the host grouping.
 //
 // Tolerances. The CUDA model computes in BF16 (weights, GEMM operands, latent
 // cache) with FP32 accumulation, against FP32 references, on fixtures built to
@@ -796,6 +798,105 @@ TEST(CudaModelTest, DecodeMergedInTheLastBlockMatchesTheMergeKernel) {
     EXPECT_EQ(want.step, got.step) << "ragged step";
   }
 }
+
+// ---------------------------------------------------------------------------
+// The MoE layers grouped on the device (CudaModelOptions.moe_grouping
+// kDevice: the grouping kernel and one grouped GEMM launch a projection)
+// against transformers and against the host grouping (cuBLAS a used expert),
+// on every fixture (all have routed experts). The two differ only in the
+// expert GEMMs' summation order: the decode variants' bounds.
+
+CudaModelOptions DeviceGrouping() {
+  CudaModelOptions o;
+  o.moe_grouping = cuda::MoeGrouping::kDevice;
+  return o;
+}
+
+class CudaMoeGroupingTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaMoeGroupingTest, TeacherForcedDecodeMatchesTransformersAndTheHostGrouping) {
+  MLA_SKIP_WITHOUT_GPU();
+  std::unique_ptr<CudaModel> host = LoadCuda(GetParam()), device = LoadCuda(GetParam(), DeviceGrouping());
+  ASSERT_NE(host, nullptr);
+  ASSERT_NE(device, nullptr);
+  const int64_t vocab = device->config().vocab_size;
+  std::vector<double> to_transformers, to_host;
+  int clear = 0;
+  for (const GoldenCase& c : LoadGolden(GetParam())) {
+    SCOPED_TRACE(c.name);
+    const std::vector<std::vector<float>> rows = TeacherForced(*device, c), want = TeacherForced(*host, c);
+    ASSERT_EQ(rows.size(), c.logits.size());
+    ASSERT_EQ(want.size(), c.logits.size());
+    for (size_t i = 0; i < rows.size(); ++i) {
+      ASSERT_EQ(rows[i].size(), static_cast<size_t>(vocab));
+      const double e = RelL2(rows[i].data(), c.logits[i].data(), vocab);
+      EXPECT_LT(e, kRowRelL2) << "step " << i << " against transformers";
+      to_transformers.push_back(e);
+      const double d = RelL2(rows[i].data(), want[i].data(), vocab);
+      EXPECT_LT(d, kRowRelL2) << "step " << i << " against the host grouping";
+      to_host.push_back(d);
+      if (c.margins[i] > kClearMargin) {
+        ++clear;
+        EXPECT_EQ(Argmax(rows[i].data(), vocab), c.generated_ids[i])
+            << "step " << i << ": margin " << c.margins[i] << " is clear";
+      }
+    }
+  }
+  ASSERT_FALSE(to_host.empty());
+  EXPECT_GT(clear, 0);
+  EXPECT_LT(Median(to_transformers), kMedianRelL2) << "median over " << to_transformers.size() << " rows";
+  EXPECT_LT(Median(to_host), kSameModelMedian) << "median over " << to_host.size() << " rows";
+  std::cout << "[ info ] " << GetParam() << " MoE grouped on the device: median relative L2 "
+            << Median(to_transformers) << " against transformers, " << Median(to_host)
+            << " against the host grouping (max " << *std::max_element(to_host.begin(), to_host.end()) << ")\n";
+}
+
+// The ragged batch (88 tokens, decode and prefill rows: experts with several
+// rows, a row past one 32-row tile in the busiest) against the host grouping
+// on the same cache contents; then a step of more tokens than the device
+// grouping takes (kMoeDeviceMaxTokens), which groups on the host: the host
+// model's bits.
+TEST_P(CudaMoeGroupingTest, RaggedStepMatchesTheHostGrouping) {
+  MLA_SKIP_WITHOUT_GPU();
+  std::unique_ptr<CudaModel> host = LoadCuda(GetParam()), device = LoadCuda(GetParam(), DeviceGrouping());
+  ASSERT_NE(host, nullptr);
+  ASSERT_NE(device, nullptr);
+  const int64_t vocab = device->config().vocab_size;
+  const RaggedSetup s = MakeRagged(kRagged, vocab, gpu_test::BaseSeed() + 4);
+  RaggedLogits want, got;
+  ASSERT_NO_FATAL_FAILURE(RunRaggedOnFreshCache(*host, s, &want));
+  ASSERT_NO_FATAL_FAILURE(RunRaggedOnFreshCache(*device, s, &got));
+  ASSERT_EQ(got.context.size(), want.context.size());
+  ASSERT_EQ(got.step.size(), want.step.size());
+  std::vector<double> errors;
+  for (const auto* pair : {&got.context, &got.step}) {
+    const std::vector<float>& other = pair == &got.context ? want.context : want.step;
+    for (size_t r = 0; r < pair->size() / vocab; ++r) {
+      const double e = RelL2(&(*pair)[r * vocab], &other[r * vocab], vocab);
+      EXPECT_LT(e, kRowRelL2) << (pair == &got.context ? "context" : "ragged") << " step row " << r;
+      errors.push_back(e);
+    }
+  }
+  EXPECT_LT(Median(errors), kSameModelMedian) << "median over " << errors.size() << " rows";
+  std::cout << "[ info ] " << GetParam() << " ragged step, MoE grouped on the device: median relative L2 "
+            << Median(errors) << " against the host grouping, max " << *std::max_element(errors.begin(), errors.end())
+            << "\n";
+
+  std::vector<int32_t> prompt(static_cast<size_t>(cuda::kMoeDeviceMaxTokens + 1));
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>(2 + i % (vocab - 2));
+  std::vector<std::vector<float>> logits;
+  for (CudaModel* m : {host.get(), device.get()}) {
+    absl::StatusOr<SingleSequence> seq = MakeSingle(*m, static_cast<int64_t>(prompt.size()));
+    ASSERT_TRUE(seq.ok()) << seq.status();
+    SequenceStep step{prompt, 0, seq->table, false};
+    absl::StatusOr<std::vector<float>> r = m->Forward(std::span<const SequenceStep>(&step, 1), seq->cache);
+    ASSERT_TRUE(r.ok()) << r.status();
+    logits.push_back(std::move(*r));
+  }
+  EXPECT_EQ(logits[0], logits[1]) << "a step of " << prompt.size() << " tokens groups on the host";
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaMoeGroupingTest, ::testing::Values("v3_bf16", "v3_fp8", "v2_lite", "v3_mla"));
 
 // Bad input is refused before any device work, with the CPU model's messages.
 TEST(CudaModelTest, RejectsBadInput) {
