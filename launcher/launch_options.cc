@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "launcher/cli_flags.h"
 #include "launcher/decode_kernel_flag.h"
+#include "runtime/moe_grouping.h"
 #include "runtime/status_macros.h"
 
 namespace mla {
@@ -109,7 +110,7 @@ absl::Status ParseAddresses(const CliFlags& flags, LaunchOptions& o) {
   return absl::OkStatus();
 }
 
-// What the workers get: --num-blocks, --kv-cache-dtype, --threads, --decode-kernel.
+// What the workers get: --num-blocks, --kv-cache-dtype, --threads, --decode-kernel, --moe-grouping.
 absl::Status ParseWorkerKnobs(const CliFlags& flags, int64_t cores, LaunchOptions& o) {
   if (flags.Has("num-blocks")) {
     MLA_ASSIGN_OR_RETURN(int64_t blocks, flags.Int("num-blocks", 0, 1));
@@ -123,6 +124,8 @@ absl::Status ParseWorkerKnobs(const CliFlags& flags, int64_t cores, LaunchOption
   }
   MLA_RETURN_IF_ERROR(DecodeKernelFlag(flags, o.backend).status());
   o.decode_kernel = flags.String("decode-kernel");
+  o.moe_grouping = flags.String("moe-grouping");
+  if (o.moe_grouping) MLA_RETURN_IF_ERROR(ParseMoeGrouping(*o.moe_grouping, o.backend).status());
   int64_t default_threads = std::max<int64_t>(1, cores / o.local_world_size());
   MLA_ASSIGN_OR_RETURN(o.threads, flags.Int("threads", default_threads, 1));
   return absl::OkStatus();
@@ -148,7 +151,7 @@ absl::StatusOr<LaunchOptions> ParseLaunchOptions(int argc, char** argv, int64_t 
                                         "step-timeout-ms", "grace-ms", "bin-dir", "kv-cache-memory",
                                         "max-num-batched-tokens", "max-num-seqs", "max-queued-requests",
                                         "max-model-len", "shutdown-timeout-ms", "tls-cert", "tls-key", "api-key",
-                                        "metrics-port", "decode-kernel"},
+                                        "metrics-port", "decode-kernel", "moe-grouping"},
                                        {"help", "no-prefix-caching"}));
   LaunchOptions o;
   o.model_dir = flags.String("model").value_or("");
@@ -222,6 +225,7 @@ std::vector<std::string> WorkerArgs(const LaunchOptions& o, int64_t local_rank) 
   if (o.kv_cache_memory) args.insert(args.end(), {"--kv-cache-memory", *o.kv_cache_memory});
   if (o.tls_cert) args.insert(args.end(), {"--tls-ca", *o.tls_cert});
   if (o.decode_kernel) args.insert(args.end(), {"--decode-kernel", *o.decode_kernel});
+  if (o.moe_grouping) args.insert(args.end(), {"--moe-grouping", *o.moe_grouping});
   return args;
 }
 

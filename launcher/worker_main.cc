@@ -9,6 +9,7 @@
 #include "kernels/cpu/gemm.h"
 #include "launcher/cli_flags.h"
 #include "launcher/decode_kernel_flag.h"
+#include "runtime/moe_grouping.h"
 #include "runtime/status_macros.h"
 #include "runtime/worker.h"
 
@@ -21,7 +22,7 @@ absl::StatusOr<WorkerOptions> ParseOptions(int argc, char** argv) {
       CliFlags::Parse(argc, argv,
                       {"model", "coordinator", "node-rank", "local-rank", "local-world-size", "host", "backend",
                        "threads", "num-blocks", "kv-cache-memory", "kv-cache-dtype", "collective-timeout-ms",
-                       "connect-timeout-ms", "tls-ca", "decode-kernel"},
+                       "connect-timeout-ms", "tls-ca", "decode-kernel", "moe-grouping"},
                       {}));
   WorkerOptions o;
   if (!flags.Has("model")) return absl::InvalidArgumentError("--model is required");
@@ -40,6 +41,7 @@ absl::StatusOr<WorkerOptions> ParseOptions(int argc, char** argv) {
   if (const char* key = std::getenv("MLA_API_KEY")) o.api_key = key;
   MLA_ASSIGN_OR_RETURN(o.cache_dtype, ParseCacheDType(flags.String("kv-cache-dtype").value_or("fp32")));
   MLA_ASSIGN_OR_RETURN(o.decode_kernel, DecodeKernelFlag(flags, o.backend));
+  MLA_ASSIGN_OR_RETURN(o.moe_grouping, ParseMoeGrouping(flags.String("moe-grouping").value_or("host"), o.backend));
   MLA_ASSIGN_OR_RETURN(int64_t collective_ms, flags.Int("collective-timeout-ms", 5000, 1));
   MLA_ASSIGN_OR_RETURN(int64_t connect_ms, flags.Int("connect-timeout-ms", 60000, 1));
   o.node_rank = static_cast<int>(node_rank);

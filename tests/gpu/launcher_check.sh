@@ -29,6 +29,9 @@
 #                        latent takes the mma.sync kernel's choices only, written in the order
 #                        MlaDecodeVariantSpec writes); ModelInfo must say every rank runs it.
 #                        The row is then launcher_*_tpN_decode_kernel.
+#   MLA_LAUNCHER_CHECK_MOE_GROUPING=host|device  (cuda) --moe-grouping to the workers; each
+#                        must log it ("MoE grouping on the device"). The row is then
+#                        launcher_*_moe_device (or _moe_host).
 #   MLA_LAUNCHER_CHECK_EMULATED=1    DIR holds an mla-worker built on the CUDA emulator
 #                        (build/emu, tests/emu): the CUDA backend on the CPU, no GPU
 #                        needed or looked for; steps are slow, so the step timeout is 2 min.
@@ -51,6 +54,13 @@ decode_kernel=${MLA_LAUNCHER_CHECK_DECODE_KERNEL:-}
 if [[ -n $decode_kernel ]]; then
   name=${name}_decode_kernel
   extra_flags+=(--decode-kernel "$decode_kernel")
+fi
+moe_grouping=${MLA_LAUNCHER_CHECK_MOE_GROUPING:-}
+if [[ -n $moe_grouping ]]; then
+  [[ $moe_grouping == host || $moe_grouping == device ]] ||
+    { echo "launcher_check: MLA_LAUNCHER_CHECK_MOE_GROUPING=$moe_grouping (expected host or device)" >&2; exit 2; }
+  name=${name}_moe_${moe_grouping}
+  extra_flags+=(--moe-grouping "$moe_grouping")
 fi
 case_name=short           # a fixture case whose first token has a clear margin (checked below)
 max_new_tokens=16         # every token the fixture recorded
@@ -289,6 +299,12 @@ for stat in /proc/[0-9]*/stat; do
   [[ $pgrp == "$group" ]] && left+=" ${stat//[!0-9]/}"
 done
 [[ -z $left ]] || die "processes of the launcher's group outlived it:$left"
+
+# Every rank grouped its MoE layers where it was asked to (the worker's log line).
+if [[ -n $moe_grouping ]]; then
+  logged=$(grep -c "MoE grouping on the $moe_grouping" "$launch_log")
+  (( logged == tp )) || die "$logged of $tp ranks logged 'MoE grouping on the $moe_grouping'"
+fi
 
 echo "---- last 15 lines of the launcher's log"
 tail -n 15 "$launch_log"

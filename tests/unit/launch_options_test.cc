@@ -150,6 +150,25 @@ TEST(LaunchOptionsTest, DecodeKernel) {
 #endif
 }
 
+// --moe-grouping likewise: checked here, to every worker as given; the CPU
+// backend groups on the host only.
+TEST(LaunchOptionsTest, MoeGrouping) {
+  EXPECT_EQ(Error({"--model", "/m", "--moe-grouping", "gpu"}), "--moe-grouping 'gpu' (expected host or device)");
+  EXPECT_EQ(Error({"--model", "/m", "--moe-grouping", "device"}),
+            "--moe-grouping device with --backend cpu (expected --backend cuda: the CPU model groups on the host)");
+  absl::StatusOr<LaunchOptions> o = Parse({"--model", "/m", "--threads", "1", "--moe-grouping", "host"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  const std::vector<std::string> args = WorkerArgs(*o, 0);
+  ASSERT_GE(args.size(), 2u);
+  EXPECT_EQ(args[args.size() - 2], "--moe-grouping");
+  EXPECT_EQ(args.back(), "host");
+#ifdef MLA_LAUNCH_WITH_CUDA
+  o = Parse({"--model", "/m", "--backend", "cuda", "--threads", "1", "--moe-grouping", "device"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(WorkerArgs(*o, 0).back(), "device");
+#endif
+}
+
 TEST(LaunchOptionsTest, SecondNodeDialsTheCoordinator) {
   absl::StatusOr<LaunchOptions> o = Parse({"--model", "/m", "--tp", "4", "--nnodes", "2", "--node-rank", "1",
                                            "--coordinator", "node0.cluster:7000", "--host", "10.0.0.6",
