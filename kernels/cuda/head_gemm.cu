@@ -34,11 +34,19 @@ __host__ __device__ constexpr int WTileElems(int bn, bool k_by_n) { return k_by_
 // Up to this many k-stages (k <= 512) a block requests all of them at once,
 // each in its own slot, and waits once: the GEMMs here have a few k-steps of
 // almost no math each, so double-buffering them costs a memory latency a step
-// (W_UV's k of 512: 8 latencies a block). Longer k runs double-buffered.
+// (W_UV's k of 512: 8 latencies a block). Longer k (the MoE gate_up's k of
+// 7168, hidden) runs through a ring of as many slots: stage s + 8 is
+// requested as soon as stage s is consumed, so 8 stages stay in flight (64
+// KiB of W a block at 64 columns), where double-buffering kept one: a memory
+// latency a stage, far below the memory's rate at decode, where the blocks
+// of the few experts in use are all there is.
 constexpr int kMaxWholeStages = 8;
+constexpr int kRingSlots = kMaxWholeStages;
 
 __host__ __device__ constexpr int KStages(int k) { return (k + kBk - 1) / kBk; }
-__host__ __device__ constexpr int SharedSlots(int k) { return KStages(k) <= kMaxWholeStages ? KStages(k) : 2; }
+__host__ __device__ constexpr int SharedSlots(int k) {
+  return KStages(k) <= kMaxWholeStages ? KStages(k) : kRingSlots;
+}
 
 // Dynamic shared memory: `slots` stages of the x tile, then as many of the W
 // tile (at most 8 x 13.5 KiB: 108 KiB).
@@ -50,7 +58,7 @@ constexpr size_t kMaxHeadGemmSharedBytes = HeadGemmSharedBytes(64, false, kMaxWh
 // One block: rows [32 by, +32) x columns [BN bx, +BN) of head bz (grouped:
 // of the head's own rows, p.group_rows), over k in
 // stages of 64 by cp.async (zero-filled past rows, n and k): all requested at
-// once up to kMaxWholeStages, else double-buffered.
+// once up to kMaxWholeStages, else through a ring of kRingSlots.
 // Warp (wm, wn) computes rows 16 wm + [0, 16) x columns BN / 2 wn + [0, BN / 2)
 // with mma.sync m16n8k16: A = the x tile; B = the W tile, stored as it lies in
 // memory ([k, n]: read with ldmatrix .trans; [n, k]: plain ldmatrix).
@@ -122,22 +130,23 @@ __global__ void __launch_bounds__(kThreads) HeadGemmKernel(HeadGemmParams p) {
     x = p.x + first * p.x_ld;
     out_offset = first * p.out_ld;
   }
-  const int first_stages = whole ? stages : 1;
-  for (int s = 0; s < first_stages; ++s) load_w(s * kBk, s);
+  // Commit group 0: the first `slots` stages (whole: all of them). In the
+  // ring, iteration s then commits one group, stage s + kRingSlots (empty
+  // past the last stage), so at the top of iteration s >= kRingSlots the
+  // group holding stage s has exactly kRingSlots - 1 groups after it.
+  for (int s = 0; s < slots; ++s) load_w(s * kBk, s);
   detail::GridDependencyWait();  // a second wait returns at once
-  for (int s = 0; s < first_stages; ++s) load_x(s * kBk, s);
+  for (int s = 0; s < slots; ++s) load_x(s * kBk, s);
   CpAsyncCommit();
   for (int s = 0; s < stages; ++s) {
-    if (!whole || s == 0) {
+    if (s == 0) {
       CpAsyncWait<0>();
-      __syncthreads();  // stage s (whole: every stage) is in; every warp is done with the other slot
+      __syncthreads();  // the first `slots` stages are in
+    } else if (!whole && s >= kRingSlots) {
+      CpAsyncWait<kRingSlots - 1>();
+      __syncthreads();  // stage s is in
     }
-    if (!whole && s + 1 < stages) {
-      load_x((s + 1) * kBk, (s + 1) & 1);
-      load_w((s + 1) * kBk, (s + 1) & 1);
-    }
-    CpAsyncCommit();
-    const int slot = whole ? s : s & 1;
+    const int slot = s % kRingSlots;  // whole: s
     const bf16* xs = x_s[slot];
     const bf16* ws = w_s[slot];
 #pragma unroll
@@ -156,6 +165,14 @@ __global__ void __launch_bounds__(kThreads) HeadGemmKernel(HeadGemmParams p) {
         MmaBf16(acc[j], a, b[0], b[1]);
         MmaBf16(acc[j + 1], a, b[2], b[3]);
       }
+    }
+    if (!whole) {
+      __syncthreads();  // every warp is done with this slot: refill it
+      if (s + kRingSlots < stages) {
+        load_x((s + kRingSlots) * kBk, slot);
+        load_w((s + kRingSlots) * kBk, slot);
+      }
+      CpAsyncCommit();
     }
   }
   CpAsyncWait<0>();

@@ -231,9 +231,12 @@ INSTANTIATE_TEST_SUITE_P(
         // Groups past one 32-row tile; k past a 64 stage; ragged n.
         GroupedGemmCase{6, 40, 96, 160, true}, GroupedGemmCase{5, 33, 40, 72, false, true},
         // Many experts at decode sizes, most with a row or none; k past the 8
-        // stages requested at once (double-buffered).
+        // stages requested at once (the 8-slot ring).
         GroupedGemmCase{256, 4, 48, 64, true, true}, GroupedGemmCase{4, 9, 40, 600, false},
-        GroupedGemmCase{3, 8, 24, 1032, true}));
+        GroupedGemmCase{3, 8, 24, 1032, true},
+        // DeepSeek-V3's gate_up k (hidden 7168: the ring wraps 14 times) and a
+        // ragged one past several wraps.
+        GroupedGemmCase{3, 2, 64, 7168, false}, GroupedGemmCase{5, 6, 32, 2056, true, true}));
 
 TEST(HeadGemmTest, TakesOnlyWholePieces) {
   cuda::HeadGemmParams p;
@@ -285,7 +288,7 @@ INSTANTIATE_TEST_SUITE_P(
         HeadGemmCase{5, 8, 160, 32, true, 16}, HeadGemmCase{5, 8, 32, 160, false},
         // Ragged k (a partial last stage) and n at one 8-column piece.
         HeadGemmCase{3, 2, 8, 72, false}, HeadGemmCase{33, 3, 24, 200, true, 8},
-        // k past the 8 stages a block requests at once (512): double-buffered,
+        // k past the 8 stages a block requests at once (512): the 8-slot ring,
         // with a ragged last stage.
         HeadGemmCase{9, 2, 40, 600, false}, HeadGemmCase{17, 3, 72, 1032, true, 8},
         HeadGemmCase{9, 2, 40, 600, false, 0, true}));
