@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the GPU kernel tests (the ctest label `gpu`: every *_gpu_test binary), then
 # the launcher check (launcher_check.sh beside this script: mla-launch --backend
-# cuda --tp 1 serving the golden fixture, one greedy generation, SIGTERM), then
+# cuda --tp 1 serving the golden fixture, one greedy generation, SIGTERM; again
+# with --moe-grouping device), then
 # the decode-attention benchmark (mla-bench-decode) beside the PyTorch baseline
 # (mla_decode_torch_baseline.py) on the same card, its variants, and where
 # Nsight Compute runs two profiles of 64x4096x16 (ncu_decode.sh), and prints
@@ -172,14 +173,18 @@ if [[ -n $race_filter && -x $dir/bin/mla_decode_gpu_test && -x $sanitizer ]]; th
     "$dir/bin/mla_decode_gpu_test" "--gtest_filter=$race_filter"
 fi
 
-# The launcher check: one row. Its last line says the verdict; its exit status
-# decides a failure (a crash or a timeout leaves no verdict line).
+# The launcher check: one row a run. Its last line says the verdict; its exit
+# status decides a failure (a crash or a timeout leaves no verdict line). It
+# runs twice: as configured, then with the MoE layers grouped on the device
+# (--moe-grouping device), and the two generations' total times are printed
+# side by side (16 tokens of a 3-layer model: launches and waits, not math).
 check=$here/launcher_check.sh
-if [[ -f $check ]]; then
-  name=launcher_cuda_tp1
-  log=$logs/launcher_check.log
+launcher_check() {  # NAME LOG [VAR=VALUE...]: one row
+  local name=$1 log=$2
+  shift 2
+  local start rc secs verdict_name verdict result passed failed skipped
   start=$(date +%s.%N)
-  MLA_GPU_LOG_DIR=$logs timeout "${MLA_LAUNCHER_CHECK_TIMEOUT:-600}" bash "$check" "$dir" >"$log" 2>&1
+  env MLA_GPU_LOG_DIR="$logs" "$@" timeout "${MLA_LAUNCHER_CHECK_TIMEOUT:-600}" bash "$check" "$dir" >"$log" 2>&1
   rc=$?
   secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
   read -r _ verdict_name verdict _ < <(grep -E '^launcher_check: [a-z0-9_]+ (PASSED|FAILED|SKIPPED) ' "$log" | tail -n 1)
@@ -199,6 +204,18 @@ if [[ -f $check ]]; then
   passed=0 failed=0 skipped=0
   case $result in PASSED) passed=1 ;; SKIPPED) skipped=1 ;; *) failed=1 ;; esac
   table+=("$(printf '%-28s %-8s %6s %6s %7s %8s' "$name" "$result" "$passed" "$failed" "$skipped" "$secs")")
+}
+# The generation's total_time_us from a launcher check's log ("-" where none).
+generation_us() {
+  local us
+  us=$(grep -o '"total_time_us":[0-9]*' "$1" 2>/dev/null | tail -n 1 | cut -d: -f2)
+  echo "${us:--}"
+}
+if [[ -f $check ]]; then
+  launcher_check launcher_cuda_tp1 "$logs/launcher_check.log"
+  launcher_check launcher_cuda_tp1_moe_device "$logs/launcher_check_moe_device.log" MLA_LAUNCHER_CHECK_MOE_GROUPING=device
+  echo "launcher check, MoE grouping: host $(generation_us "$logs/launcher_check.log") us," \
+    "device $(generation_us "$logs/launcher_check_moe_device.log") us for the generation"
 fi
 
 # The decode benchmark (issue 6), its PyTorch baseline, and the two joined.
