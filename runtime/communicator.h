@@ -46,6 +46,24 @@ class Communicator {
 
   // Returns once every rank has entered the barrier.
   virtual absl::Status Barrier() = 0;
+
+  // AllReduceSum without the wait, for a transport whose collectives run in
+  // a device stream's order (NCCL): CanEnqueueOn(stream) says whether it
+  // enqueues on `stream` (a cudaStream_t, opaque here); then
+  // EnqueueAllReduceSum returns once the operation is in that stream, ordered
+  // after the caller's kernels before it and before those after, and its
+  // failure is reported by the next call that waits (any collective above, or
+  // Wait), within that call's timeout. Elsewhere (Gloo, the local group, NCCL
+  // on another stream) CanEnqueueOn is false and EnqueueAllReduceSum is
+  // AllReduceSum.
+  virtual bool CanEnqueueOn(const void* stream) const {
+    (void)stream;
+    return false;
+  }
+  virtual absl::Status EnqueueAllReduceSum(float* data, size_t count) { return AllReduceSum(data, count); }
+  // Waits for everything enqueued so far, as a collective's own wait does
+  // (the same timeout and errors). OK at once where nothing is enqueued.
+  virtual absl::Status Wait() { return absl::OkStatus(); }
 };
 
 // Size 1, rank 0: every collective is a copy or a no-op.

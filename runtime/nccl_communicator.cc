@@ -274,6 +274,19 @@ absl::Status NcclCommunicator::Run(absl::string_view op, absl::string_view call,
   return WaitForCompletion(op, call, result, deadline);
 }
 
+template <typename Enqueue>
+absl::Status NcclCommunicator::EnqueueOnly(absl::string_view op, absl::string_view call, Enqueue&& enqueue) {
+  if (!broken_.ok()) return Unusable(op);
+  if (absl::Status s = MLA_CUDA_STATUS(cudaSetDevice(device_)); !s.ok()) return Fail(Prefixed(Where(op), s));
+  const ncclResult_t result = enqueue();
+  const std::string where = Where(op);
+  if (result == ncclSuccess) return absl::OkStatus();
+  if (result != ncclInProgress) return Fail(NcclError(where, call, result, comm_));
+  // Non-blocking mode: the stream holds the operation only once NCCL says so.
+  absl::Status s = WaitUntilReady(comm_, where, call, absl::Now() + timeout_, timeout_);
+  return s.ok() ? s : Fail(std::move(s));
+}
+
 absl::Status NcclCommunicator::WaitForCompletion(absl::string_view op, absl::string_view call, int enqueue_result,
                                                  absl::Time deadline) {
   const auto result = static_cast<ncclResult_t>(enqueue_result);
@@ -314,6 +327,21 @@ absl::Status NcclCommunicator::AllReduceSum(float* data, size_t count) {
   if (count == 0) return absl::OkStatus();
   return Run("AllReduceSum", "ncclAllReduce",
              [&] { return ncclAllReduce(data, data, count, ncclFloat32, ncclSum, comm_, stream_); });
+}
+
+bool NcclCommunicator::CanEnqueueOn(const void* stream) const {
+  return stream == static_cast<const void*>(stream_) && broken_.ok() && comm_ != nullptr;
+}
+
+absl::Status NcclCommunicator::EnqueueAllReduceSum(float* data, size_t count) {
+  if (absl::Status s = comm_internal::CheckAllReduce(data, count); !s.ok()) return s;
+  if (count == 0) return absl::OkStatus();
+  return EnqueueOnly("AllReduceSum (enqueued)", "ncclAllReduce",
+                     [&] { return ncclAllReduce(data, data, count, ncclFloat32, ncclSum, comm_, stream_); });
+}
+
+absl::Status NcclCommunicator::Wait() {
+  return Run("Wait", "the enqueued collectives", [] { return ncclSuccess; });
 }
 
 absl::Status NcclCommunicator::AllGather(const float* in, size_t count, float* out) {

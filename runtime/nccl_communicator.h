@@ -7,7 +7,8 @@
 // only and never dereference them.
 //
 // Each call enqueues its NCCL operation on the communicator's stream and returns
-// when the stream has drained: like Gloo's, a call is synchronous. It waits by
+// when the stream has drained: like Gloo's, a call is synchronous (except
+// EnqueueAllReduceSum, whose wait is the next call's). It waits by
 // polling cudaStreamQuery and ncclCommGetAsyncError (spinning for the first
 // millisecond, then sleeping with a backoff up to 1 ms) until options.timeout.
 // A peer that died or hangs therefore gives DeadlineExceeded (or Unavailable,
@@ -93,6 +94,16 @@ class NcclCommunicator final : public Communicator {
   // A one-element all-reduce on an internal device scalar.
   absl::Status Barrier() override;
 
+  // stream == this communicator's stream (SetStream) and the group healthy.
+  bool CanEnqueueOn(const void* stream) const override;
+  // data: device [count]. Returns once NCCL has the operation in the stream
+  // (non-blocking mode: ncclInProgress waited out, within the timeout).
+  absl::Status EnqueueAllReduceSum(float* data, size_t count) override;
+  // Polls the stream until it drains, as every collective's wait does: a
+  // peer that died or hangs gives DeadlineExceeded or Unavailable after the
+  // timeout, and the communicator is aborted.
+  absl::Status Wait() override;
+
   // Where collectives are enqueued: the model passes the stream its kernels run
   // on, so a collective is ordered after the kernels that produce its input
   // without an extra event (waiting for the collective then waits for those
@@ -119,6 +130,9 @@ class NcclCommunicator final : public Communicator {
   // aborts the communicator and marks the group out of step for good.
   template <typename Enqueue>
   absl::Status Run(absl::string_view op, absl::string_view call, Enqueue&& enqueue);
+  // The same without waiting for the stream: only for NCCL to take the call.
+  template <typename Enqueue>
+  absl::Status EnqueueOnly(absl::string_view op, absl::string_view call, Enqueue&& enqueue);
   // enqueue_result: the ncclResult_t of the enqueue (an int here: no nccl.h in this header).
   absl::Status WaitForCompletion(absl::string_view op, absl::string_view call, int enqueue_result,
                                  absl::Time deadline);

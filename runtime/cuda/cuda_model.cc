@@ -456,6 +456,7 @@ absl::Status CudaModel::Layout(const StepPlan& plan, Workspace& ws) {
 
 absl::Status CudaModel::AllReduce(float* data, size_t count) {
   if (ranks() == 1) return absl::OkStatus();
+  if (enqueue_collectives_) return comm_->EnqueueAllReduceSum(data, count);
   // The communicator may run on its own stream: the input must be complete.
   MLA_RETURN_IF_ERROR(ctx_->Synchronize());
   return comm_->AllReduceSum(data, count);
@@ -470,6 +471,31 @@ absl::StatusOr<std::vector<float>> CudaModel::Forward(std::span<const SequenceSt
   if (plan.rows == 0) return std::vector<float>();  // an empty batch: no logits rows
   Workspace ws;
   MLA_RETURN_IF_ERROR(Layout(plan, ws));
+  // Where the MoE layers group their tokens' expert choices (CudaModelOptions.moe_grouping).
+  const bool moe_on_device = ws.expert_rows != nullptr && options_.moe_grouping == MoeGrouping::kDevice &&
+                             plan.rows <= kMoeDeviceMaxTokens;
+  // The all-reduces go into the stream without a wait where the
+  // communicator enqueues on this model's stream (NCCL after SetStream) and
+  // nothing in the step waits for the device before the logits' gather,
+  // whose wait is bounded: no MoE layer grouped on the host (its wait would
+  // hang behind a collective a dead peer never joins).
+  const bool any_moe = ws.expert_rows != nullptr;
+  enqueue_collectives_ = ranks() > 1 && (!any_moe || moe_on_device) && comm_->CanEnqueueOn(ctx_->stream());
+  absl::StatusOr<std::vector<float>> logits = RunStep(plan, ws, cache, moe_on_device);
+  if (!logits.ok() && enqueue_collectives_) {
+    // Collectives may still be queued: wait for them, bounded (a timeout
+    // aborts the communicator, whose kernels then quit), so that no later
+    // call waits behind them without a bound. The step's own error is the
+    // one to report; a failed wait leaves the group unusable, which every
+    // later collective says.
+    comm_->Wait().IgnoreError();
+  }
+  enqueue_collectives_ = false;
+  return logits;
+}
+
+absl::StatusOr<std::vector<float>> CudaModel::RunStep(const StepPlan& plan, Workspace& ws, CudaLatentCache& cache,
+                                                      bool moe_on_device) {
   const cudaStream_t stream = ctx_->stream();
   const ModelConfig& c = config_;
   const int64_t t = plan.rows, hd = c.hidden_size;
@@ -483,9 +509,6 @@ absl::StatusOr<std::vector<float>> CudaModel::Forward(std::span<const SequenceSt
   MLA_RETURN_IF_ERROR(dispatch_host_.Reserve(2 * slot_bytes));
   std::memcpy(meta_host_.data(), plan.meta.data(), meta_bytes);
   MLA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ws.meta, meta_host_.data(), meta_bytes, cudaMemcpyHostToDevice, stream));
-  // Where the MoE layers group their tokens' expert choices (CudaModelOptions.moe_grouping).
-  const bool moe_on_device = ws.expert_rows != nullptr && options_.moe_grouping == MoeGrouping::kDevice &&
-                             t <= kMoeDeviceMaxTokens;
   if (moe_on_device) {
     MLA_RETURN_IF_ERROR(moe_bad_ids_host_.Reserve(sizeof(int32_t)));
     MLA_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(ws.moe_bad_ids, 0, sizeof(int32_t), stream));
@@ -996,7 +1019,9 @@ absl::StatusOr<std::vector<float>> CudaModel::Logits(const StepPlan& plan, const
     MLA_RETURN_IF_ERROR(ctx_->Synchronize());
     return logits;
   }
-  MLA_RETURN_IF_ERROR(ctx_->Synchronize());
+  // The gather's own wait (bounded) covers the stream; enqueued all-reduces
+  // ahead of it must not be waited for here without a bound.
+  if (!enqueue_collectives_) MLA_RETURN_IF_ERROR(ctx_->Synchronize());
   const bool root = comm_->rank() == 0;
   MLA_RETURN_IF_ERROR(comm_->Gather(ws.logits, local, root ? ws.gathered : nullptr, 0));
   if (!root) return std::vector<float>();

@@ -122,6 +122,9 @@ class CudaModel {
   absl::Status CheckDeviceGrouping() const;
   StepPlan Plan(std::span<const SequenceStep> batch, int64_t block_size) const;
   absl::Status Layout(const StepPlan& plan, Workspace& ws);
+  // Forward past its checks and layout: the step's kernels, collectives and logits.
+  absl::StatusOr<std::vector<float>> RunStep(const StepPlan& plan, Workspace& ws, CudaLatentCache& cache,
+                                             bool moe_on_device);
   absl::Status Attention(int64_t layer, const StepPlan& plan, const Workspace& ws, CudaLatentCache& cache);
   // One of the per-head GEMMs around the absorbed decode, by whoever
   // options_.decode.gemm names: out[m, h, :] = x[m, h, :k] W_h for m < rows
@@ -141,6 +144,8 @@ class CudaModel {
   absl::Status CombineExperts(const DeviceMoe& w, int64_t rows, const Workspace& ws);
   absl::StatusOr<std::vector<float>> Logits(const StepPlan& plan, const Workspace& ws);
   // Sums `data` (device, [count]) over the ranks; nothing with one rank.
+  // Enqueued without a wait where enqueue_collectives_ (set by Forward for
+  // its step: Communicator::CanEnqueueOn), else after waiting for the stream.
   absl::Status AllReduce(float* data, size_t count);
   int ranks() const { return comm_ == nullptr ? 1 : comm_->size(); }
 
@@ -156,6 +161,7 @@ class CudaModel {
   DeviceBuffer decode_merge_counters_;
   float rope_attention_factor_ = 1.0f;
   float softmax_scale_ = 0.0f;
+  bool enqueue_collectives_ = false;  // this step's all-reduces: see Forward
   DeviceArena workspace_;      // per-step activations, grown as needed
   PinnedBuffer meta_host_;     // the step's int32 metadata, staged for one upload
   PinnedBuffer routing_host_;  // a MoE layer's expert ids, downloaded

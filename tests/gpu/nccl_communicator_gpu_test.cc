@@ -307,6 +307,38 @@ TEST_P(NcclCollectiveTest, BadArgumentsAreRefusedAndTheGroupStaysUsable) {
   });
 }
 
+// All-reduces enqueued without a wait (the CUDA model's, on its stream) run in
+// stream order: three in a row on one buffer, then a Gather that waits, then
+// Wait; only the communicator's own stream takes them.
+TEST_P(NcclCollectiveTest, EnqueuedAllReducesRunInStreamOrder) {
+  const int size = GetParam();
+  RunGroup(size, [&](int rank, NcclCommunicator& comm) {
+    EXPECT_TRUE(comm.CanEnqueueOn(comm.stream()));
+    cudaStream_t other = nullptr;
+    ASSERT_EQ(cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking), cudaSuccess);
+    EXPECT_FALSE(comm.CanEnqueueOn(other));
+    constexpr size_t kCount = 4096;
+    auto data = Poisoned(kCount);
+    // Each rank's 1 + rank over the NaN poison, queued on the stream just before.
+    std::vector<float> ones(kCount, static_cast<float>(1 + rank));
+    ASSERT_EQ(cudaMemcpyAsync(data->get(), ones.data(), kCount * sizeof(float), cudaMemcpyHostToDevice, comm.stream()),
+              cudaSuccess);
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE(comm.EnqueueAllReduceSum(data->get(), kCount).ok()) << "all-reduce " << i;
+    auto gathered = Poisoned(kCount * size);
+    ASSERT_TRUE(comm.Gather(data->get(), kCount, rank == 0 ? gathered->get() : nullptr, 0).ok());
+    ASSERT_TRUE(comm.Wait().ok());
+    // sum of 1..size, then times size twice.
+    const float want = static_cast<float>(size * (size + 1) / 2 * size * size);
+    const std::vector<float> got = Download(*data);
+    for (size_t i = 0; i < kCount; ++i) ASSERT_EQ(got[i], want) << "index " << i;
+    if (rank == 0) {
+      const std::vector<float> all = Download(*gathered);
+      for (size_t i = 0; i < all.size(); ++i) ASSERT_EQ(all[i], want) << "gathered index " << i;
+    }
+    EXPECT_EQ(cudaStreamDestroy(other), cudaSuccess);
+  });
+}
+
 INSTANTIATE_TEST_SUITE_P(Sizes, NcclCollectiveTest, ::testing::Values(1, 2, 4),
                          [](const ::testing::TestParamInfo<int>& info) { return absl::StrCat("size", info.param); });
 
@@ -428,6 +460,42 @@ TEST(NcclCommunicatorTest, APeerThatNeverCallsGivesAnErrorNotAHang) {
   // Rank 1's teardown: its finalise waits for rank 0 (aborted) up to the
   // timeout, then it aborts too; plus the init and at most 5 s of stream drain.
   EXPECT_LT(total, 3 * timeout + absl::Seconds(30));
+}
+
+// The same peer, with the all-reduce enqueued (no wait of its own): the
+// enqueue returns, the Wait after it gets the error within the timeout, and
+// later calls, enqueued or not, say the group is unusable.
+TEST(NcclCommunicatorTest, APeerThatNeverJoinsAnEnqueuedAllReduceFailsTheWait) {
+  MLA_SKIP_WITH_FEWER_GPUS(2);
+  const absl::Duration timeout = absl::Seconds(3);
+  absl::Notification rank0_done;
+  absl::Status enqueued, waited, later;
+  absl::Duration took;
+  RunGroup(
+      2,
+      [&](int rank, NcclCommunicator& comm) {
+        if (rank == 1) {
+          rank0_done.WaitForNotificationWithTimeout(absl::Seconds(60));
+          return;
+        }
+        DeviceBuffer<float> x(std::vector<float>(1024, 1.0f));
+        enqueued = comm.EnqueueAllReduceSum(x.get(), 1024);
+        const absl::Time t0 = absl::Now();
+        waited = comm.Wait();
+        took = absl::Now() - t0;
+        later = comm.EnqueueAllReduceSum(x.get(), 1024);
+        EXPECT_FALSE(comm.CanEnqueueOn(comm.stream()));
+        rank0_done.Notify();
+      },
+      timeout);
+  EXPECT_TRUE(enqueued.ok()) << enqueued;
+  ASSERT_FALSE(waited.ok());
+  EXPECT_TRUE(waited.code() == absl::StatusCode::kDeadlineExceeded || waited.code() == absl::StatusCode::kUnavailable)
+      << waited;
+  EXPECT_TRUE(absl::StrContains(waited.message(), "Wait on rank 0 of 2")) << waited;
+  EXPECT_LT(took, timeout + absl::Seconds(10));
+  EXPECT_EQ(later.code(), absl::StatusCode::kUnavailable) << later;
+  EXPECT_TRUE(absl::StrContains(later.message(), "unusable")) << later;
 }
 
 // Argument checks come before any CUDA call: these run without a GPU.
