@@ -1,7 +1,7 @@
 // mla-generate: offline generation on the CPU backend, or on one GPU with --backend cuda.
 //   mla-generate --model DIR --prompt-ids 1,2,3 --max-new-tokens N [--temperature T --top-k K
 //                --top-p P --seed S] [--kv-cache-dtype fp32|bf16] [--logits-out FILE.json]
-//                [--backend cpu|cuda [--decode-kernel SPEC] [--moe-grouping host|device]]
+//                [--backend cpu|cuda [--decode-kernel SPEC] [--moe-grouping host|device] [--decode-graphs]]
 //   mla-generate --model DIR --describe
 // Exit codes: 0 ok; 2 bad flags or a bad model directory; 1 any other failure.
 #include <glog/logging.h>
@@ -37,6 +37,8 @@ constexpr char kUsage[] =
     "                    [--backend cpu|cuda]   (cuda: GPU 0, BF16, a bf16 latent cache)\n"
     "                    [--decode-kernel SPEC] (cuda: e.g. mma=warpgroup,copy=bulk; launcher/decode_kernel_flag.h)\n"
     "                    [--moe-grouping host|device] (cuda: where MoE layers group tokens by expert)\n"
+    "                    [--decode-graphs] (cuda: decode steps replayed from CUDA graphs; needs\n"
+    "                                       --moe-grouping device on a MoE model)\n"
     "  --model defaults to the embedded tiny DeepSeek-V3 fixture (" MLA_DEFAULT_MODEL_DIR ")\n";
 
 struct Options {
@@ -50,6 +52,7 @@ struct Options {
   std::string backend = "cpu";
   cuda::MlaDecodeVariant decode_kernel;
   MoeGrouping moe_grouping = MoeGrouping::kHost;
+  bool decode_graphs = false;
 };
 
 absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
@@ -59,7 +62,7 @@ absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
                       {"model", "prompt-ids", "max-new-tokens", "temperature", "top-k", "top-p", "seed",
                        "kv-cache-dtype", "logits-out", "prefill-chunk", "threads", "backend", "decode-kernel",
                        "moe-grouping"},
-                      {"describe", "help"}));
+                      {"describe", "help", "decode-graphs"}));
   Options o;
   if (auto m = flags.String("model")) o.model_dir = *m;
   o.describe = flags.Has("describe");
@@ -69,6 +72,8 @@ absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
   }
   MLA_ASSIGN_OR_RETURN(o.decode_kernel, DecodeKernelFlag(flags, o.backend));
   MLA_ASSIGN_OR_RETURN(o.moe_grouping, ParseMoeGrouping(flags.String("moe-grouping").value_or("host"), o.backend));
+  o.decode_graphs = flags.Has("decode-graphs");
+  MLA_RETURN_IF_ERROR(CheckDecodeGraphs(o.decode_graphs, o.backend));
   if (o.describe) return o;
   if (!flags.Has("prompt-ids")) return absl::InvalidArgumentError("--prompt-ids is required (e.g. 1,2,3)");
   MLA_ASSIGN_OR_RETURN(o.request.prompt_ids, flags.IntList("prompt-ids"));
@@ -139,6 +144,7 @@ int Run(int argc, char** argv) {
     cuda::CudaModelOptions model_options;
     model_options.decode = options->decode_kernel;
     model_options.moe_grouping = options->moe_grouping;
+    model_options.decode_graphs = options->decode_graphs;
     absl::StatusOr<std::unique_ptr<cuda::CudaModel>> model = cuda::CudaModel::Load(options->model_dir, model_options);
     // A device or CUDA failure is not a bad model directory.
     if (!model.ok()) return Fail(model.status().code() == absl::StatusCode::kInternal ? 1 : 2, model.status());

@@ -37,6 +37,9 @@ const char kLaunchUsage[] =
     "  --shutdown-timeout-ms MS  SIGTERM drains: running requests get this long (default 30000)\n"
     "  --api-key KEY        bearer token required on every call but health (also $MLA_API_KEY)\n"
     "  --metrics-port P     Prometheus /metrics on --host:P (node 0)\n"
+    "  --decode-kernel SPEC, --moe-grouping host|device, --decode-graphs\n"
+    "                       (cuda) handed to every worker: the decode attention kernel, where MoE\n"
+    "                       layers group tokens by expert, decode steps replayed from CUDA graphs\n"
     "Exit status: 0 clean shutdown; 1 a child failed (restarts spent); 2 bad flags or setup.\n";
 
 namespace {
@@ -126,6 +129,8 @@ absl::Status ParseWorkerKnobs(const CliFlags& flags, int64_t cores, LaunchOption
   o.decode_kernel = flags.String("decode-kernel");
   o.moe_grouping = flags.String("moe-grouping");
   if (o.moe_grouping) MLA_RETURN_IF_ERROR(ParseMoeGrouping(*o.moe_grouping, o.backend).status());
+  o.decode_graphs = flags.Has("decode-graphs");
+  MLA_RETURN_IF_ERROR(CheckDecodeGraphs(o.decode_graphs, o.backend));
   int64_t default_threads = std::max<int64_t>(1, cores / o.local_world_size());
   MLA_ASSIGN_OR_RETURN(o.threads, flags.Int("threads", default_threads, 1));
   return absl::OkStatus();
@@ -152,7 +157,7 @@ absl::StatusOr<LaunchOptions> ParseLaunchOptions(int argc, char** argv, int64_t 
                                         "max-num-batched-tokens", "max-num-seqs", "max-queued-requests",
                                         "max-model-len", "shutdown-timeout-ms", "tls-cert", "tls-key", "api-key",
                                         "metrics-port", "decode-kernel", "moe-grouping"},
-                                       {"help", "no-prefix-caching"}));
+                                       {"help", "no-prefix-caching", "decode-graphs"}));
   LaunchOptions o;
   o.model_dir = flags.String("model").value_or("");
   if (o.model_dir.empty()) return absl::InvalidArgumentError("--model DIR is required (the model directory)");
@@ -226,6 +231,7 @@ std::vector<std::string> WorkerArgs(const LaunchOptions& o, int64_t local_rank) 
   if (o.tls_cert) args.insert(args.end(), {"--tls-ca", *o.tls_cert});
   if (o.decode_kernel) args.insert(args.end(), {"--decode-kernel", *o.decode_kernel});
   if (o.moe_grouping) args.insert(args.end(), {"--moe-grouping", *o.moe_grouping});
+  if (o.decode_graphs) args.push_back("--decode-graphs");
   return args;
 }
 

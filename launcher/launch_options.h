@@ -28,6 +28,7 @@ struct LaunchOptions {
   std::optional<std::string> kv_cache_dtype;  // fp32 | bf16
   std::optional<std::string> decode_kernel;   // --decode-kernel SPEC, checked, to workers as given
   std::optional<std::string> moe_grouping;    // --moe-grouping host|device, checked, to workers as given
+  bool decode_graphs = false;                 // --decode-graphs, to workers
   int64_t threads = 1;                        // BLAS threads per worker
   int64_t step_timeout_ms = 5000;
   int64_t grace_ms = 3000;  // SIGTERM -> SIGKILL

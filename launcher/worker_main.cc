@@ -23,7 +23,7 @@ absl::StatusOr<WorkerOptions> ParseOptions(int argc, char** argv) {
                       {"model", "coordinator", "node-rank", "local-rank", "local-world-size", "host", "backend",
                        "threads", "num-blocks", "kv-cache-memory", "kv-cache-dtype", "collective-timeout-ms",
                        "connect-timeout-ms", "tls-ca", "decode-kernel", "moe-grouping"},
-                      {}));
+                      {"decode-graphs"}));
   WorkerOptions o;
   if (!flags.Has("model")) return absl::InvalidArgumentError("--model is required");
   o.model_dir = *flags.String("model");
@@ -42,6 +42,8 @@ absl::StatusOr<WorkerOptions> ParseOptions(int argc, char** argv) {
   MLA_ASSIGN_OR_RETURN(o.cache_dtype, ParseCacheDType(flags.String("kv-cache-dtype").value_or("fp32")));
   MLA_ASSIGN_OR_RETURN(o.decode_kernel, DecodeKernelFlag(flags, o.backend));
   MLA_ASSIGN_OR_RETURN(o.moe_grouping, ParseMoeGrouping(flags.String("moe-grouping").value_or("host"), o.backend));
+  o.decode_graphs = flags.Has("decode-graphs");
+  MLA_RETURN_IF_ERROR(CheckDecodeGraphs(o.decode_graphs, o.backend));
   MLA_ASSIGN_OR_RETURN(int64_t collective_ms, flags.Int("collective-timeout-ms", 5000, 1));
   MLA_ASSIGN_OR_RETURN(int64_t connect_ms, flags.Int("connect-timeout-ms", 60000, 1));
   o.node_rank = static_cast<int>(node_rank);

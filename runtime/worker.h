@@ -27,6 +27,7 @@ struct WorkerOptions {
   CacheDType cache_dtype = CacheDType::kF32;
   cuda::MlaDecodeVariant decode_kernel;  // --decode-kernel, the cuda backend's only
   MoeGrouping moe_grouping = MoeGrouping::kHost;  // --moe-grouping, device: the cuda backend's only
+  bool decode_graphs = false;                     // --decode-graphs, the cuda backend's only
   std::string api_key;      // sent as a bearer token on every control-plane call
   std::string tls_ca_path;  // PEM root certificate: connect with TLS when set
   absl::Duration connect_timeout = absl::Seconds(60);     // waiting for the coordinator

@@ -263,6 +263,7 @@ CudaModel::CudaModel(ModelConfig config, const CudaModelOptions& options, Commun
 CudaModel::~CudaModel() {
   // Nothing queued may outlive the buffers it uses.
   if (ctx_ != nullptr) cudaStreamSynchronize(ctx_->stream());
+  for (const DecodeGraph& g : decode_graphs_) cudaGraphExecDestroy(g.exec);
 }
 
 absl::StatusOr<CudaLatentCache> CudaModel::MakeCache(int64_t num_blocks) const {
@@ -498,8 +499,7 @@ absl::StatusOr<std::vector<float>> CudaModel::RunStep(const StepPlan& plan, Work
                                                       bool moe_on_device) {
   const cudaStream_t stream = ctx_->stream();
   const ModelConfig& c = config_;
-  const int64_t t = plan.rows, hd = c.hidden_size;
-  const float eps = static_cast<float>(c.rms_norm_eps);
+  const int64_t t = plan.rows;
 
   // Host staging, grown only here, while nothing is in flight.
   const size_t meta_bytes = plan.meta.size() * sizeof(int32_t);
@@ -513,7 +513,86 @@ absl::StatusOr<std::vector<float>> CudaModel::RunStep(const StepPlan& plan, Work
     MLA_RETURN_IF_ERROR(moe_bad_ids_host_.Reserve(sizeof(int32_t)));
     MLA_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(ws.moe_bad_ids, 0, sizeof(int32_t), stream));
   }
+  MLA_RETURN_IF_ERROR(StepOnDevice(plan, ws, cache, moe_on_device));
+  if (!moe_on_device) return LogitsToHost(plan, ws);
+  // The device grouping's count of out-of-range expert ids, read once the
+  // step is done (LogitsToHost waits for the stream on every rank).
+  int32_t* bad_ids = static_cast<int32_t*>(moe_bad_ids_host_.data());
+  MLA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(bad_ids, ws.moe_bad_ids, sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
+  absl::StatusOr<std::vector<float>> logits = LogitsToHost(plan, ws);
+  if (logits.ok() && *bad_ids != 0) {
+    return absl::InternalError(absl::StrCat("MoE routing kernel chose ", *bad_ids,
+                                            " expert ids outside [0, ", c.n_routed_experts, ") in this step"));
+  }
+  return logits;
+}
 
+// A step's device work, from the uploaded metadata to the logits rows in
+// ws.logits: replayed from a CUDA graph where options_.decode_graphs takes
+// the step, else launched.
+absl::Status CudaModel::StepOnDevice(const StepPlan& plan, const Workspace& ws, CudaLatentCache& cache,
+                                     bool moe_on_device) {
+  const bool graphs = options_.decode_graphs && ranks() == 1 && plan.naive_rows == 0 &&
+                      (ws.expert_rows == nullptr || moe_on_device);
+  if (!graphs) return LaunchStep(plan, ws, cache, moe_on_device);
+  const DecodeGraphKey key{plan.rows,
+                           plan.max_blocks,
+                           static_cast<int64_t>(plan.meta.size()),
+                           plan.num_decode_items,
+                           plan.num_decode_merges,
+                           plan.decode_heads_per_block,
+                           plan.decode_partials,
+                           ws.meta,
+                           cache.Layer(0),
+                           cache.num_blocks()};
+  const cudaStream_t stream = ctx_->stream();
+  for (size_t i = 0; i < decode_graphs_.size(); ++i) {
+    if (decode_graphs_[i].key == key) {
+      std::rotate(decode_graphs_.begin(), decode_graphs_.begin() + static_cast<std::ptrdiff_t>(i),
+                  decode_graphs_.begin() + static_cast<std::ptrdiff_t>(i) + 1);  // most recent first
+      MLA_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(decode_graphs_.front().exec, stream));
+      ++decode_graph_launches_;
+      return absl::OkStatus();
+    }
+  }
+  // A shape's first step runs launched (the kernels' one-time setup, e.g.
+  // shared-memory opt-ins and cuBLAS's first choices, stays out of any
+  // capture); its second is captured, then replayed from then on.
+  auto seen = std::find(decode_shapes_seen_.begin(), decode_shapes_seen_.end(), key);
+  if (seen == decode_shapes_seen_.end()) {
+    decode_shapes_seen_.insert(decode_shapes_seen_.begin(), key);
+    if (decode_shapes_seen_.size() > kDecodeGraphsKept) decode_shapes_seen_.pop_back();
+    return LaunchStep(plan, ws, cache, moe_on_device);
+  }
+  decode_shapes_seen_.erase(seen);
+  MLA_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  const absl::Status launched = LaunchStep(plan, ws, cache, moe_on_device);
+  cudaGraph_t graph = nullptr;
+  const cudaError_t ended = cudaStreamEndCapture(stream, &graph);  // always: the stream leaves capture mode
+  if (!launched.ok()) {
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    return launched;
+  }
+  MLA_CUDA_RETURN_IF_ERROR(ended);
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t instantiated = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  MLA_CUDA_RETURN_IF_ERROR(instantiated);
+  if (decode_graphs_.size() >= kDecodeGraphsKept) {
+    cudaGraphExecDestroy(decode_graphs_.back().exec);
+    decode_graphs_.pop_back();
+  }
+  decode_graphs_.insert(decode_graphs_.begin(), DecodeGraph{key, exec});
+  MLA_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(exec, stream));
+  ++decode_graph_launches_;
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::LaunchStep(const StepPlan& plan, const Workspace& ws, CudaLatentCache& cache,
+                                   bool moe_on_device) {
+  const ModelConfig& c = config_;
+  const int64_t t = plan.rows, hd = c.hidden_size;
+  const float eps = static_cast<float>(c.rms_norm_eps);
   // Embedding (BF16 rows of this rank's vocabulary slice, zeros elsewhere) into the FP32 stream.
   EmbeddingParams embed;
   embed.token_ids = ws.meta + plan.token_ids;
@@ -565,17 +644,7 @@ absl::StatusOr<std::vector<float>> CudaModel::RunStep(const StepPlan& plan, Work
   norm.weight = weights_.final_norm;
   norm.out_f32 = nullptr;
   MLA_LAUNCH(LaunchRmsNormF32, norm);
-  if (!moe_on_device) return Logits(plan, ws);
-  // The device grouping's count of out-of-range expert ids, read once the
-  // step is done (Logits waits for the stream on every rank).
-  int32_t* bad_ids = static_cast<int32_t*>(moe_bad_ids_host_.data());
-  MLA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(bad_ids, ws.moe_bad_ids, sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
-  absl::StatusOr<std::vector<float>> logits = Logits(plan, ws);
-  if (logits.ok() && *bad_ids != 0) {
-    return absl::InternalError(absl::StrCat("MoE routing kernel chose ", *bad_ids,
-                                            " expert ids outside [0, ", c.n_routed_experts, ") in this step"));
-  }
-  return logits;
+  return LogitsOnDevice(plan, ws);
 }
 
 absl::Status CudaModel::Attention(int64_t layer, const StepPlan& plan, const Workspace& ws, CudaLatentCache& cache) {
@@ -992,12 +1061,10 @@ absl::Status CudaModel::MoeGroupedOnDevice(const DeviceMoe& w, int64_t rows, con
   return CombineExperts(w, rows, ws);
 }
 
-// The rows that need logits (normed already, in ws.h), the vocabulary
-// projection of this rank's slice, then (with several ranks) a gather to rank 0.
-absl::StatusOr<std::vector<float>> CudaModel::Logits(const StepPlan& plan, const Workspace& ws) {
-  const int64_t hd = config_.hidden_size, lv = weights_.local_vocab, vocab = config_.vocab_size,
-                rows = plan.logit_rows;
-  const cudaStream_t stream = ctx_->stream();
+// The rows that need logits (normed already, in ws.h), then the vocabulary
+// projection of this rank's slice into ws.logits.
+absl::Status CudaModel::LogitsOnDevice(const StepPlan& plan, const Workspace& ws) {
+  const int64_t hd = config_.hidden_size, lv = weights_.local_vocab, rows = plan.logit_rows;
   GatherRowsParams gr;
   gr.in = ws.h;
   gr.rows = ws.meta + plan.out_rows;
@@ -1007,8 +1074,14 @@ absl::StatusOr<std::vector<float>> CudaModel::Logits(const StepPlan& plan, const
   gr.ld_in = hd;
   gr.ldo = hd;
   MLA_LAUNCH(LaunchGatherRows, gr);
-  MLA_RETURN_IF_ERROR(
-      ctx_->Gemm(DenseGemm(rows, lv, hd, ws.sel, DType::kBF16, weights_.lm_head, DType::kBF16, ws.logits, DType::kF32)));
+  return ctx_->Gemm(
+      DenseGemm(rows, lv, hd, ws.sel, DType::kBF16, weights_.lm_head, DType::kBF16, ws.logits, DType::kF32));
+}
+
+// ws.logits to the host, with several ranks through a gather to rank 0.
+absl::StatusOr<std::vector<float>> CudaModel::LogitsToHost(const StepPlan& plan, const Workspace& ws) {
+  const int64_t lv = weights_.local_vocab, vocab = config_.vocab_size, rows = plan.logit_rows;
+  const cudaStream_t stream = ctx_->stream();
   const size_t local = static_cast<size_t>(rows * lv);
   if (ranks() == 1) {
     std::vector<float> logits(local);

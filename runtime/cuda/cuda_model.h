@@ -77,6 +77,14 @@ struct CudaModelOptions {
   // intermediate size) are not multiples of 8: head_gemm.cuh's kernel copies
   // 16 bytes at a time.
   MoeGrouping moe_grouping = MoeGrouping::kHost;
+  // Decode steps replayed from CUDA graphs: a step of one new token a
+  // sequence, on one rank, with no MoE layer grouped on the host (so
+  // moe_grouping kDevice, or a model without routed experts), is captured the
+  // second time its shape comes (batch size, block-table width, the decode
+  // plan's sizes, the same workspace and cache) and replayed from then on,
+  // so the host's launch work per kernel leaves the step. The step's inputs
+  // travel in its metadata upload, as always. Off until measured on a GPU.
+  bool decode_graphs = false;
 };
 
 class CudaModel {
@@ -100,6 +108,8 @@ class CudaModel {
   cudaStream_t stream() const { return ctx_->stream(); }
   int device() const { return ctx_->device(); }
   int64_t weight_bytes() const { return weights_.bytes; }
+  // Steps replayed from a CUDA graph so far (CudaModelOptions.decode_graphs).
+  int64_t decode_graph_launches() const { return decode_graph_launches_; }
   const WeightBytes& weight_bytes_by_kind() const { return weights_.by_kind; }
 
   // A BF16 latent cache of num_blocks blocks of kDefaultBlockSize tokens on this device.
@@ -142,7 +152,13 @@ class CudaModel {
   absl::Status Route(const DeviceMoe& w, int64_t rows, const Workspace& ws);
   absl::Status GatherDispatchRows(int64_t slots, const Workspace& ws);
   absl::Status CombineExperts(const DeviceMoe& w, int64_t rows, const Workspace& ws);
-  absl::StatusOr<std::vector<float>> Logits(const StepPlan& plan, const Workspace& ws);
+  // The step's device work (StepOnDevice: from a CUDA graph where it can,
+  // else LaunchStep), the logits rows into ws.logits (LogitsOnDevice), then
+  // to the host (LogitsToHost: the step's wait).
+  absl::Status StepOnDevice(const StepPlan& plan, const Workspace& ws, CudaLatentCache& cache, bool moe_on_device);
+  absl::Status LaunchStep(const StepPlan& plan, const Workspace& ws, CudaLatentCache& cache, bool moe_on_device);
+  absl::Status LogitsOnDevice(const StepPlan& plan, const Workspace& ws);
+  absl::StatusOr<std::vector<float>> LogitsToHost(const StepPlan& plan, const Workspace& ws);
   // Sums `data` (device, [count]) over the ranks; nothing with one rank.
   // Enqueued without a wait where enqueue_collectives_ (set by Forward for
   // its step: Communicator::CanEnqueueOn), else after waiting for the stream.
@@ -162,6 +178,25 @@ class CudaModel {
   float rope_attention_factor_ = 1.0f;
   float softmax_scale_ = 0.0f;
   bool enqueue_collectives_ = false;  // this step's all-reduces: see Forward
+  // CudaModelOptions.decode_graphs: what a captured step's kernels were given
+  // that the step's metadata does not carry (sizes, and the buffers' places).
+  struct DecodeGraphKey {
+    int64_t rows, max_blocks, meta_size;
+    int items, merges, heads_per_block;
+    int64_t partials;
+    const void* meta;
+    const void* cache;
+    int64_t cache_blocks;
+    bool operator==(const DecodeGraphKey&) const = default;
+  };
+  struct DecodeGraph {
+    DecodeGraphKey key;
+    cudaGraphExec_t exec;
+  };
+  static constexpr size_t kDecodeGraphsKept = 16;  // most recently used first
+  std::vector<DecodeGraph> decode_graphs_;
+  std::vector<DecodeGraphKey> decode_shapes_seen_;  // run once, launched: captured the next time
+  int64_t decode_graph_launches_ = 0;
   DeviceArena workspace_;      // per-step activations, grown as needed
   PinnedBuffer meta_host_;     // the step's int32 metadata, staged for one upload
   PinnedBuffer routing_host_;  // a MoE layer's expert ids, downloaded

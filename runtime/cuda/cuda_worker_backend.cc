@@ -14,8 +14,16 @@ absl::StatusOr<WorkerBackend> MakeCudaBackend(const WorkerOptions& o, KeyValueSt
     std::unique_ptr<Communicator> comm;  // outlives the model, which points to it
     std::unique_ptr<cuda::CudaModel> model;
     std::unique_ptr<cuda::CudaLatentCache> cache;
+    int rank = 0;
+    ~Held() {
+      if (model != nullptr && model->decode_graph_launches() > 0) {
+        LOG(INFO) << "worker rank " << rank << ": " << model->decode_graph_launches()
+                  << " decode steps replayed from CUDA graphs";
+      }
+    }
   };
   auto held = std::make_shared<Held>();
+  held->rank = rank;
   // NCCL even for a group of one: the collectives take device pointers.
   NcclOptions n;
   n.device = o.local_rank;
@@ -26,9 +34,11 @@ absl::StatusOr<WorkerBackend> MakeCudaBackend(const WorkerOptions& o, KeyValueSt
   mo.device = o.local_rank;
   mo.decode = o.decode_kernel;
   mo.moe_grouping = o.moe_grouping;
+  mo.decode_graphs = o.decode_graphs;
   MLA_ASSIGN_OR_RETURN(held->model, cuda::CudaModel::Load(o.model_dir, mo, held->comm.get()));
   LOG(INFO) << "worker rank " << rank << ": decode kernel " << cuda::MlaDecodeVariantSpec(mo.decode)
-            << ", MoE grouping on the " << MoeGroupingName(mo.moe_grouping);
+            << ", MoE grouping on the " << MoeGroupingName(mo.moe_grouping)
+            << (mo.decode_graphs ? ", decode steps from CUDA graphs where one rank serves" : "");
   if (auto* nccl = dynamic_cast<NcclCommunicator*>(held->comm.get())) nccl->SetStream(held->model->stream());
   const ModelConfig& c = held->model->config();
   MLA_ASSIGN_OR_RETURN(cuda::CudaLatentCache cache, held->model->MakeCache(CacheBlocksFor(o, c, 2)));

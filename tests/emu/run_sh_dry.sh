@@ -66,7 +66,7 @@ cat "$log"
 packed=$(tar tzf "$work/out/gpu-test-logs.tar.gz")  # listed whole first: grep -q would cut tar off (pipefail)
 grep -q 'decode_bench_variants.jsonl' <<<"$packed" || fail "no decode_bench_variants.jsonl in \$OUT/gpu-test-logs.tar.gz"
 for want in "-- nccl_communicator_gpu_test: PASSED" "launcher_cuda_tp1_emulated PASSED" \
-  "launcher_cuda_tp1_emulated_moe_device PASSED" \
+  "launcher_cuda_tp1_emulated_moe_device PASSED" "launcher_cuda_tp1_emulated_moe_device_graphs PASSED" \
   "== decode benchmark: " "== decode benchmark variant: --mma warpgroup" "16-head plans on wgmma" \
   "tiles requested two ahead" "== decode benchmark variant: --gemm head --pdl" "programmatic dependent launch" \
   "GEMMs on head_gemm.cuh" "== decode benchmark against the PyTorch baseline" "queued ms" \
@@ -124,13 +124,14 @@ fit=$(python3 "$repo/bench/decode_bench_compare.py" --fit "$work/fit_variants.js
   fail "decode_bench_compare.py --fit exited $?"
 grep -qE '^64x16 +eager +1024\.\.8192 \(4\) +0\.0400 +0\.0200 +3775 +0\.0300 +0\.0200 +0\.0200 +0\.0200 ' <<<"$fit" ||
   fail "the fit of a known line is off: $fit"
-# The two launcher checks' generation times, side by side.
-grep -qE '^launcher check, MoE grouping: host [0-9]+ us, device [0-9]+ us for the generation$' "$log" ||
-  fail "no generation times of the two launcher checks in run.sh's output"
+# The three launcher checks' generation times, side by side.
+grep -qE '^launcher check, generation time: MoE grouped on the host [0-9]+ us, on the device [0-9]+ us, and with decode graphs [0-9]+ us$' "$log" ||
+  fail "no generation times of the three launcher checks in run.sh's output"
 # The closing table: its header, then one row per test binary and per launcher
-# check (as configured, then with the MoE layers grouped on the device).
+# check (as configured, with the MoE layers grouped on the device, and with
+# decode graphs too).
 rows=$(sed -n '/^test  *result  *passed/,$p' "$log" | grep -cE ' (PASSED|FAILED|SKIPPED|TIMEOUT) ')
-((rows == 6)) || fail "the closing table has $rows rows, expected 6"
+((rows == 7)) || fail "the closing table has $rows rows, expected 7"
 
 # bench_ab.sh on the same folder, with a second "build" of the benchmark as
 # mla-bench-decode-COMMIT: one round over both, no ncu (none here), exit 0.

@@ -87,6 +87,8 @@ TEST_F(CliTest, BadFlagsAndModelsExitTwoWithOneLine) {
       {model + " --prompt-ids 1,2 --moe-grouping device",
        "--moe-grouping device with --backend cpu (expected --backend cuda: the CPU model groups on the host)"},
       {model + " --prompt-ids 1,2 --backend cuda --moe-grouping both", "--moe-grouping 'both' (expected host or device)"},
+      {model + " --prompt-ids 1,2 --decode-graphs",
+       "--decode-graphs with --backend cpu (expected --backend cuda: CUDA graphs are the GPU's)"},
       {"--model /nonexistent --prompt-ids 1", "/nonexistent/config.json"},
       {"--model " + std::string(MLA_TEST_DATA_DIR) + "/configs/deepseek-v3 --prompt-ids 1",
        "neither model.safetensors nor model.safetensors.index.json"},

@@ -15,7 +15,9 @@
 //     PDL, the merge in the last block) on v3_mla, DeepSeek-V3's own latent,
 //     against transformers and against the default kernel;
 //   - the MoE layers grouped on the device (CudaModelOptions.moe_grouping)
-//     against transformers and against the host grouping.
+//     against transformers and against the host grouping;
+//   - decode steps replayed from CUDA graphs (CudaModelOptions.decode_graphs)
+//     against the same steps launched, to the bit.
 //
 // Tolerances. The CUDA model computes in BF16 (weights, GEMM operands, latent
 // cache) with FP32 accumulation, against FP32 references, on fixtures built to
@@ -897,6 +899,115 @@ TEST_P(CudaMoeGroupingTest, RaggedStepMatchesTheHostGrouping) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaMoeGroupingTest, ::testing::Values("v3_bf16", "v3_fp8", "v2_lite", "v3_mla"));
+
+// ---------------------------------------------------------------------------
+// Decode steps replayed from CUDA graphs (CudaModelOptions.decode_graphs)
+// give the launched steps' logits to the bit: the same kernels with the same
+// arguments, the per-step inputs in the metadata upload. Teacher forced (one
+// sequence: its shape's second decode step is captured, every later one
+// replayed), then four sequences decoding together for eight steps whose
+// block-table width and decode plan change as their contexts cross 64 and
+// 128 positions (a new shape is launched once, then captured), and whose
+// tables gain a padding entry at step 5. A key without the plan's sizes
+// fails from step 2 (checked).
+
+CudaModelOptions Graphs(CudaModelOptions o) {
+  o.decode_graphs = true;
+  return o;
+}
+
+class CudaDecodeGraphTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaDecodeGraphTest, TeacherForcedStepsEqualTheLaunchedOnes) {
+  MLA_SKIP_WITHOUT_GPU();
+  std::unique_ptr<CudaModel> launched = LoadCuda(GetParam(), DeviceGrouping()),
+                             graphed = LoadCuda(GetParam(), Graphs(DeviceGrouping()));
+  ASSERT_NE(launched, nullptr);
+  ASSERT_NE(graphed, nullptr);
+  int64_t decode_steps = 0;
+  for (const GoldenCase& c : LoadGolden(GetParam())) {
+    SCOPED_TRACE(c.name);
+    EXPECT_EQ(TeacherForced(*graphed, c), TeacherForced(*launched, c));
+    decode_steps += static_cast<int64_t>(c.generated_ids.size()) - 1;
+  }
+  // Each case's first two decode steps run launched and captured (its cache
+  // is a fresh one: another shape), the rest are replays; the captured step
+  // is launched from its graph too.
+  const int64_t cases = static_cast<int64_t>(LoadGolden(GetParam()).size());
+  EXPECT_EQ(graphed->decode_graph_launches(), decode_steps - cases);
+  EXPECT_EQ(launched->decode_graph_launches(), 0);
+}
+
+TEST_P(CudaDecodeGraphTest, BatchedDecodeAcrossBlockEdgesEqualsTheLaunchedSteps) {
+  MLA_SKIP_WITHOUT_GPU();
+  std::unique_ptr<CudaModel> launched = LoadCuda(GetParam(), DeviceGrouping()),
+                             graphed = LoadCuda(GetParam(), Graphs(DeviceGrouping()));
+  ASSERT_NE(launched, nullptr);
+  ASSERT_NE(graphed, nullptr);
+  const int64_t vocab = graphed->config().vocab_size;
+  // Contexts of 61, 62, 1 and 126 tokens, then 8 decode steps: the first
+  // two cross 64 positions (a second block), the fourth 128 (a third).
+  const std::vector<RaggedSeq> seqs = {{61, 1, false}, {62, 1, false}, {1, 1, false}, {126, 1, false}};
+  constexpr int kSteps = 8;
+  std::vector<RaggedSeq> longest = seqs;
+  for (RaggedSeq& q : longest) q.fresh = kSteps;
+  const RaggedSetup s = MakeRagged(longest, vocab, gpu_test::BaseSeed() + 5);
+  std::vector<std::vector<float>> rows[2];
+  CudaModel* models[2] = {launched.get(), graphed.get()};
+  for (int m = 0; m < 2; ++m) {
+    absl::StatusOr<CudaLatentCache> cache = models[m]->MakeCache(s.num_blocks);
+    ASSERT_TRUE(cache.ok()) << cache.status();
+    ASSERT_TRUE(cache->Poison().ok());
+    // Each step's tables hold the blocks its positions need, as the
+    // scheduler's grow: the table width changes at 64 and 128 positions.
+    auto table = [&](size_t i, int64_t positions) {
+      const int64_t blocks = (positions + kDefaultBlockSize - 1) / kDefaultBlockSize;
+      return std::vector<int32_t>(s.tables[i].begin(), s.tables[i].begin() + blocks);
+    };
+    std::vector<std::vector<int32_t>> tables(seqs.size());
+    std::vector<SequenceStep> ctx;
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      tables[i] = table(i, seqs[i].cached);
+      ctx.push_back(SequenceStep{s.context[i], 0, tables[i], false});
+    }
+    ASSERT_TRUE(models[m]->Forward(std::span<const SequenceStep>(ctx), *cache).ok());
+    for (int step = 0; step < kSteps; ++step) {
+      std::vector<SequenceStep> batch;
+      std::vector<std::vector<int32_t>> tokens(seqs.size());
+      for (size_t i = 0; i < seqs.size(); ++i) {
+        tokens[i] = {s.fresh[i][static_cast<size_t>(step)]};
+        tables[i] = table(i, seqs[i].cached + step + 1);
+        // From step 5 on, every table one out-of-range id longer (padding, as
+        // kRagged's, which the plan leaves out: the shape stays).
+        if (step >= 5) tables[i].push_back(static_cast<int32_t>(s.num_blocks));
+        batch.push_back(SequenceStep{tokens[i], seqs[i].cached + step, tables[i], false});
+      }
+      absl::StatusOr<std::vector<float>> logits = models[m]->Forward(std::span<const SequenceStep>(batch), *cache);
+      ASSERT_TRUE(logits.ok()) << logits.status();
+      ASSERT_EQ(logits->size(), seqs.size() * static_cast<size_t>(vocab));
+      rows[m].push_back(std::move(*logits));
+    }
+  }
+  for (int step = 0; step < kSteps; ++step) EXPECT_EQ(rows[1][step], rows[0][step]) << "decode step " << step;
+  EXPECT_GT(graphed->decode_graph_launches(), 0);
+  std::cout << "[ info ] " << GetParam() << ": " << graphed->decode_graph_launches() << " of " << kSteps
+            << " batched decode steps replayed from graphs\n";
+}
+
+// Where a MoE layer groups on the host (its wait cannot be captured), every step is launched.
+TEST(CudaModelTest, DecodeGraphsNeedTheDeviceGrouping) {
+  MLA_SKIP_WITHOUT_GPU();
+  CudaModelOptions o;
+  o.decode_graphs = true;
+  std::unique_ptr<CudaModel> model = LoadCuda("v3_bf16", o);
+  ASSERT_NE(model, nullptr);
+  const std::vector<GoldenCase> cases = LoadGolden("v3_bf16");
+  ASSERT_FALSE(cases.empty());
+  EXPECT_EQ(TeacherForced(*model, cases[0]).size(), cases[0].logits.size());
+  EXPECT_EQ(model->decode_graph_launches(), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaDecodeGraphTest, ::testing::Values("v3_bf16", "v3_mla"));
 
 // Bad input is refused before any device work, with the CPU model's messages.
 TEST(CudaModelTest, RejectsBadInput) {

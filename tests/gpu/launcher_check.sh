@@ -32,6 +32,10 @@
 #   MLA_LAUNCHER_CHECK_MOE_GROUPING=host|device  (cuda) --moe-grouping to the workers; each
 #                        must log it ("MoE grouping on the device"). The row is then
 #                        launcher_*_moe_device (or _moe_host).
+#   MLA_LAUNCHER_CHECK_DECODE_GRAPHS=1  (cuda, tp 1) --decode-graphs to the worker, which
+#                        must log at exit that it replayed decode steps from CUDA graphs
+#                        (with MLA_LAUNCHER_CHECK_MOE_GROUPING=device: the fixture has MoE
+#                        layers). The row is then launcher_*_graphs.
 #   MLA_LAUNCHER_CHECK_EMULATED=1    DIR holds an mla-worker built on the CUDA emulator
 #                        (build/emu, tests/emu): the CUDA backend on the CPU, no GPU
 #                        needed or looked for; steps are slow, so the step timeout is 2 min.
@@ -61,6 +65,11 @@ if [[ -n $moe_grouping ]]; then
     { echo "launcher_check: MLA_LAUNCHER_CHECK_MOE_GROUPING=$moe_grouping (expected host or device)" >&2; exit 2; }
   name=${name}_moe_${moe_grouping}
   extra_flags+=(--moe-grouping "$moe_grouping")
+fi
+decode_graphs=${MLA_LAUNCHER_CHECK_DECODE_GRAPHS:-0}
+if [[ $decode_graphs == 1 ]]; then
+  name=${name}_graphs
+  extra_flags+=(--decode-graphs)
 fi
 case_name=short           # a fixture case whose first token has a clear margin (checked below)
 max_new_tokens=16         # every token the fixture recorded
@@ -304,6 +313,12 @@ done
 if [[ -n $moe_grouping ]]; then
   logged=$(grep -c "MoE grouping on the $moe_grouping" "$launch_log")
   (( logged == tp )) || die "$logged of $tp ranks logged 'MoE grouping on the $moe_grouping'"
+fi
+
+# With one rank and --decode-graphs, the worker replayed decode steps from graphs.
+if [[ $decode_graphs == 1 && $tp == 1 ]]; then
+  grep -qE "worker rank 0: [1-9][0-9]* decode steps replayed from CUDA graphs" "$launch_log" ||
+    die "the worker did not log decode steps replayed from CUDA graphs"
 fi
 
 echo "---- last 15 lines of the launcher's log"

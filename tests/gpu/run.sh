@@ -2,7 +2,7 @@
 # Runs the GPU kernel tests (the ctest label `gpu`: every *_gpu_test binary), then
 # the launcher check (launcher_check.sh beside this script: mla-launch --backend
 # cuda --tp 1 serving the golden fixture, one greedy generation, SIGTERM; again
-# with --moe-grouping device), then
+# with --moe-grouping device, and with --decode-graphs too), then
 # the decode-attention benchmark (mla-bench-decode) beside the PyTorch baseline
 # (mla_decode_torch_baseline.py) on the same card, its variants, and where
 # Nsight Compute runs two profiles of 64x4096x16 (ncu_decode.sh), and prints
@@ -175,9 +175,10 @@ fi
 
 # The launcher check: one row a run. Its last line says the verdict; its exit
 # status decides a failure (a crash or a timeout leaves no verdict line). It
-# runs twice: as configured, then with the MoE layers grouped on the device
-# (--moe-grouping device), and the two generations' total times are printed
-# side by side (16 tokens of a 3-layer model: launches and waits, not math).
+# runs three times: as configured, with the MoE layers grouped on the device
+# (--moe-grouping device), and with decode steps replayed from CUDA graphs
+# too (--decode-graphs); the generations' total times are printed side by
+# side (16 tokens of a 3-layer model: launches and waits, not math).
 check=$here/launcher_check.sh
 launcher_check() {  # NAME LOG [VAR=VALUE...]: one row
   local name=$1 log=$2
@@ -214,8 +215,11 @@ generation_us() {
 if [[ -f $check ]]; then
   launcher_check launcher_cuda_tp1 "$logs/launcher_check.log"
   launcher_check launcher_cuda_tp1_moe_device "$logs/launcher_check_moe_device.log" MLA_LAUNCHER_CHECK_MOE_GROUPING=device
-  echo "launcher check, MoE grouping: host $(generation_us "$logs/launcher_check.log") us," \
-    "device $(generation_us "$logs/launcher_check_moe_device.log") us for the generation"
+  launcher_check launcher_cuda_tp1_graphs "$logs/launcher_check_graphs.log" MLA_LAUNCHER_CHECK_MOE_GROUPING=device \
+    MLA_LAUNCHER_CHECK_DECODE_GRAPHS=1
+  echo "launcher check, generation time: MoE grouped on the host $(generation_us "$logs/launcher_check.log") us," \
+    "on the device $(generation_us "$logs/launcher_check_moe_device.log") us," \
+    "and with decode graphs $(generation_us "$logs/launcher_check_graphs.log") us"
 fi
 
 # The decode benchmark (issue 6), its PyTorch baseline, and the two joined.

@@ -166,7 +166,12 @@ TEST(LaunchOptionsTest, MoeGrouping) {
   o = Parse({"--model", "/m", "--backend", "cuda", "--threads", "1", "--moe-grouping", "device"});
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(WorkerArgs(*o, 0).back(), "device");
+  o = Parse({"--model", "/m", "--backend", "cuda", "--threads", "1", "--decode-graphs"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(WorkerArgs(*o, 0).back(), "--decode-graphs");
 #endif
+  EXPECT_EQ(Error({"--model", "/m", "--decode-graphs"}),
+            "--decode-graphs with --backend cpu (expected --backend cuda: CUDA graphs are the GPU's)");
 }
 
 TEST(LaunchOptionsTest, SecondNodeDialsTheCoordinator) {
