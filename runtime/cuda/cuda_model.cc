@@ -905,14 +905,13 @@ absl::Status CudaModel::Route(const DeviceMoe& w, int64_t rows, const Workspace&
   return absl::OkStatus();
 }
 
-// The normed hidden states (ws.h) into dispatch order (ws.xs), by the
-// gather rows in ws.dispatch.
-absl::Status CudaModel::GatherDispatchRows(int64_t slots, const Workspace& ws) {
+// out[i] = ws.h[rows[i]] for i < count: hidden rows, [*, hidden] BF16.
+absl::Status CudaModel::GatherHiddenRows(const Workspace& ws, const int32_t* rows, int64_t count, bf16* out) {
   GatherRowsParams gr;
   gr.in = ws.h;
-  gr.rows = ws.dispatch;
-  gr.out = ws.xs;
-  gr.num_rows = slots;
+  gr.rows = rows;
+  gr.out = out;
+  gr.num_rows = count;
   gr.dim = config_.hidden_size;
   gr.ld_in = config_.hidden_size;
   gr.ldo = config_.hidden_size;
@@ -978,7 +977,8 @@ absl::Status CudaModel::Moe(const DeviceMoe& w, int64_t rows, const Workspace& w
   }
   MLA_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(ws.dispatch, dispatch_host_.data(), 2 * id_bytes, cudaMemcpyHostToDevice, stream));
-  MLA_RETURN_IF_ERROR(GatherDispatchRows(slots, ws));
+  // The normed hidden states into dispatch order, by the gather rows.
+  MLA_RETURN_IF_ERROR(GatherHiddenRows(ws, ws.dispatch, slots, ws.xs));
   for (int64_t e = 0; e < experts; ++e) {
     const int64_t r0 = begin[e], n = begin[e + 1] - r0;
     if (n == 0) continue;
@@ -1023,7 +1023,8 @@ absl::Status CudaModel::MoeGroupedOnDevice(const DeviceMoe& w, int64_t rows, con
   gp.slot_rows = ws.dispatch + slots;
   gp.bad_ids = ws.moe_bad_ids;
   MLA_LAUNCH(LaunchMoeGroupByExpert, gp);
-  MLA_RETURN_IF_ERROR(GatherDispatchRows(slots, ws));
+  // The normed hidden states into dispatch order, by the gather rows.
+  MLA_RETURN_IF_ERROR(GatherHiddenRows(ws, ws.dispatch, slots, ws.xs));
 
   // Both projections: W_e is a linear layer's [n, k] (gate_up [2 inter, hidden], down [hidden, inter]).
   HeadGemmParams g;
@@ -1065,15 +1066,7 @@ absl::Status CudaModel::MoeGroupedOnDevice(const DeviceMoe& w, int64_t rows, con
 // projection of this rank's slice into ws.logits.
 absl::Status CudaModel::LogitsOnDevice(const StepPlan& plan, const Workspace& ws) {
   const int64_t hd = config_.hidden_size, lv = weights_.local_vocab, rows = plan.logit_rows;
-  GatherRowsParams gr;
-  gr.in = ws.h;
-  gr.rows = ws.meta + plan.out_rows;
-  gr.out = ws.sel;
-  gr.num_rows = rows;
-  gr.dim = hd;
-  gr.ld_in = hd;
-  gr.ldo = hd;
-  MLA_LAUNCH(LaunchGatherRows, gr);
+  MLA_RETURN_IF_ERROR(GatherHiddenRows(ws, ws.meta + plan.out_rows, rows, ws.sel));
   return ctx_->Gemm(
       DenseGemm(rows, lv, hd, ws.sel, DType::kBF16, weights_.lm_head, DType::kBF16, ws.logits, DType::kF32));
 }

@@ -150,7 +150,7 @@ class CudaModel {
   absl::Status Moe(const DeviceMoe& w, int64_t rows, const Workspace& ws);
   absl::Status MoeGroupedOnDevice(const DeviceMoe& w, int64_t rows, const Workspace& ws);
   absl::Status Route(const DeviceMoe& w, int64_t rows, const Workspace& ws);
-  absl::Status GatherDispatchRows(int64_t slots, const Workspace& ws);
+  absl::Status GatherHiddenRows(const Workspace& ws, const int32_t* rows, int64_t count, __nv_bfloat16* out);
   absl::Status CombineExperts(const DeviceMoe& w, int64_t rows, const Workspace& ws);
   // The step's device work (StepOnDevice: from a CUDA graph where it can,
   // else LaunchStep), the logits rows into ws.logits (LogitsOnDevice), then

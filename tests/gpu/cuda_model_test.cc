@@ -230,6 +230,40 @@ std::vector<std::vector<float>> TeacherForced(CudaModel& model, const GoldenCase
   return rows;
 }
 
+// One case's teacher-forced rows against the fixture's logits (every row)
+// and against `reference`, the same model computed another way: rows before
+// `first` must be its bits (kernels no option touches), the rest within the
+// bounds, and their argmax the fixture's token where its margin is clear.
+// Under ASSERT_NO_FATAL_FAILURE.
+struct RowErrors {
+  std::vector<double> to_transformers, to_reference;
+  int clear = 0;
+};
+void CompareTeacherForced(const GoldenCase& c, const std::vector<std::vector<float>>& rows,
+                          const std::vector<std::vector<float>>& reference, int64_t vocab, size_t first,
+                          const std::string& reference_name, RowErrors* out) {
+  ASSERT_EQ(rows.size(), c.logits.size());
+  ASSERT_EQ(reference.size(), c.logits.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    ASSERT_EQ(rows[i].size(), static_cast<size_t>(vocab));
+    const double e = RelL2(rows[i].data(), c.logits[i].data(), vocab);
+    EXPECT_LT(e, kRowRelL2) << "step " << i << " against transformers";
+    out->to_transformers.push_back(e);
+    if (i < first) {
+      EXPECT_EQ(rows[i], reference[i]) << "step " << i << " against " << reference_name;
+      continue;
+    }
+    const double d = RelL2(rows[i].data(), reference[i].data(), vocab);
+    EXPECT_LT(d, kRowRelL2) << "step " << i << " against " << reference_name;
+    out->to_reference.push_back(d);
+    if (c.margins[i] > kClearMargin) {
+      ++out->clear;
+      EXPECT_EQ(Argmax(rows[i].data(), vocab), c.generated_ids[i])
+          << "step " << i << ": margin " << c.margins[i] << " is clear";
+    }
+  }
+}
+
 class CudaGoldenTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(CudaGoldenTest, PrefillLogitsMatchTransformers) {
@@ -685,37 +719,17 @@ TEST_P(CudaDecodeVariantTest, TeacherForcedDecodeMatchesTransformersAndTheDefaul
   const int64_t vocab = variant->config().vocab_size;
   const std::vector<GoldenCase> cases = LoadGolden(fixture);
   ASSERT_EQ(DefaultRows().size(), cases.size());
-  std::vector<double> to_transformers, to_default;
-  int clear = 0;
+  RowErrors errors;
   for (size_t k = 0; k < cases.size(); ++k) {
-    const GoldenCase& c = cases[k];
-    SCOPED_TRACE(c.name);
-    const std::vector<std::vector<float>> rows = TeacherForced(*variant, c);
-    const std::vector<std::vector<float>>& want = DefaultRows()[k];
-    ASSERT_EQ(rows.size(), c.logits.size());
-    ASSERT_EQ(want.size(), c.logits.size());
-    for (size_t i = 0; i < rows.size(); ++i) {
-      ASSERT_EQ(rows[i].size(), static_cast<size_t>(vocab));
-      const double e = RelL2(rows[i].data(), c.logits[i].data(), vocab);
-      EXPECT_LT(e, kRowRelL2) << "step " << i << " against transformers";
-      to_transformers.push_back(e);
-      if (i == 0) {
-        // The prompt step runs the prefill kernel, which no decode option touches.
-        EXPECT_EQ(rows[0], want[0]) << "prompt step";
-        continue;
-      }
-      const double d = RelL2(rows[i].data(), want[i].data(), vocab);
-      EXPECT_LT(d, kRowRelL2) << "step " << i << " against the default kernel";
-      to_default.push_back(d);
-      if (c.margins[i] > kClearMargin) {
-        ++clear;
-        EXPECT_EQ(Argmax(rows[i].data(), vocab), c.generated_ids[i])
-            << "step " << i << ": margin " << c.margins[i] << " is clear";
-      }
-    }
+    SCOPED_TRACE(cases[k].name);
+    // Step 0, the prompt, runs the prefill kernel, which no decode option touches.
+    ASSERT_NO_FATAL_FAILURE(CompareTeacherForced(cases[k], TeacherForced(*variant, cases[k]), DefaultRows()[k], vocab,
+                                                 1, "the default kernel", &errors));
   }
+  const std::vector<double>& to_transformers = errors.to_transformers;
+  const std::vector<double>& to_default = errors.to_reference;
   ASSERT_FALSE(to_default.empty());
-  EXPECT_GT(clear, 0);
+  EXPECT_GT(errors.clear, 0);
   EXPECT_LT(Median(to_transformers), kMedianRelL2) << "median over " << to_transformers.size() << " rows";
   EXPECT_LT(Median(to_default), kSameModelMedian) << "median over " << to_default.size() << " decode rows";
   std::cout << "[ info ] v3_mla " << GetParam().name << ": median relative L2 " << Median(to_transformers)
@@ -822,30 +836,16 @@ TEST_P(CudaMoeGroupingTest, TeacherForcedDecodeMatchesTransformersAndTheHostGrou
   ASSERT_NE(host, nullptr);
   ASSERT_NE(device, nullptr);
   const int64_t vocab = device->config().vocab_size;
-  std::vector<double> to_transformers, to_host;
-  int clear = 0;
+  RowErrors errors;
   for (const GoldenCase& c : LoadGolden(GetParam())) {
     SCOPED_TRACE(c.name);
-    const std::vector<std::vector<float>> rows = TeacherForced(*device, c), want = TeacherForced(*host, c);
-    ASSERT_EQ(rows.size(), c.logits.size());
-    ASSERT_EQ(want.size(), c.logits.size());
-    for (size_t i = 0; i < rows.size(); ++i) {
-      ASSERT_EQ(rows[i].size(), static_cast<size_t>(vocab));
-      const double e = RelL2(rows[i].data(), c.logits[i].data(), vocab);
-      EXPECT_LT(e, kRowRelL2) << "step " << i << " against transformers";
-      to_transformers.push_back(e);
-      const double d = RelL2(rows[i].data(), want[i].data(), vocab);
-      EXPECT_LT(d, kRowRelL2) << "step " << i << " against the host grouping";
-      to_host.push_back(d);
-      if (c.margins[i] > kClearMargin) {
-        ++clear;
-        EXPECT_EQ(Argmax(rows[i].data(), vocab), c.generated_ids[i])
-            << "step " << i << ": margin " << c.margins[i] << " is clear";
-      }
-    }
+    ASSERT_NO_FATAL_FAILURE(
+        CompareTeacherForced(c, TeacherForced(*device, c), TeacherForced(*host, c), vocab, 0, "the host grouping", &errors));
   }
+  const std::vector<double>& to_transformers = errors.to_transformers;
+  const std::vector<double>& to_host = errors.to_reference;
   ASSERT_FALSE(to_host.empty());
-  EXPECT_GT(clear, 0);
+  EXPECT_GT(errors.clear, 0);
   EXPECT_LT(Median(to_transformers), kMedianRelL2) << "median over " << to_transformers.size() << " rows";
   EXPECT_LT(Median(to_host), kSameModelMedian) << "median over " << to_host.size() << " rows";
   std::cout << "[ info ] " << GetParam() << " MoE grouped on the device: median relative L2 "
@@ -930,11 +930,13 @@ TEST_P(CudaDecodeGraphTest, TeacherForcedStepsEqualTheLaunchedOnes) {
     EXPECT_EQ(TeacherForced(*graphed, c), TeacherForced(*launched, c));
     decode_steps += static_cast<int64_t>(c.generated_ids.size()) - 1;
   }
-  // Each case's first two decode steps run launched and captured (its cache
-  // is a fresh one: another shape), the rest are replays; the captured step
-  // is launched from its graph too.
+  // A case's first decode step runs launched where its shape is new (its
+  // cache is a fresh one), the next is captured and launched from its graph,
+  // the rest are replays; where its cache took the place of a freed one of
+  // the same size, the first step's shape may already have its graph.
   const int64_t cases = static_cast<int64_t>(LoadGolden(GetParam()).size());
-  EXPECT_EQ(graphed->decode_graph_launches(), decode_steps - cases);
+  EXPECT_GE(graphed->decode_graph_launches(), decode_steps - cases);
+  EXPECT_LE(graphed->decode_graph_launches(), decode_steps);
   EXPECT_EQ(launched->decode_graph_launches(), 0);
 }
 
