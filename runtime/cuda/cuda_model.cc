@@ -864,17 +864,23 @@ absl::Status CudaModel::HeadGemm(int64_t rows, const bf16* x, int64_t x_ld, int6
   return ctx_->Gemm(g);
 }
 
+// ws.act[r] = silu(gate) * up of ws.gate_up[r] ([rows, 2 * inter]: gate, then up) for r < rows.
+absl::Status CudaModel::SiluMul(int64_t rows, int64_t inter, const Workspace& ws) {
+  SiluMulParams act;
+  act.gate_up = ws.gate_up;
+  act.out = ws.act;
+  act.rows = rows;
+  act.inter = inter;
+  MLA_LAUNCH(LaunchSiluMul, act);
+  return absl::OkStatus();
+}
+
 // out[rows, hidden] (FP32) = down(silu(gate(x)) * up(x)), x [rows, hidden] BF16.
 absl::Status CudaModel::Mlp(const DeviceMlp& w, const bf16* x, int64_t rows, const Workspace& ws, float* out) {
   const int64_t hd = config_.hidden_size;
   MLA_RETURN_IF_ERROR(
       ctx_->Gemm(DenseGemm(rows, 2 * w.inter, hd, x, DType::kBF16, w.gate_up, DType::kBF16, ws.gate_up, DType::kBF16)));
-  SiluMulParams act;
-  act.gate_up = ws.gate_up;
-  act.out = ws.act;
-  act.rows = rows;
-  act.inter = w.inter;
-  MLA_LAUNCH(LaunchSiluMul, act);
+  MLA_RETURN_IF_ERROR(SiluMul(rows, w.inter, ws));
   return ctx_->Gemm(DenseGemm(rows, hd, w.inter, ws.act, DType::kBF16, w.down, DType::kBF16, out, DType::kF32));
 }
 
@@ -986,12 +992,7 @@ absl::Status CudaModel::Moe(const DeviceMoe& w, int64_t rows, const Workspace& w
                                              w.experts[static_cast<size_t>(e)].gate_up, DType::kBF16,
                                              ws.gate_up + r0 * 2 * inter, DType::kBF16)));
   }
-  SiluMulParams act;
-  act.gate_up = ws.gate_up;
-  act.out = ws.act;
-  act.rows = slots;
-  act.inter = inter;
-  MLA_LAUNCH(LaunchSiluMul, act);
+  MLA_RETURN_IF_ERROR(SiluMul(slots, inter, ws));
   for (int64_t e = 0; e < experts; ++e) {
     const int64_t r0 = begin[e], n = begin[e + 1] - r0;
     if (n == 0) continue;
@@ -1042,12 +1043,7 @@ absl::Status CudaModel::MoeGroupedOnDevice(const DeviceMoe& w, int64_t rows, con
   g.n = static_cast<int>(2 * inter);
   g.k = static_cast<int>(hd);
   MLA_LAUNCH(LaunchHeadGemm, g);
-  SiluMulParams act;
-  act.gate_up = ws.gate_up;
-  act.out = ws.act;
-  act.rows = slots;
-  act.inter = inter;
-  MLA_LAUNCH(LaunchSiluMul, act);
+  MLA_RETURN_IF_ERROR(SiluMul(slots, inter, ws));
   g.x = ws.act;
   g.x_ld = inter;
   g.w = w.experts.front().down;

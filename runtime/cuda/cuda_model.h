@@ -145,6 +145,7 @@ class CudaModel {
   absl::Status HeadGemm(int64_t rows, const __nv_bfloat16* x, int64_t x_ld, int64_t x_head_stride, int64_t k,
                         const __nv_bfloat16* w, bool w_is_k_by_n, __nv_bfloat16* out, int64_t out_ld, int64_t n);
   absl::Status Mlp(const DeviceMlp& w, const __nv_bfloat16* x, int64_t rows, const Workspace& ws, float* out);
+  absl::Status SiluMul(int64_t rows, int64_t inter, const Workspace& ws);
   // A MoE layer into ws.branch (CudaModelOptions.moe_grouping): grouped on
   // the host, or on the device; both route, gather and combine alike.
   absl::Status Moe(const DeviceMoe& w, int64_t rows, const Workspace& ws);
