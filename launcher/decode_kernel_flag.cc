@@ -90,4 +90,13 @@ absl::StatusOr<cuda::MlaDecodeVariant> DecodeKernelFlag(const CliFlags& flags, c
   return v;
 }
 
+absl::StatusOr<bool> DecodeGraphsFlag(const CliFlags& flags, const std::string& backend) {
+  const bool on = flags.Has("decode-graphs");
+  if (on && backend != "cuda") {
+    return absl::InvalidArgumentError(absl::StrCat("--decode-graphs with --backend ", backend,
+                                                   " (expected --backend cuda: CUDA graphs are the GPU's)"));
+  }
+  return on;
+}
+
 }  // namespace mla

@@ -6,7 +6,8 @@
 //   prefetch-l2  pdl
 // e.g. "mma=warpgroup,copy=bulk,issue-ahead". "" or "default": the kernels'
 // own defaults. Whether the model's latent takes the choice is the CUDA
-// model's to say when it loads (CudaModelOptions.decode).
+// model's to say when it loads (CudaModelOptions.decode). Also the
+// --decode-graphs switch, the same programs' other choice about decode steps.
 #pragma once
 
 #include <string>
@@ -22,5 +23,9 @@ absl::StatusOr<cuda::MlaDecodeVariant> ParseDecodeKernel(const std::string& spec
 // The --decode-kernel flag of `flags` (absent: the defaults), refused unless
 // `backend` is cuda where it chooses anything (the CPU model has one kernel).
 absl::StatusOr<cuda::MlaDecodeVariant> DecodeKernelFlag(const CliFlags& flags, const std::string& backend);
+
+// The --decode-graphs switch of `flags` (decode steps replayed from CUDA
+// graphs: CudaModelOptions.decode_graphs), refused unless `backend` is cuda.
+absl::StatusOr<bool> DecodeGraphsFlag(const CliFlags& flags, const std::string& backend);
 
 }  // namespace mla

@@ -72,8 +72,7 @@ absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
   }
   MLA_ASSIGN_OR_RETURN(o.decode_kernel, DecodeKernelFlag(flags, o.backend));
   MLA_ASSIGN_OR_RETURN(o.moe_grouping, ParseMoeGrouping(flags.String("moe-grouping").value_or("host"), o.backend));
-  o.decode_graphs = flags.Has("decode-graphs");
-  MLA_RETURN_IF_ERROR(CheckDecodeGraphs(o.decode_graphs, o.backend));
+  MLA_ASSIGN_OR_RETURN(o.decode_graphs, DecodeGraphsFlag(flags, o.backend));
   if (o.describe) return o;
   if (!flags.Has("prompt-ids")) return absl::InvalidArgumentError("--prompt-ids is required (e.g. 1,2,3)");
   MLA_ASSIGN_OR_RETURN(o.request.prompt_ids, flags.IntList("prompt-ids"));

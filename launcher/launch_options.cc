@@ -129,8 +129,7 @@ absl::Status ParseWorkerKnobs(const CliFlags& flags, int64_t cores, LaunchOption
   o.decode_kernel = flags.String("decode-kernel");
   o.moe_grouping = flags.String("moe-grouping");
   if (o.moe_grouping) MLA_RETURN_IF_ERROR(ParseMoeGrouping(*o.moe_grouping, o.backend).status());
-  o.decode_graphs = flags.Has("decode-graphs");
-  MLA_RETURN_IF_ERROR(CheckDecodeGraphs(o.decode_graphs, o.backend));
+  MLA_ASSIGN_OR_RETURN(o.decode_graphs, DecodeGraphsFlag(flags, o.backend));
   int64_t default_threads = std::max<int64_t>(1, cores / o.local_world_size());
   MLA_ASSIGN_OR_RETURN(o.threads, flags.Int("threads", default_threads, 1));
   return absl::OkStatus();

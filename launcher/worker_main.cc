@@ -42,8 +42,7 @@ absl::StatusOr<WorkerOptions> ParseOptions(int argc, char** argv) {
   MLA_ASSIGN_OR_RETURN(o.cache_dtype, ParseCacheDType(flags.String("kv-cache-dtype").value_or("fp32")));
   MLA_ASSIGN_OR_RETURN(o.decode_kernel, DecodeKernelFlag(flags, o.backend));
   MLA_ASSIGN_OR_RETURN(o.moe_grouping, ParseMoeGrouping(flags.String("moe-grouping").value_or("host"), o.backend));
-  o.decode_graphs = flags.Has("decode-graphs");
-  MLA_RETURN_IF_ERROR(CheckDecodeGraphs(o.decode_graphs, o.backend));
+  MLA_ASSIGN_OR_RETURN(o.decode_graphs, DecodeGraphsFlag(flags, o.backend));
   MLA_ASSIGN_OR_RETURN(int64_t collective_ms, flags.Int("collective-timeout-ms", 5000, 1));
   MLA_ASSIGN_OR_RETURN(int64_t connect_ms, flags.Int("connect-timeout-ms", 60000, 1));
   o.node_rank = static_cast<int>(node_rank);

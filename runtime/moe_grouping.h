@@ -27,14 +27,4 @@ inline absl::StatusOr<MoeGrouping> ParseMoeGrouping(const std::string& value, co
   return value == "device" ? MoeGrouping::kDevice : MoeGrouping::kHost;
 }
 
-// --decode-graphs (the same programs): decode steps replayed from CUDA graphs
-// (CudaModelOptions.decode_graphs), the cuda backend's only.
-inline absl::Status CheckDecodeGraphs(bool on, const std::string& backend) {
-  if (on && backend != "cuda") {
-    return absl::InvalidArgumentError(absl::StrCat("--decode-graphs with --backend ", backend,
-                                                   " (expected --backend cuda: CUDA graphs are the GPU's)"));
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace mla

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "runtime/cuda_status.h"
+#include "runtime/status_macros.h"
 
 namespace mla {
 namespace {
@@ -261,14 +262,19 @@ absl::Status NcclCommunicator::Fail(absl::Status status) {
   return broken_;
 }
 
-template <typename Enqueue>
-absl::Status NcclCommunicator::Run(absl::string_view op, absl::string_view call, Enqueue&& enqueue) {
+absl::Status NcclCommunicator::Prepare(absl::string_view op) {
   if (!broken_.ok()) return Unusable(op);
   // The calling thread may have another device current; NCCL and the stream
   // need this one. (Not restored: a rank's thread works on its own device.)
   // Failing here skips a collective the peers do take part in: the group is
   // out of step, as after any transport error.
   if (absl::Status s = MLA_CUDA_STATUS(cudaSetDevice(device_)); !s.ok()) return Fail(Prefixed(Where(op), s));
+  return absl::OkStatus();
+}
+
+template <typename Enqueue>
+absl::Status NcclCommunicator::Run(absl::string_view op, absl::string_view call, Enqueue&& enqueue) {
+  MLA_RETURN_IF_ERROR(Prepare(op));
   const absl::Time deadline = absl::Now() + timeout_;
   const ncclResult_t result = enqueue();
   return WaitForCompletion(op, call, result, deadline);
@@ -276,8 +282,7 @@ absl::Status NcclCommunicator::Run(absl::string_view op, absl::string_view call,
 
 template <typename Enqueue>
 absl::Status NcclCommunicator::EnqueueOnly(absl::string_view op, absl::string_view call, Enqueue&& enqueue) {
-  if (!broken_.ok()) return Unusable(op);
-  if (absl::Status s = MLA_CUDA_STATUS(cudaSetDevice(device_)); !s.ok()) return Fail(Prefixed(Where(op), s));
+  MLA_RETURN_IF_ERROR(Prepare(op));
   const ncclResult_t result = enqueue();
   const std::string where = Where(op);
   if (result == ncclSuccess) return absl::OkStatus();

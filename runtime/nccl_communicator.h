@@ -130,6 +130,8 @@ class NcclCommunicator final : public Communicator {
   // aborts the communicator and marks the group out of step for good.
   template <typename Enqueue>
   absl::Status Run(absl::string_view op, absl::string_view call, Enqueue&& enqueue);
+  // Run's and EnqueueOnly's first step: Unavailable once broken, then this device made current.
+  absl::Status Prepare(absl::string_view op);
   // The same without waiting for the stream: only for NCCL to take the call.
   template <typename Enqueue>
   absl::Status EnqueueOnly(absl::string_view op, absl::string_view call, Enqueue&& enqueue);
